@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+RECSYS := $(VENV)/bin/recsys
+PORT ?= 9092
+SECONDS ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-unit test-integration clean
+
+setup:
+	@bash scripts/setup.sh
+
+## make run: local broker + topics + the job on the mini-cluster + the bundled sample stream,
+## printing profiles and recommendations as they arrive (Ctrl-C stops everything).
+run: setup
+	$(RECSYS) demo --port $(PORT) --seconds $(SECONDS)
+
+## make test: unit tests, then integration tests against a real broker and real Flink jobs.
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+clean:
+	-$(RECSYS) kafka stop --port $(PORT)
+	rm -rf var reports/*.json

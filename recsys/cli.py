@@ -1,0 +1,109 @@
+"""The ``recsys`` command: local broker, topics, the job, sample data.
+
+Each sub-command is a thin wrapper over a module function, so tests call the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recsys.config import ConfigError, EngineConfig, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting (repeatable), e.g. --set similarity.top_k=30")
+    p.add_argument("--bootstrap-servers", metavar="H:P", help="Kafka bootstrap servers")
+
+
+def _config(args: argparse.Namespace) -> EngineConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "bootstrap_servers", None):
+        overrides.append(f'kafka.bootstrap_servers="{args.bootstrap_servers}"')
+    if getattr(args, "parallelism", None):
+        overrides.append(f"job.parallelism={args.parallelism}")
+    if getattr(args, "partitions", None):
+        overrides.append(f"kafka.partitions={args.partitions}")
+    return load_config(args.config, overrides)
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=9092, help="client port (controller uses port+1)")
+    p.add_argument("--data-dir", metavar="DIR", help="broker data/log directory (default var/kafka-PORT)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kafka = sub.add_parser("kafka", help="a local single-node Kafka broker (KRaft)")
+    ksub = kafka.add_subparsers(dest="action", required=True)
+    for action in ("start", "stop", "status"):
+        _kafka_args(ksub.add_parser(action))
+
+    topics = sub.add_parser("topics", help="Kafka topics of the contract")
+    tsub = topics.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="create every topic (idempotent)")
+    _add_config_args(create)
+    create.add_argument("--partitions", type=int)
+
+    job = sub.add_parser("job", help="the streaming job")
+    jsub = job.add_subparsers(dest="action", required=True)
+    run = jsub.add_parser("run", help="run the job on the local mini-cluster")
+    _add_config_args(run)
+    run.add_argument("--parallelism", type=int)
+
+    sample = sub.add_parser("sample", help="the bundled sample stream")
+    ssub = sample.add_subparsers(dest="action", required=True)
+    produce = ssub.add_parser("produce", help="produce the bundled sample stream into Kafka")
+    _add_config_args(produce)
+    produce.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    produce.add_argument("--loop", action="store_true", help="keep producing (fresh event ids, current time)")
+
+    tail = sub.add_parser("tail", help="print records of a topic as they arrive")
+    _add_config_args(tail)
+    tail.add_argument("topic")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many records (0: never)")
+
+    demo = sub.add_parser("demo", help="make run: broker + topics + job + sample stream + tail")
+    _add_config_args(demo)
+    demo.add_argument("--port", type=int, default=9092)
+    demo.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "kafka":
+            from recsys import kafka_local
+            return kafka_local.main(args.action, port=args.port, data_dir=args.data_dir)
+        if args.command == "topics":
+            from recsys import topics
+            return topics.create_topics(_config(args))
+        if args.command == "job":
+            from flink_jobs import recsys_job
+            return recsys_job.run(_config(args))
+        if args.command == "sample":
+            from recsys import sample_stream
+            return sample_stream.produce(_config(args), rate=args.rate, loop=args.loop)
+        if args.command == "tail":
+            from recsys import tail
+            return tail.tail(_config(args), args.topic, from_beginning=args.from_beginning,
+                             max_records=args.max)
+        if args.command == "demo":
+            from recsys import demo
+            return demo.run_demo(args, _config(args))
+    except ConfigError as e:
+        print(f"recsys: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Where the project's runtime files are: jars, local data, logs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("RECSYS_CACHE_DIR", PROJECT_ROOT / ".cache"))
+JARS_DIR = CACHE_DIR / "jars"
+KAFKA_JARS_DIR = JARS_DIR / "kafka"
+CONNECTOR_JARS_DIR = JARS_DIR / "connector"
+VAR_DIR = Path(os.environ.get("RECSYS_VAR_DIR", PROJECT_ROOT / "var"))  # broker data, logs, pids
+SAMPLE_DATA_DIR = PROJECT_ROOT / "data" / "sample"
+
+
+def connector_jars() -> list[Path]:
+    jars = sorted(CONNECTOR_JARS_DIR.glob("*.jar"))
+    if not jars:
+        raise FileNotFoundError(
+            f"no Flink Kafka connector jar in {CONNECTOR_JARS_DIR}; run scripts/setup.sh (or make setup)")
+    return jars

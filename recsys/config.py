@@ -78,7 +78,9 @@ class JobConfig:
     # "thread" runs Python UDFs inside the JVM (pemja); measured ~13x faster than "process"
     # for keyed state on this project's reference machine (see README).
     execution_mode: str = "thread"
-    checkpoint_interval_ms: int = 5_000
+    # Exactly-once sinks make output visible to read_committed consumers at each checkpoint, so
+    # this interval bounds the event -> recommendation latency seen downstream.
+    checkpoint_interval_ms: int = 1_000
     state_backend: str = "hashmap"  # hashmap | rocksdb (incremental checkpoints)
     checkpoint_dir: str = ""  # empty: job manager memory (mini-cluster); file:///... for real use
     watermark_out_of_orderness_ms: int = 5_000
@@ -117,6 +119,9 @@ class ProfileConfig:
     recent_items_max: int = 50
     not_interested_max: int = 200
     consumed_max: int = 1_000
+    # Items with these events are "consumed" and not recommended again.
+    consumed_event_types: list[str] = field(default_factory=lambda: [
+        "like", "share", "comment", "add_to_cart", "purchase", "rate"])
     recent_window_ms: int = 7 * DAY_MS  # "recent" behaviour counters
     # Segments
     active_events_per_week: int = 20  # >= this many events in recent_window_ms: "high" activity
@@ -146,6 +151,14 @@ class SimilarityConfig:
     flush_max_batch: int = 2_048
     emit_min_interval_ms: int = 5_000  # rate limit of item-similarity records per item
     min_cooccurrence: float = 0.0
+    # Pair updates are routed to shards (stable hash of the item id); each shard key batches its
+    # updates for the vectorised kernel. More shards than the maximum parallelism is pointless.
+    shards: int = 64
+    # Forward-decay landmark shared by co-occurrence and occurrence counts. Values are scaled by
+    # 2^((ts - landmark) / half_life); keep (ts - landmark) / half_life within about +-900.
+    decay_landmark_ms: int = 1_704_067_200_000  # 2024-01-01
+    hoeffding_delta: float = 0.05
+    hoeffding_min_obs: int = 5
 
 
 @dataclass
@@ -172,6 +185,9 @@ class RecommendConfig:
         "content_heavy": VariantConfig(traffic=0.5, w_collaborative=0.7, w_content=1.0),
     })
     feedback_window_ms: int = HOUR_MS
+    impressions_max: int = 100  # recommended items remembered per user for feedback attribution
+    recency_half_life_ms: int = 3 * DAY_MS  # how fast a recent item's pull on neighbours fades
+    trending_snapshot_every: int = 1_000  # activity records between trending checkpoints
 
 
 @dataclass

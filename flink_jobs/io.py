@@ -1,0 +1,124 @@
+"""Flink glue: the execution environment, Kafka sources and sinks, built from ``EngineConfig``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+from pyflink.common.serialization import ByteArraySchema, RowFieldExtractorSchema
+from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaRecordSerializationSchema, KafkaSink,
+    KafkaSource)
+
+from recsys.config import EngineConfig
+from recsys.paths import PROJECT_ROOT, connector_jars
+
+BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+# Kafka records leave the job as Row(key bytes, value bytes); value None is a tombstone.
+KAFKA_RECORD = Types.ROW([BYTES, BYTES])
+
+
+def prepare_python_environment() -> None:
+    """Make the embedded (thread-mode) interpreter see this venv and the project.
+
+    In thread mode the UDFs run in a CPython embedded in the JVM (pemja), which starts from the
+    base interpreter's sys.path, not the venv's; PYTHONPATH must name the venv's site-packages
+    and the project root before the JVM gateway starts.
+    """
+    paths = [str(PROJECT_ROOT), sysconfig.get_paths()["purelib"]]
+    existing = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([existing] if existing else []))
+
+
+def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
+    prepare_python_environment()
+    conf = Configuration()
+    conf.set_string("python.execution-mode", cfg.job.execution_mode)
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("pipeline.jars", ";".join(p.resolve().as_uri() for p in connector_jars()))
+    conf.set_string("pipeline.name", cfg.job.name)
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.job.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", f"{cfg.job.restart_delay_ms} ms")
+    if cfg.job.state_backend == "rocksdb":
+        conf.set_string("state.backend.type", "rocksdb")
+        conf.set_string("execution.checkpointing.incremental", "true")
+    if cfg.job.checkpoint_dir:
+        conf.set_string("execution.checkpointing.dir", cfg.job.checkpoint_dir)
+    if cfg.job.prometheus_port:
+        conf.set_string("metrics.reporter.prom.factory.class",
+                        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
+        conf.set_string("metrics.reporter.prom.port", cfg.job.prometheus_port)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(cfg.job.parallelism)
+    if cfg.job.checkpoint_interval_ms > 0:
+        env.enable_checkpointing(cfg.job.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    return env
+
+
+def _starting_offsets(cfg: EngineConfig) -> KafkaOffsetsInitializer:
+    if cfg.kafka.starting_offsets == "earliest":
+        return KafkaOffsetsInitializer.earliest()
+    if cfg.kafka.starting_offsets == "latest":
+        return KafkaOffsetsInitializer.latest()
+    return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+
+
+def kafka_source(cfg: EngineConfig, topic: str) -> KafkaSource:
+    """Raw bytes of each record: decoding is the edge's job, so bad bytes reach the DLQ."""
+    builder = (KafkaSource.builder()
+               .set_bootstrap_servers(cfg.kafka.bootstrap_servers)
+               .set_topics(topic)
+               .set_group_id(cfg.kafka.group_id)
+               .set_starting_offsets(_starting_offsets(cfg))
+               .set_value_only_deserializer(ByteArraySchema())
+               # Read only committed output of transactional producers (our own loop-backs too).
+               .set_property("isolation.level", "read_committed")
+               .set_property("client.id.prefix", f"{cfg.kafka.group_id}-{topic}")
+               .set_property("partition.discovery.interval.ms", "60000"))
+    for key, value in cfg.kafka.client_properties.items():
+        builder = builder.set_property(key, str(value))
+    return builder.build()
+
+
+def read_topic(env: StreamExecutionEnvironment, cfg: EngineConfig, topic: str):
+    return env.from_source(kafka_source(cfg, topic), WatermarkStrategy.no_watermarks(),
+                           f"kafka:{topic}", type_info=BYTES).uid(f"source-{topic}")
+
+
+def kafka_sink(cfg: EngineConfig, topic: str, name: str) -> KafkaSink:
+    guarantee = {"exactly-once": DeliveryGuarantee.EXACTLY_ONCE,
+                 "at-least-once": DeliveryGuarantee.AT_LEAST_ONCE,
+                 "none": DeliveryGuarantee.NONE}[cfg.kafka.delivery_guarantee]
+    serializer = (KafkaRecordSerializationSchema.builder()
+                  .set_topic(topic)
+                  .set_key_serialization_schema(RowFieldExtractorSchema(0))
+                  .set_value_serialization_schema(RowFieldExtractorSchema(1))
+                  .build())
+    builder = (KafkaSink.builder()
+               .set_bootstrap_servers(cfg.kafka.bootstrap_servers)
+               .set_record_serializer(serializer)
+               .set_delivery_guarantee(guarantee)
+               .set_property("transaction.timeout.ms", str(cfg.kafka.transaction_timeout_ms)))
+    if guarantee == DeliveryGuarantee.EXACTLY_ONCE:
+        builder = builder.set_transactional_id_prefix(f"{cfg.kafka.transactional_id_prefix}-{name}")
+    for key, value in cfg.kafka.client_properties.items():
+        builder = builder.set_property(key, str(value))
+    return builder.build()
+
+
+def event_time_strategy(cfg: EngineConfig, timestamp_assigner) -> WatermarkStrategy:
+    return (WatermarkStrategy
+            .for_bounded_out_of_orderness(Duration.of_millis(cfg.job.watermark_out_of_orderness_ms))
+            .with_idleness(Duration.of_millis(cfg.job.source_idleness_ms))
+            .with_timestamp_assigner(timestamp_assigner))
+
+
+def job_file() -> Path:
+    return Path(__file__).resolve().parent / "recsys_job.py"

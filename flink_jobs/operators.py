@@ -1,0 +1,521 @@
+"""The job's Flink functions: thin glue between Flink state/timers and the pure code in ``udfs``.
+
+Topology (see flink_jobs/recsys_job.py):
+
+  kafka sources -> ParseInput --(dlq)--> events-dlq
+        catalogue --broadcast--+
+  events/attrs/requests/privacy -> keyBy(user) -> ProfileOperator --> user-profiles
+                                      |  |  +--(pairs)--> keyBy(shard) -> SimilarityOperator --> item-similarity
+                                      |  +--(activity)--broadcast--^            |
+                                      +--(trigger)--> keyBy(user) -> RecommendOperator --> recommendations
+                     catalogue + activity + neighbours --broadcast--^
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from typing import Any, Iterable
+
+import orjson
+from pyflink.common import Row, Types
+from pyflink.datastream import OutputTag
+from pyflink.datastream.functions import (
+    KeyedBroadcastProcessFunction, ProcessFunction, RuntimeContext)
+from pyflink.datastream.state import (
+    ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor)
+from pyflink.common.time import Time
+
+from flink_jobs.io import KAFKA_RECORD
+from recsys.config import EngineConfig
+from state_schemas.internal import (
+    InputRecord, ItemActivity, ModelUpdate, PairShardBatch, RecommendationTrigger)
+from state_schemas.state import (
+    ItemInfo, RecentItem, UserProfileState, item_info_from_state, item_info_to_state,
+    user_profile_from_state, user_profile_to_state)
+from udfs import profile as prof
+from udfs.ab import (
+    ImpressionLog, assign_variant, attribute_feedback, record_impressions)
+from udfs.recommend import ItemModel, UserView, recommend
+from udfs.similarity import ItemRow, PairBatch, apply_pair_updates
+from udfs.trending import TrendingModel
+from udfs.validation import (
+    KIND_ATTRIBUTES, KIND_EVENT, KIND_ITEM, KIND_PRIVACY, KIND_REQUEST, DeadLetter, dead_letter,
+    parse_input)
+
+PICKLED = Types.PICKLED_BYTE_ARRAY()
+DLQ_TAG = OutputTag("dlq", KAFKA_RECORD)
+PROFILE_TAG = OutputTag("profiles", KAFKA_RECORD)
+PAIRS_TAG = OutputTag("pairs", PICKLED)
+ACTIVITY_TAG = OutputTag("activity", PICKLED)
+
+CATALOG_STATE = MapStateDescriptor("catalog", Types.STRING(), PICKLED)
+OCCURRENCE_STATE = MapStateDescriptor("item-occurrence", Types.STRING(), Types.DOUBLE())
+MODEL_STATE = MapStateDescriptor("item-model", Types.STRING(), PICKLED)
+
+
+def kafka_record(key: str, value: dict[str, Any] | None) -> Row:
+    return Row(key.encode("utf-8"), None if value is None else orjson.dumps(value))
+
+
+def dlq_record(letter: DeadLetter) -> Row:
+    return kafka_record(letter.source_topic, letter.to_message())
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """Stable across processes and restarts (Python's hash() is salted per process)."""
+    return zlib.crc32(item_id.encode("utf-8")) % shards
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ParseInput(ProcessFunction):
+    """Bytes of one input topic -> ``InputRecord``, or a dead letter on the DLQ side output."""
+
+    def __init__(self, cfg: EngineConfig, kind: str, topic: str):
+        self.cfg = cfg
+        self.kind = kind
+        self.topic = topic
+
+    def open(self, runtime_context: RuntimeContext):
+        group = runtime_context.get_metrics_group().add_group("source_topic", self.topic)
+        self.accepted = group.counter("records_accepted")
+        self.rejected_group = group
+        self.rejected: dict[str, Any] = {}
+        self.key_field = {KIND_EVENT: "user_id", KIND_ATTRIBUTES: "user_id", KIND_ITEM: "item_id",
+                          KIND_REQUEST: "user_id", KIND_PRIVACY: "user_id"}[self.kind]
+
+    def _count_rejected(self, reason: str) -> None:
+        counter = self.rejected.get(reason)
+        if counter is None:
+            counter = self.rejected_group.add_group("reason", reason).counter("dlq_records")
+            self.rejected[reason] = counter
+        counter.inc()
+
+    def process_element(self, value, ctx):
+        raw = bytes(value) if value is not None else None
+        out = parse_input(raw, self.kind, self.topic, now_ms(), self.cfg.validation,
+                          self.cfg.profile, self.cfg.recommend.default_k, self.cfg.recommend.max_k)
+        if isinstance(out, DeadLetter):
+            self._count_rejected(out.reason)
+            yield DLQ_TAG, dlq_record(out)
+        else:
+            self.accepted.inc()
+            yield InputRecord(self.kind, out[self.key_field], out)
+
+
+def item_info(rec: dict[str, Any]) -> ItemInfo:
+    return ItemInfo(rec["item_id"], rec["title"], tuple(rec["categories"]), tuple(rec["tags"]),
+                    rec["price"], rec["available"], rec["ts"])
+
+
+class CatalogMirror:
+    """In-memory copy of the catalogue broadcast state (reads in Python are per-record hot)."""
+
+    def __init__(self):
+        self.items: dict[str, ItemInfo] = {}
+        self.loaded = False
+
+    def ensure_loaded(self, ctx) -> None:
+        # Broadcast state is restored before the first element but cannot be read in open().
+        if not self.loaded:
+            for key, value in ctx.get_broadcast_state(CATALOG_STATE).items():
+                self.items[key] = item_info_from_state(value)
+            self.loaded = True
+
+    def upsert(self, ctx, info: ItemInfo) -> bool:
+        self.ensure_loaded(ctx)
+        current = self.items.get(info.item_id)
+        if current is not None and current.updated_at > info.updated_at:
+            return False
+        self.items[info.item_id] = info
+        ctx.get_broadcast_state(CATALOG_STATE).put(info.item_id, item_info_to_state(info))
+        return True
+
+
+class ProfileOperator(KeyedBroadcastProcessFunction):
+    """Keyed by user: folds events/attributes into the profile; triggers recommendations."""
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+
+    def open(self, runtime_context: RuntimeContext):
+        descriptor = ValueStateDescriptor("user-profile", PICKLED)
+        ttl_ms = self.cfg.profile.inactive_user_ttl_ms
+        if ttl_ms > 0:
+            descriptor.enable_time_to_live(
+                StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
+                .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+                .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+                .build())
+        self.profile_state = runtime_context.get_state(descriptor)
+        self.catalog = CatalogMirror()
+        metrics = runtime_context.get_metrics_group()
+        self.events_by_type = {t: metrics.add_group("event_type", t).counter("events_in")
+                               for t in self.cfg.profile.event_weights}
+        self.duplicates = metrics.add_group("reason", "duplicate_event").counter("dlq_records")
+        self.late_events = metrics.counter("late_events")
+        self.profiles_updated = metrics.counter("profiles_updated")
+        self.forgotten = metrics.counter("users_forgotten")
+
+    # -- state ---------------------------------------------------------------------------------
+    def _load(self, user_id: str) -> UserProfileState:
+        stored = self.profile_state.value()
+        return user_profile_from_state(stored) if stored is not None else UserProfileState(user_id)
+
+    def _save(self, p: UserProfileState) -> None:
+        self.profile_state.update(user_profile_to_state(p))
+
+    def _variant(self, user_id: str) -> str:
+        return assign_variant(user_id, self.cfg.recommend.experiment_salt, self.cfg.recommend.variants)
+
+    def _snapshot_now(self, p: UserProfileState) -> int:
+        return max(p.last_seen or 0, p.attributes_ts)
+
+    def _maybe_snapshot(self, p: UserProfileState, ctx) -> Iterable:
+        """Emit a user-profiles record now, or at most once per interval per user (timer)."""
+        proc_now = ctx.timer_service().current_processing_time()
+        interval = self.cfg.profile.snapshot_min_interval_ms
+        if proc_now - p.last_snapshot_at >= interval:
+            p.last_snapshot_at = proc_now
+            p.snapshot_pending = False
+            yield PROFILE_TAG, kafka_record(p.user_id, prof.profile_snapshot(
+                p, self._snapshot_now(p), self.cfg.profile, self._variant(p.user_id)))
+        elif not p.snapshot_pending:
+            p.snapshot_pending = True
+            ctx.timer_service().register_processing_time_timer(p.last_snapshot_at + interval)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def process_broadcast_element(self, value: InputRecord, ctx):
+        self.catalog.upsert(ctx, item_info(value.record))
+
+    def process_element(self, value: InputRecord, ctx):
+        self.catalog.ensure_loaded(ctx)
+        kind, user_id, rec = value
+        if kind == KIND_EVENT:
+            yield from self._on_event(user_id, rec, ctx)
+        elif kind == KIND_ATTRIBUTES:
+            p = self._load(user_id)
+            if prof.apply_attributes(p, rec["attributes"], rec["ts"]):
+                self.profiles_updated.inc()
+                yield from self._maybe_snapshot(p, ctx)
+                self._save(p)
+        elif kind == KIND_REQUEST:
+            p = self._load(user_id)
+            yield self._trigger(p, rec["ts"], rec["k"], request_id=rec["request_id"])
+        elif kind == KIND_PRIVACY:
+            yield from self._forget(user_id, rec, ctx)
+
+    def _on_event(self, user_id: str, event: dict[str, Any], ctx):
+        cfg = self.cfg
+        p = self._load(user_id)
+        if not prof.remember_event_id(p, event["event_id"], event["ts"],
+                                      cfg.validation.dedup_window_ms,
+                                      cfg.validation.dedup_max_ids_per_user):
+            self.duplicates.inc()
+            yield DLQ_TAG, dlq_record(dead_letter(
+                orjson.dumps(event), cfg.topics.user_events, "duplicate_event",
+                f"event_id {event['event_id']!r} was already processed within "
+                f"{cfg.validation.dedup_window_ms} ms", now_ms(), cfg.validation))
+            return
+        self.events_by_type[event["event_type"]].inc()
+        watermark = ctx.timer_service().current_watermark()
+        if event["ts"] < watermark:
+            self.late_events.inc()
+        item = self.catalog.items.get(event["item_id"])
+        outcome = prof.apply_event(p, event, item, cfg.profile, cfg.similarity)
+        self.profiles_updated.inc()
+        segment = prof.demographic_segment(p.attributes)
+        if outcome.weight > 0:
+            yield ACTIVITY_TAG, ItemActivity(event["item_id"], outcome.weight,
+                                             outcome.occurrence_delta, event["ts"], segment,
+                                             item.categories if item else ())
+        if outcome.pairs:
+            by_shard: dict[int, PairShardBatch] = {}
+            for pu in outcome.pairs:
+                shard = shard_of(pu.row, cfg.similarity.shards)
+                batch = by_shard.get(shard)
+                if batch is None:
+                    batch = by_shard[shard] = PairShardBatch(shard, [], [], [], pu.ts)
+                batch.rows.append(pu.row)
+                batch.cols.append(pu.col)
+                batch.weights.append(pu.weight)
+            for batch in by_shard.values():
+                yield PAIRS_TAG, batch
+        yield from self._maybe_snapshot(p, ctx)
+        self._save(p)
+        yield self._trigger(p, event["ts"], cfg.recommend.default_k, event=event, segment=segment)
+
+    def _trigger(self, p: UserProfileState, event_ts: int, k: int, *, event=None,
+                 request_id=None, segment=None) -> RecommendationTrigger:
+        now = max(event_ts, p.last_seen or 0)
+        interests = prof.interests_at(p.interests, p.interests_ts, now,
+                                      self.cfg.profile.interest_half_life_ms)
+        return RecommendationTrigger(
+            user_id=p.user_id,
+            trigger_event_id=event["event_id"] if event else None,
+            request_id=request_id,
+            event_ts=event_ts,
+            k=k,
+            event_item_id=event["item_id"] if event else None,
+            event_type=event["event_type"] if event else None,
+            recent_items=[(r.item_id, r.event_type, r.ts, r.weight) for r in p.recent_items],
+            interests=interests,
+            exclude=list(p.consumed),
+            not_interested=list(p.not_interested),
+            segment=segment if segment is not None else prof.demographic_segment(p.attributes),
+            variant=self._variant(p.user_id),
+            attributes=dict(p.attributes),
+        )
+
+    def _forget(self, user_id: str, rec: dict[str, Any], ctx):
+        """Right to be forgotten: drop the profile, tombstone user-profiles, tell the recommender."""
+        self.profile_state.clear()
+        self.forgotten.inc()
+        yield PROFILE_TAG, kafka_record(user_id, None)
+        yield RecommendationTrigger(user_id, None, None, rec["ts"], 0, None, None, [], {}, [], [],
+                                    "", "", {}, forget=True)
+
+    def on_timer(self, timestamp: int, ctx):
+        stored = self.profile_state.value()
+        if stored is None:
+            return
+        p = user_profile_from_state(stored)
+        if p.snapshot_pending:
+            p.last_snapshot_at = timestamp
+            p.snapshot_pending = False
+            yield PROFILE_TAG, kafka_record(p.user_id, prof.profile_snapshot(
+                p, self._snapshot_now(p), self.cfg.profile, self._variant(p.user_id)))
+            self._save(p)
+
+
+def forward_decay(ts: int, landmark_ms: int, half_life_ms: int) -> float:
+    if half_life_ms <= 0:
+        return 1.0
+    return 2.0 ** ((ts - landmark_ms) / half_life_ms)
+
+
+class SimilarityOperator(KeyedBroadcastProcessFunction):
+    """Keyed by similarity shard: buffers pair updates and applies them in vectorised batches.
+
+    The broadcast side carries every item's occurrence increments, so each instance knows N(j)
+    for all items (the denominators of the similarity) while holding only its shards' rows.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+
+    def open(self, runtime_context: RuntimeContext):
+        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending-pairs", PICKLED))
+        self.rows = runtime_context.get_map_state(
+            MapStateDescriptor("item-rows", Types.STRING(), PICKLED))
+        # item -> (last emitted processing time, emission pending)
+        self.emitted = runtime_context.get_map_state(
+            MapStateDescriptor("item-emitted", Types.STRING(), PICKLED))
+        self.occurrence: dict[str, float] = {}
+        self.occurrence_loaded = False
+        metrics = runtime_context.get_metrics_group()
+        self.pair_updates = metrics.counter("similarity_pair_updates")
+        self.batches = metrics.counter("similarity_batches")
+        self.neighbor_updates = metrics.counter("similarity_updates_emitted")
+        self.items_tracked = 0
+        metrics.gauge("similarity_items_tracked", lambda: self.items_tracked)
+
+    def _ensure_occurrence(self, ctx) -> None:
+        if not self.occurrence_loaded:
+            for key, value in ctx.get_broadcast_state(OCCURRENCE_STATE).items():
+                self.occurrence[key] = value
+            self.occurrence_loaded = True
+
+    def process_broadcast_element(self, value: ItemActivity, ctx):
+        self._ensure_occurrence(ctx)
+        if value.occurrence_delta <= 0:
+            return
+        sim = self.cfg.similarity
+        n = self.occurrence.get(value.item_id, 0.0) + value.occurrence_delta * forward_decay(
+            value.ts, sim.decay_landmark_ms, sim.half_life_ms)
+        self.occurrence[value.item_id] = n
+        ctx.get_broadcast_state(OCCURRENCE_STATE).put(value.item_id, n)
+
+    def process_element(self, value: PairShardBatch, ctx):
+        self._ensure_occurrence(ctx)
+        self.pending.add(value)
+        self.pair_updates.inc(len(value.rows))
+        interval = self.cfg.similarity.flush_interval_ms
+        proc_now = ctx.timer_service().current_processing_time()
+        # Coalesced: every record of this shard in the same interval maps to the same timer.
+        ctx.timer_service().register_processing_time_timer((proc_now // interval + 1) * interval)
+        return iter(())
+
+    def on_timer(self, timestamp: int, ctx):
+        self._ensure_occurrence(ctx)
+        sim = self.cfg.similarity
+        batches = list(self.pending.get() or [])
+        due: list[str] = []
+        if batches:
+            self.pending.clear()
+            self.batches.inc()
+            rows, cols, weights, ts = [], [], [], []
+            for b in batches:
+                rows.extend(b.rows)
+                cols.extend(b.cols)
+                weights.extend(b.weights)
+                ts.extend([b.ts] * len(b.rows))
+            batch = PairBatch.from_lists(rows, cols, weights, ts)
+            touched = set(rows)
+            current = {}
+            for item_id in touched:
+                stored = self.rows.get(item_id)
+                if stored is not None:
+                    current[item_id] = ItemRow.from_state(stored)
+                else:
+                    self.items_tracked += 1
+            updated = apply_pair_updates(current, batch, self.occurrence, sim,
+                                         sim.decay_landmark_ms, delta=sim.hoeffding_delta,
+                                         min_obs=sim.hoeffding_min_obs)
+            for item_id, row in updated.items():
+                old = current.get(item_id)
+                self.rows.put(item_id, row.to_state())
+                if old is None or list(old.neighbors) != list(row.neighbors):
+                    due.append(item_id)
+        yield from self._emit_due(due, timestamp, ctx)
+
+    def _emit_due(self, changed: list[str], proc_now: int, ctx):
+        interval = self.cfg.similarity.emit_min_interval_ms
+        for item_id in changed:
+            last, _ = self.emitted.get(item_id) or (0, False)
+            self.emitted.put(item_id, (last, True))
+        for item_id, (last, pending) in list(self.emitted.items()):
+            if not pending:
+                continue
+            if proc_now - last >= interval:
+                stored = self.rows.get(item_id)
+                row = ItemRow.from_state(stored)
+                self.emitted.put(item_id, (proc_now, False))
+                self.neighbor_updates.inc()
+                yield (item_id, [(j, float(s)) for j, s in row.neighbors], proc_now)
+            else:
+                ctx.timer_service().register_processing_time_timer(last + interval)
+
+
+def similarity_message(update: tuple) -> Row:
+    item_id, neighbors, updated_at = update
+    return kafka_record(item_id, {
+        "schema_version": 1, "item_id": item_id, "updated_at": updated_at,
+        "neighbors": [{"item_id": j, "score": round(s, 6)} for j, s in neighbors]})
+
+
+class RecommendOperator(KeyedBroadcastProcessFunction):
+    """Keyed by user: blends the broadcast item model with the user's view into top-k lists."""
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+
+    def open(self, runtime_context: RuntimeContext):
+        self.impressions = runtime_context.get_state(ValueStateDescriptor("impressions", PICKLED))
+        rc = self.cfg.recommend
+        self.model = ItemModel(catalog={}, neighbors={},
+                               trending=TrendingModel(half_life_ms=rc.trending_half_life_ms))
+        self.model_loaded = False
+        self.activity_since_snapshot = 0
+        metrics = runtime_context.get_metrics_group()
+        self.metrics = metrics
+        self.emitted: dict[tuple[str, str], Any] = {}
+        self.feedback: dict[tuple[str, str], Any] = {}
+        self.latency = metrics.distribution("recommendation_latency_ms") if hasattr(
+            metrics, "distribution") else None
+
+    def _ensure_model(self, ctx) -> None:
+        if self.model_loaded:
+            return
+        for key, value in ctx.get_broadcast_state(MODEL_STATE).items():
+            if key.startswith("item:"):
+                info = item_info_from_state(value)
+                self.model.catalog[info.item_id] = info
+            elif key.startswith("nbr:"):
+                self.model.neighbors[key[4:]] = [tuple(n) for n in value]
+            elif key == "trending":
+                self.model.trending = TrendingModel.from_state(value)
+        self.model_loaded = True
+
+    def process_broadcast_element(self, value: ModelUpdate, ctx):
+        self._ensure_model(ctx)
+        state = ctx.get_broadcast_state(MODEL_STATE)
+        if value.kind == "item":
+            info = item_info(value.payload.record)
+            current = self.model.catalog.get(info.item_id)
+            if current is None or current.updated_at <= info.updated_at:
+                self.model.catalog[info.item_id] = info
+                state.put("item:" + info.item_id, item_info_to_state(info))
+        elif value.kind == "neighbors":
+            item_id, neighbors, _ = value.payload
+            self.model.neighbors[item_id] = neighbors
+            state.put("nbr:" + item_id, neighbors)
+        elif value.kind == "activity":
+            a: ItemActivity = value.payload
+            self.model.trending.record(a.item_id, a.categories, a.segment, a.weight, a.ts)
+            self.activity_since_snapshot += 1
+            # Trending is checkpointed every N records rather than per record (cost); after a
+            # failure at most N records of popularity are missing, then Kafka replay refills.
+            if self.activity_since_snapshot >= self.cfg.recommend.trending_snapshot_every:
+                state.put("trending", self.model.trending.to_state())
+                self.activity_since_snapshot = 0
+
+    def _count(self, table: dict, name: str, variant: str, label: str, label_value: str):
+        key = (variant, label_value)
+        counter = table.get((name, key))
+        if counter is None:
+            counter = (self.metrics.add_group("variant", variant).add_group(label, label_value)
+                       .counter(name))
+            table[(name, key)] = counter
+        counter.inc()
+
+    def process_element(self, t: RecommendationTrigger, ctx):
+        self._ensure_model(ctx)
+        cfg = self.cfg.recommend
+        if t.forget:
+            self.impressions.clear()
+            yield kafka_record(t.user_id, None)
+            return
+        stored = self.impressions.value()
+        log = ImpressionLog.from_state(stored) if stored is not None else ImpressionLog()
+        if t.event_item_id is not None:
+            hit = attribute_feedback(log, t.event_item_id, t.event_type, t.event_ts,
+                                     cfg.feedback_window_ms)
+            if hit is not None:
+                variant, kind = hit
+                self._count(self.feedback, "feedback_events", variant, "kind", kind)
+        view = UserView(
+            user_id=t.user_id,
+            recent_items=[RecentItem(*r) for r in t.recent_items],
+            interests=t.interests,
+            exclude=set(t.exclude),
+            not_interested=set(t.not_interested),
+            segment=t.segment,
+            variant=t.variant,
+            attributes=t.attributes,
+        )
+        weights = cfg.variants.get(t.variant) or next(iter(cfg.variants.values()))
+        now = max(t.event_ts, 0)
+        items = recommend(view, self.model, weights, cfg, t.k, now,
+                          recency_half_life_ms=cfg.recency_half_life_ms)
+        record_impressions(log, [s.item_id for s in items], t.variant, now, cfg.impressions_max)
+        self.impressions.update(log.to_state())
+        trigger = "request" if t.request_id is not None else "event"
+        self._count(self.emitted, "recommendations_emitted", t.variant, "trigger", trigger)
+        if self.latency is not None and t.trigger_event_id is not None:
+            self.latency.update(max(0, now_ms() - t.event_ts))
+        yield kafka_record(t.user_id, {
+            "schema_version": 1,
+            "user_id": t.user_id,
+            "request_id": t.request_id,
+            "trigger_event_id": t.trigger_event_id,
+            "generated_at": now_ms(),
+            "event_ts": t.event_ts,
+            "variant": t.variant,
+            "items": [{"item_id": s.item_id, "score": round(float(s.score), 6),
+                       "reasons": list(s.reasons)} for s in items],
+        })

@@ -1,0 +1,121 @@
+import orjson
+import pytest
+
+from recsys.config import EngineConfig
+from udfs.validation import (
+    KIND_ATTRIBUTES, KIND_EVENT, KIND_ITEM, KIND_PRIVACY, KIND_REQUEST, DeadLetter, parse_input)
+
+CFG = EngineConfig()
+NOW = 1_767_225_600_000  # 2026-01-01
+
+
+def parse(obj, kind=KIND_EVENT, raw=None):
+    data = raw if raw is not None else orjson.dumps(obj)
+    return parse_input(data, kind, "topic-x", NOW, CFG.validation, CFG.profile)
+
+
+def event(**over):
+    base = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": NOW - 1000}
+    base.update(over)
+    return base
+
+
+def test_valid_event_is_normalised_and_unknown_fields_dropped():
+    out = parse(event(extra="x", value=None, context={"device": "ios"}))
+    assert out == {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "click",
+                   "ts": NOW - 1000, "value": None, "context": {"device": "ios"}}
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"", "empty_record"),
+    (None, "empty_record"),
+    (b"\xff\xfe\x00garbage", "not_utf8"),
+    (b'{"event_id": "e1", ', "malformed_json"),
+    (b'{"ts": NaN}', "malformed_json"),
+    (b"[1, 2]", "not_object"),
+    (b'"just a string"', "not_object"),
+])
+def test_undecodable_records_go_to_dlq_with_reason(raw, reason):
+    out = parse_input(raw, KIND_EVENT, "topic-x", NOW, CFG.validation, CFG.profile)
+    assert isinstance(out, DeadLetter)
+    assert out.reason == reason
+    assert out.source_topic == "topic-x"
+    assert out.error
+
+
+@pytest.mark.parametrize("obj,reason,fragment", [
+    ({"user_id": "u1", "item_id": "i1", "event_type": "view", "ts": NOW}, "missing_field", "event_id"),
+    (event(event_type="teleport"), "unknown_event_type", "event_type"),
+    (event(ts="yesterday"), "invalid_field", "ts"),
+    (event(ts=1.5), "invalid_field", "ts"),
+    (event(user_id=""), "empty_key", "user_id"),
+    (event(user_id=123), "invalid_field", "user_id"),
+    (event(ts=5), "absurd_timestamp", "before"),
+    (event(ts=NOW + 10 * 86_400_000), "absurd_timestamp", "future"),
+    (event(event_type="rate", value=None), "invalid_field", "rating"),
+])
+def test_invalid_events_are_rejected_with_readable_error(obj, reason, fragment):
+    out = parse(obj)
+    assert isinstance(out, DeadLetter), out
+    assert out.reason == reason
+    assert fragment in out.error
+
+
+def test_oversize_record_is_rejected_and_raw_truncated():
+    big = orjson.dumps(event(context={"blob": "x" * (CFG.validation.max_record_bytes + 10)}))
+    out = parse(None, raw=big)
+    assert isinstance(out, DeadLetter) and out.reason == "oversize"
+    assert out.raw_truncated and len(out.raw) == CFG.validation.dlq_raw_max_chars
+
+
+def test_overflowing_number_is_rejected():
+    out = parse(None, raw=b'{"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "rate", "ts": 1, "value": 1e999}')
+    assert isinstance(out, DeadLetter) and out.reason == "malformed_json" and "infinity" in out.error
+
+
+def test_rating_value_is_kept_as_float():
+    out = parse(event(event_type="rate", value=4))
+    assert out["value"] == 4.0
+
+
+def test_attributes_drop_pii():
+    rec = {"user_id": "u1", "ts": NOW, "attributes": {
+        "age": 30, "gender": "F", "email": "a@b.c", "Phone": "123", "home_address": "x",
+        "full_name": "Ann", "region": "EU"}}
+    out = parse(rec, KIND_ATTRIBUTES)
+    assert out["attributes"] == {"age": 30, "gender": "F", "region": "EU"}
+
+
+def test_attributes_with_nested_values_rejected():
+    out = parse({"user_id": "u1", "ts": NOW, "attributes": {"nested": {"a": 1}}}, KIND_ATTRIBUTES)
+    assert isinstance(out, DeadLetter) and out.reason == "invalid_field"
+
+
+def test_attributes_with_wrong_typed_age_rejected():
+    out = parse({"user_id": "u1", "ts": NOW, "attributes": {"age": "thirty"}}, KIND_ATTRIBUTES)
+    assert isinstance(out, DeadLetter) and out.reason == "invalid_field"
+
+
+def test_item_dedups_categories_and_tags():
+    out = parse({"item_id": "i1", "ts": NOW, "title": "T", "categories": ["a", "a", "b"],
+                 "tags": ["x"], "price": 3, "available": True}, KIND_ITEM)
+    assert out["categories"] == ["a", "b"] and out["price"] == 3.0
+
+
+def test_request_defaults_and_caps_k():
+    out = parse({"request_id": "r1", "user_id": "u1", "ts": NOW}, KIND_REQUEST)
+    assert out["k"] == CFG.recommend.default_k
+    out = parse({"request_id": "r1", "user_id": "u1", "ts": NOW, "k": 999}, KIND_REQUEST)
+    assert out["k"] == CFG.recommend.max_k
+
+
+def test_privacy_request_only_knows_forget():
+    assert parse({"user_id": "u1", "ts": NOW, "action": "forget"}, KIND_PRIVACY)["action"] == "forget"
+    assert isinstance(parse({"user_id": "u1", "ts": NOW, "action": "sell"}, KIND_PRIVACY), DeadLetter)
+
+
+def test_dead_letter_message_matches_schema():
+    from state_schemas import validator
+
+    out = parse(None, raw=b"nope")
+    validator("events-dlq")(out.to_message())

@@ -1,0 +1,180 @@
+"""Cleaning at the job's edge: bytes from Kafka in, a typed record or a dead letter out.
+
+Nothing here raises on bad input: every way a record can be wrong maps to a ``DeadLetter`` with a
+machine-readable ``reason`` (a metrics label) and an ``error`` a person can read. The JSON Schema
+files in ``state_schemas/json`` are the single source of truth for shape and types; this module
+adds the checks a schema cannot express (size, encoding, time sanity, finite numbers, PII).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from recsys.config import ProfileConfig, ValidationConfig
+from state_schemas import validator
+
+# Logical input kinds and the schema each is validated against.
+KIND_EVENT = "user-event"
+KIND_ATTRIBUTES = "user-attributes"
+KIND_ITEM = "item-catalog"
+KIND_REQUEST = "recommendation-request"
+KIND_PRIVACY = "privacy-request"
+INPUT_KINDS = (KIND_EVENT, KIND_ATTRIBUTES, KIND_ITEM, KIND_REQUEST, KIND_PRIVACY)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A rejected input record, as written to ``events-dlq``."""
+    source_topic: str
+    raw: str
+    raw_truncated: bool
+    error: str
+    reason: str
+    ts: int
+
+    def to_message(self) -> dict[str, Any]:
+        return {"schema_version": 1, "source_topic": self.source_topic, "raw": self.raw,
+                "raw_truncated": self.raw_truncated, "error": self.error, "reason": self.reason,
+                "ts": self.ts}
+
+
+def _raw_text(raw: bytes, limit: int) -> tuple[str, bool]:
+    text = raw[: limit * 4].decode("utf-8", errors="replace")
+    return (text[:limit], True) if len(text) > limit or len(raw) > limit * 4 else (text, False)
+
+
+def dead_letter(raw: bytes | str, source_topic: str, reason: str, error: str, now_ms: int,
+                cfg: ValidationConfig) -> DeadLetter:
+    data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    text, truncated = _raw_text(data, cfg.dlq_raw_max_chars)
+    return DeadLetter(source_topic, text, truncated, error, reason, now_ms)
+
+
+def _schema_reason(rule: str | None, message: str) -> str:
+    if rule == "required":
+        return "missing_field"
+    if rule == "enum" and "event_type" in message:
+        return "unknown_event_type"
+    if rule in ("minLength",) and message.split(" ")[0].endswith("_id"):
+        return "empty_key"
+    return "invalid_field"
+
+
+def _has_non_finite(value: Any, depth: int = 0) -> bool:
+    # orjson already rejects the NaN/Infinity tokens; this catches floats that overflow to inf
+    # (e.g. 1e999), which JSON allows syntactically.
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if depth > 8:
+        return False
+    if isinstance(value, dict):
+        return any(_has_non_finite(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v, depth + 1) for v in value)
+    return False
+
+
+def _check_ts(ts: int, now_ms: int, cfg: ValidationConfig) -> str | None:
+    if ts < cfg.min_ts_ms:
+        return f"ts {ts} is before {cfg.min_ts_ms} (absurd timestamp)"
+    if ts > now_ms + cfg.max_future_skew_ms:
+        return f"ts {ts} is more than {cfg.max_future_skew_ms} ms in the future (absurd timestamp)"
+    return None
+
+
+def _normalise_event(rec: dict[str, Any]) -> dict[str, Any] | str:
+    value = rec.get("value")
+    if rec["event_type"] == "rate":
+        if value is None:
+            return "event_type 'rate' needs a numeric 'value' (the rating)"
+        value = float(value)
+    elif value is not None:
+        value = float(value)
+    context = rec.get("context")
+    return {"event_id": rec["event_id"], "user_id": rec["user_id"], "item_id": rec["item_id"],
+            "event_type": rec["event_type"], "ts": rec["ts"], "value": value,
+            "context": context if isinstance(context, dict) else None}
+
+
+def is_pii_attribute(name: str, pii_names: frozenset[str]) -> bool:
+    """Attribute names that look like personal data: exact list plus obvious substrings."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    return key in pii_names or any(s in key for s in ("email", "phone", "address", "passport"))
+
+
+def _normalise_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[str, Any]:
+    attributes = {k: v for k, v in rec["attributes"].items()
+                  if not is_pii_attribute(k, pii_names) and not isinstance(v, (dict, list))}
+    return {"user_id": rec["user_id"], "ts": rec["ts"], "attributes": attributes}
+
+
+def _normalise_item(rec: dict[str, Any]) -> dict[str, Any]:
+    price = rec.get("price")
+    return {"item_id": rec["item_id"], "ts": rec["ts"], "title": rec["title"],
+            "categories": list(dict.fromkeys(rec["categories"])), "tags": list(dict.fromkeys(rec["tags"])),
+            "price": float(price) if price is not None else None, "available": rec["available"]}
+
+
+def _normalise_request(rec: dict[str, Any], default_k: int, max_k: int) -> dict[str, Any]:
+    k = rec.get("k")
+    return {"request_id": rec["request_id"], "user_id": rec["user_id"], "ts": rec["ts"],
+            "k": min(int(k), max_k) if k is not None else default_k,
+            "context": rec.get("context") if isinstance(rec.get("context"), dict) else None}
+
+
+def _normalise_privacy(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"user_id": rec["user_id"], "ts": rec["ts"], "action": rec["action"]}
+
+
+def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
+                cfg: ValidationConfig, profile_cfg: ProfileConfig,
+                default_k: int = 10, max_k: int = 100) -> dict[str, Any] | DeadLetter:
+    """Decode, validate and normalise one input record of ``kind`` (one of ``INPUT_KINDS``).
+
+    Returns the normalised record (only the contract's fields, typed) or a ``DeadLetter``.
+    """
+    def reject(reason: str, error: str) -> DeadLetter:
+        return dead_letter(raw or b"", source_topic, reason, error, now_ms, cfg)
+
+    if raw is None or len(raw) == 0:
+        return reject("empty_record", "record has no value")
+    if len(raw) > cfg.max_record_bytes:
+        return reject("oversize", f"record is {len(raw)} bytes; the limit is {cfg.max_record_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return reject("not_utf8", f"record is not UTF-8 text: {e.reason} at byte {e.start}")
+    try:
+        rec = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        return reject("malformed_json", f"not valid JSON: {e}")
+    if not isinstance(rec, dict):
+        return reject("not_object", f"expected a JSON object, got {type(rec).__name__}")
+    try:
+        validator(kind)(rec)
+    except Exception as e:  # fastjsonschema.JsonSchemaValueException
+        message = str(e).replace("data.", "", 1) if str(e).startswith("data.") else str(e)
+        return reject(_schema_reason(getattr(e, "rule", None), message), f"schema {kind}: {message}")
+    if _has_non_finite(rec):
+        return reject("non_finite_number", "record contains a non-finite number")
+    bad_ts = _check_ts(rec["ts"], now_ms, cfg)
+    if bad_ts:
+        return reject("absurd_timestamp", bad_ts)
+    if kind == KIND_EVENT:
+        out = _normalise_event(rec)
+        if isinstance(out, str):
+            return reject("invalid_field", out)
+        return out
+    if kind == KIND_ATTRIBUTES:
+        return _normalise_attributes(rec, frozenset(n.lower() for n in profile_cfg.pii_attribute_names))
+    if kind == KIND_ITEM:
+        return _normalise_item(rec)
+    if kind == KIND_REQUEST:
+        return _normalise_request(rec, default_k, max_k)
+    if kind == KIND_PRIVACY:
+        return _normalise_privacy(rec)
+    raise ValueError(f"unknown input kind {kind!r}")

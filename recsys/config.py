@@ -244,7 +244,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
-def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
+def _apply(obj: Any, values: Mapping[str, Any], where: str, merge_variants: bool = False) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in fields:
@@ -253,13 +253,17 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}{key} is a section; expected a table")
-            _apply(current, value, f"{where}{key}.")
+            _apply(current, value, f"{where}{key}.", merge_variants)
         elif key == "variants" and isinstance(obj, RecommendConfig):
+            # A whole table (file, or `--set recommend.variants={...}`) replaces the variants;
+            # `--set recommend.variants.control.w_content=2` changes one weight of one variant.
             if not isinstance(value, Mapping) or not value:
                 raise ConfigError(f"{where}{key}: expected a non-empty table of variants")
-            variants: dict[str, VariantConfig] = {}
+            variants = dict(obj.variants) if merge_variants else {}
             for name, weights in value.items():
-                variant = VariantConfig()
+                if not isinstance(weights, Mapping):
+                    raise ConfigError(f"{where}{key}.{name}: expected a table of weights")
+                variant = dataclasses.replace(variants.get(name, VariantConfig()))
                 _apply(variant, weights, f"{where}{key}.{name}.")
                 variants[name] = variant
             obj.variants = variants
@@ -268,10 +272,33 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
             for et, w in _coerce(value, current, where + key).items():
                 if et not in EVENT_TYPES:
                     raise ConfigError(f"{where}{key}: unknown event type {et!r}")
-                merged[et] = float(w)
+                merged[et] = _coerce(w, 0.0, f"{where}{key}.{et}")
             obj.event_weights = merged
+        elif key == "client_properties" and isinstance(obj, KafkaConfig):
+            # Java client property names contain dots; a dotted --set key arrives nested.
+            merged = dict(current)
+            merged.update(_flatten_properties(_coerce(value, current, where + key), where + key))
+            obj.client_properties = merged
         else:
             setattr(obj, key, _coerce(value, current, where + key))
+
+
+def _flatten_properties(value: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten_properties(v, where, name + "."))
+        elif isinstance(v, (str, int, float, bool)):
+            out[name] = str(v).lower() if isinstance(v, bool) else str(v)
+        else:
+            raise ConfigError(f"{where}.{name}: expected a string value, got {v!r}")
+    return out
+
+
+def _names_one_variant(dotted: str) -> bool:
+    """True for keys below one variant (recommend.variants.NAME...), which merge."""
+    return dotted.startswith("recommend.variants.")
 
 
 def _nested(dotted: str, value: Any) -> dict[str, Any]:
@@ -304,12 +331,13 @@ def load_config(path: str | os.PathLike | None = None,
     for name in sorted(env):
         if name.startswith("RECSYS__"):
             dotted = name[len("RECSYS__"):].lower().replace("__", ".")
-            _apply(cfg, _nested(dotted, _parse_literal(env[name])), "")
+            _apply(cfg, _nested(dotted, _parse_literal(env[name])), "", _names_one_variant(dotted))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         key, _, raw = item.partition("=")
-        _apply(cfg, _nested(key.strip(), _parse_literal(raw.strip())), "")
+        _apply(cfg, _nested(key.strip(), _parse_literal(raw.strip())), "",
+               _names_one_variant(key.strip()))
     validate_config(cfg)
     return cfg
 

@@ -1,0 +1,49 @@
+"""The job in a child process (demo, tests, benchmarks): start it, stop it, read its log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from recsys.paths import PROJECT_ROOT
+
+
+def start_job_process(overrides: list[str], log_path: Path, config_file: str | None = None,
+                      env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m flink_jobs.recsys_job`` with ``--set`` overrides; output goes to ``log_path``.
+
+    A child process keeps the caller free to produce and consume, and lets it kill the job and
+    its mini-cluster as a whole (own session, so the process group is the job's alone).
+    """
+    args = [sys.executable, "-m", "flink_jobs.recsys_job"]
+    if config_file:
+        args += ["--config", config_file]
+    for item in overrides:
+        args += ["--set", item]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+
+
+def stop_job_process(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(log_path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

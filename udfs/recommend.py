@@ -1,0 +1,369 @@
+"""The recommendation scorer: a pure function of one user's view and the item model.
+
+Sources (each a small function below, each normalised to [0, 1] by its maximum before blending):
+
+* ``collaborative`` — item-to-item CF. Every recent item ``r`` with a positive action weight
+  votes with ``r.weight * 2 ** (-(now - r.ts) / recency_half_life)`` for each of its neighbours
+  ``(j, s)``: ``cf[j] += s * vote``.
+* ``content`` — cosine between the positive part of the user's interest vector and each
+  candidate's 0/1 feature vector (``category:*``, ``tag:*``). Candidates: the CF candidates,
+  the globally trending items, the items trending in the user's segment, and the items trending
+  in the user's favourite categories (the ``max_interest_categories`` categories with the
+  highest positive interest).
+* ``trending`` — global popularity (forward-decayed counts, ``udfs/trending.py``).
+* ``segment`` — popularity among users of the user's segment.
+
+Blend: ``score = w_collaborative*cf + w_content*content + w_trending*trending + w_segment*segment``
+with the variant's weights; items with score <= 0 are dropped; ties are broken by item id.
+
+Filters: consumed items (``exclude``), ``not_interested`` items, the user's own recent items
+(``exclude_recent``), and catalogue items with ``available=False`` never appear. Items *unknown to
+the catalogue* may come in only through CF (the similarity stream can know an item before its
+catalogue entry arrives); they score on CF alone and their reasons use the item id where a title
+is missing. Trending, segment and content candidates must be in the catalogue and available.
+
+Cold start: when the user has no personal signal (no CF and no content candidates — e.g. no
+recent items and no interests), the list is the items trending in the user's segment first, then
+the globally trending items (each group ordered by its blended score), so scores are not
+necessarily decreasing across the two groups.
+
+Diversity: at most ``cfg.max_per_category`` items per primary category (an item's first
+category; items without one are not capped); filled greedily in rank order, so the list can be
+shorter than ``k``. ``k`` is capped at ``cfg.max_k``.
+
+Reasons: the sources that contribute at least ``min_reason_share`` of an item's score, largest
+first, at most ``max_reasons``, in words: "because you liked <title>" (verb of the recent item's
+event type), "matches your interest in <category or tag>", "trending in <category>" (added after
+the interest reason when the item was found among the trending items of that favourite category),
+"trending now", "popular with users like you".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from recsys.config import DAY_MS, RecommendConfig, VariantConfig
+from state_schemas.state import ItemInfo, RecentItem
+from udfs.trending import TrendingModel
+
+COLLABORATIVE = "collaborative"
+CONTENT = "content"
+TRENDING = "trending"
+SEGMENT = "segment"
+SOURCES: tuple[str, ...] = (COLLABORATIVE, CONTENT, TRENDING, SEGMENT)  # also the tie order
+
+EVENT_VERBS: dict[str, str] = {
+    "view": "viewed", "click": "clicked", "like": "liked", "share": "shared",
+    "comment": "commented on", "add_to_cart": "added to cart", "purchase": "purchased",
+    "rate": "rated highly",
+}
+
+
+@dataclass
+class UserView:
+    """What the scorer knows about one user at trigger time."""
+    user_id: str
+    recent_items: list[RecentItem] = field(default_factory=list)  # newest first
+    interests: dict[str, float] = field(default_factory=dict)    # decayed to now; may be < 0
+    exclude: set[str] = field(default_factory=set)                # consumed items
+    not_interested: set[str] = field(default_factory=set)
+    segment: str = ""
+    variant: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ItemModel:
+    """The per-instance item knowledge fed by the broadcast streams."""
+    catalog: dict[str, ItemInfo] = field(default_factory=dict)
+    neighbors: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    trending: TrendingModel = field(default_factory=lambda: TrendingModel(2 * DAY_MS))
+
+
+@dataclass
+class ScoredItem:
+    item_id: str
+    score: float
+    reasons: list[str]
+
+
+@dataclass
+class Blended:
+    """One candidate after blending: its score and each source's weighted contribution."""
+    item_id: str
+    score: float
+    contributions: dict[str, float]
+
+
+# ----------------------------------------------------------------------------------- sources
+def collaborative_candidates(recent_items: Sequence[RecentItem],
+                             neighbors: Mapping[str, Sequence[tuple[str, float]]],
+                             now_ms: int, *, half_life_ms: float, limit: int,
+                             allowed: Callable[[str], bool] | None = None
+                             ) -> tuple[dict[str, float], dict[str, RecentItem]]:
+    """CF scores (unnormalised, best ``limit``, best first) and, per candidate, the recent item
+    that contributed most to it (ties: the newer one, i.e. earlier in ``recent_items``)."""
+    scores: dict[str, float] = {}
+    best: dict[str, tuple[float, RecentItem]] = {}
+    for r in recent_items:
+        if not r.weight > 0:
+            continue
+        age = max(0, now_ms - r.ts)  # a timestamp ahead of now is not boosted
+        vote = r.weight * 2.0 ** (-age / half_life_ms)
+        if vote <= 0:
+            continue
+        for j, s in neighbors.get(r.item_id, ()):
+            if not s > 0:
+                continue
+            c = s * vote
+            scores[j] = scores.get(j, 0.0) + c
+            if j not in best or c > best[j][0]:
+                best[j] = (c, r)
+    if allowed is not None:  # once per distinct candidate, not per neighbour occurrence
+        scores = {j: v for j, v in scores.items() if allowed(j)}
+    ranked = sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:max(0, limit)]
+    return dict(ranked), {j: best[j][1] for j, _ in ranked}
+
+
+def positive_interests(interests: Mapping[str, float]) -> dict[str, float]:
+    return {f: w for f, w in interests.items() if w > 0 and math.isfinite(w)}
+
+
+def content_scores(interests: Mapping[str, float], candidates: Iterable[str],
+                   catalog: Mapping[str, ItemInfo]) -> tuple[dict[str, float], dict[str, str]]:
+    """Cosine between the positive interests and each candidate's feature indicator vector.
+
+    Returns the candidates with a positive cosine, and for each the matched feature with the
+    highest interest (ties: feature name) for the reason text.
+    """
+    p = positive_interests(interests)
+    if not p:
+        return {}, {}
+    norm_p = math.sqrt(math.fsum(w * w for w in p.values()))
+    scores: dict[str, float] = {}
+    matched: dict[str, str] = {}
+    for item in candidates:
+        info = catalog.get(item)
+        if info is None:
+            continue
+        feats = dict.fromkeys(info.features())
+        if not feats:
+            continue
+        hits = [(p[f], f) for f in feats if f in p]
+        if not hits:
+            continue
+        dot = math.fsum(w for w, _ in hits)
+        scores[item] = dot / (norm_p * math.sqrt(len(feats)))
+        matched[item] = min(hits, key=lambda h: (-h[0], h[1]))[1]
+    return scores, matched
+
+
+def trending_candidates(trending: TrendingModel, now_ms: float, limit: int, *,
+                        segment: str | None = None, category: str | None = None,
+                        exclude: set[str] | None = None,
+                        allowed: Callable[[str], bool] | None = None) -> dict[str, float]:
+    """Up to ``limit`` trending items (overall, or within ``segment``, or within ``category``),
+    best first, that pass ``allowed`` and are not in ``exclude``; normalised so the best is 1."""
+    if limit <= 0:
+        return {}
+    if segment is not None:
+        fetch = lambda n: trending.trending_in_segment(segment, n, now_ms, exclude)  # noqa: E731
+    elif category is not None:
+        fetch = lambda n: trending.trending_in_category(category, n, now_ms, exclude)  # noqa: E731
+    else:
+        fetch = lambda n: trending.trending_items(n, now_ms, exclude)  # noqa: E731
+    n = limit
+    while True:  # fetch more while ``allowed`` filters some out and the counter has more
+        got = fetch(n)
+        kept = [(i, s) for i, s in got if allowed is None or allowed(i)]
+        if len(kept) >= limit or len(got) < n:
+            break
+        n *= 4
+    kept = [(i, s) for i, s in kept[:limit] if s > 0]
+    if not kept:
+        return {}
+    top = kept[0][1]
+    return {i: s / top for i, s in kept}
+
+
+def top_interest_categories(interests: Mapping[str, float], n: int) -> list[str]:
+    """The user's ``n`` categories with the highest positive interest."""
+    cats = [(w, f[len("category:"):]) for f, w in positive_interests(interests).items()
+            if f.startswith("category:")]
+    return [c for _, c in sorted(cats, key=lambda p: (-p[0], p[1]))[:max(0, n)]]
+
+
+# ------------------------------------------------------------------------------ blending
+def source_weights(weights: VariantConfig) -> dict[str, float]:
+    return {COLLABORATIVE: weights.w_collaborative, CONTENT: weights.w_content,
+            TRENDING: weights.w_trending, SEGMENT: weights.w_segment}
+
+
+def blend(sources: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]
+          ) -> list[Blended]:
+    """Normalise each source by its max (negative values count as 0), weight and add up.
+
+    Returns every candidate of every source, best first, ties by item id.
+    """
+    names = [s for s, scores in sources.items() if scores]
+    if not names:
+        return []
+    ids = sorted(set(chain.from_iterable(sources[s] for s in names)))
+    row = {item: r for r, item in enumerate(ids)}
+    matrix = np.zeros((len(ids), len(names)), dtype=np.float64)
+    for c, name in enumerate(names):
+        src = sources[name]
+        rows = np.fromiter((row[i] for i in src), dtype=np.int64, count=len(src))
+        vals = np.maximum(np.fromiter(src.values(), dtype=np.float64, count=len(src)), 0.0)
+        top = vals.max()
+        if top > 0:
+            matrix[rows, c] = vals / top
+    w = np.array([float(weights.get(name, 0.0)) for name in names], dtype=np.float64)
+    contrib = matrix * w
+    scores = contrib.sum(axis=1)
+    order = np.argsort(-scores, kind="stable")  # ids are sorted: ties stay in id order
+    out = []
+    for r in order.tolist():
+        parts = {name: float(contrib[r, c]) for c, name in enumerate(names) if contrib[r, c]}
+        out.append(Blended(ids[r], float(scores[r]), parts))
+    return out
+
+
+T = TypeVar("T")
+
+
+def diversify(ranked: Sequence[T], k: int, max_per_category: int,
+              catalog: Mapping[str, ItemInfo]) -> list[T]:
+    """Greedy: take items in order, skipping one whose primary category is already used
+    ``max_per_category`` times (0 = no cap), until ``k`` are taken. Items need ``.item_id``."""
+    out: list[T] = []
+    used: dict[str, int] = {}
+    for cand in ranked:
+        if len(out) >= k:
+            break
+        info = catalog.get(cand.item_id)  # type: ignore[attr-defined]
+        primary = info.categories[0] if info is not None and info.categories else None
+        if max_per_category > 0 and primary is not None:
+            if used.get(primary, 0) >= max_per_category:
+                continue
+            used[primary] = used.get(primary, 0) + 1
+        out.append(cand)
+    return out
+
+
+# ---------------------------------------------------------------------------- explanations
+def _title(item_id: str, catalog: Mapping[str, ItemInfo]) -> str:
+    info = catalog.get(item_id)
+    return info.title if info is not None and info.title else item_id
+
+
+def _feature_label(feature: str) -> str:
+    return feature.split(":", 1)[1] if ":" in feature else feature
+
+
+def explain(contributions: Mapping[str, float], catalog: Mapping[str, ItemInfo], *,
+            because: RecentItem | None = None, interest_feature: str | None = None,
+            trending_category: str | None = None, first: str | None = None,
+            max_reasons: int = 3, min_share: float = 0.1) -> list[str]:
+    """Human-readable reasons from an item's top contributing sources.
+
+    A source is mentioned when it contributes at least ``min_share`` of the item's score; largest
+    first (ties in ``SOURCES`` order). ``first`` names a source to put first regardless.
+    """
+    total = sum(v for v in contributions.values() if v > 0)
+    picked = [s for s in SOURCES if contributions.get(s, 0.0) > 0
+              and contributions[s] >= min_share * total]
+    picked.sort(key=lambda s: -contributions[s])  # stable: ties keep SOURCES order
+    if first is not None:
+        picked = [first] + [s for s in picked if s != first]
+    reasons: list[str] = []
+    for source in picked:
+        if source == COLLABORATIVE:
+            if because is not None:
+                verb = EVENT_VERBS.get(because.event_type, "interacted with")
+                reasons.append(f"because you {verb} {_title(because.item_id, catalog)}")
+            else:
+                reasons.append("because of your recent activity")
+        elif source == CONTENT:
+            if interest_feature is not None:
+                reasons.append(f"matches your interest in {_feature_label(interest_feature)}")
+            if trending_category is not None and TRENDING not in picked:
+                reasons.append(f"trending in {trending_category}")
+        elif source == TRENDING:
+            reasons.append("trending now")
+        elif source == SEGMENT:
+            reasons.append("popular with users like you")
+    return list(dict.fromkeys(reasons))[:max(0, max_reasons)]
+
+
+# ---------------------------------------------------------------------------- entry point
+def recommend(user: UserView, model: ItemModel, weights: VariantConfig, cfg: RecommendConfig,
+              k: int, now_ms: int, *, recency_half_life_ms: int = 3 * DAY_MS,
+              exclude_recent: bool = True, max_interest_categories: int = 3,
+              max_reasons: int = 3, min_reason_share: float = 0.1) -> list[ScoredItem]:
+    """Top ``k`` items for ``user`` with reasons (see the module docstring)."""
+    if cfg.max_k > 0:
+        k = min(k, cfg.max_k)
+    if k <= 0:
+        return []
+    limit = max(cfg.candidates_per_source, k)
+    catalog = model.catalog
+    blocked = set(user.exclude) | set(user.not_interested)
+    if exclude_recent:
+        blocked.update(r.item_id for r in user.recent_items)
+
+    def in_catalog(item: str) -> bool:
+        if item in blocked:
+            return False
+        info = catalog.get(item)
+        return info is not None and bool(info.available)
+
+    def cf_allowed(item: str) -> bool:
+        if item in blocked:
+            return False
+        info = catalog.get(item)
+        return info is None or bool(info.available)
+
+    cf, because = collaborative_candidates(user.recent_items, model.neighbors, now_ms,
+                                           half_life_ms=recency_half_life_ms, limit=limit,
+                                           allowed=cf_allowed)
+
+    # Normalised popularity does not depend on the time it is read at (forward decay), so read
+    # it at the newest recorded event: immune to requests with stale or skewed timestamps.
+    trend = model.trending
+    trend_now = trend.last_ts if trend.last_ts is not None else now_ms
+    popular = trending_candidates(trend, trend_now, limit, exclude=blocked, allowed=in_catalog)
+    seg = (trending_candidates(trend, trend_now, limit, segment=user.segment, exclude=blocked,
+                               allowed=in_catalog) if user.segment else {})
+    in_category: dict[str, str] = {}
+    for cat in top_interest_categories(user.interests, max_interest_categories):
+        for item in trending_candidates(trend, trend_now, limit, category=cat, exclude=blocked,
+                                        allowed=in_catalog):
+            in_category.setdefault(item, cat)
+
+    pool = dict.fromkeys(chain(cf, popular, seg, in_category))
+    content, matched = content_scores(user.interests, pool, catalog)
+
+    ranked = blend({COLLABORATIVE: cf, CONTENT: content, TRENDING: popular, SEGMENT: seg},
+                   source_weights(weights))
+    firsts: dict[str, str] = {}
+    if not cf and not content:  # cold start: segment favourites first, then global trending
+        ranked = ([b for b in ranked if b.item_id in seg]
+                  + [b for b in ranked if b.item_id not in seg])
+        firsts = {b.item_id: SEGMENT if b.item_id in seg else TRENDING for b in ranked}
+    else:
+        ranked = [b for b in ranked if b.score > 0]
+
+    chosen = diversify(ranked, k, cfg.max_per_category, catalog)
+    return [ScoredItem(b.item_id, b.score,
+                       explain(b.contributions, catalog, because=because.get(b.item_id),
+                               interest_feature=matched.get(b.item_id),
+                               trending_category=in_category.get(b.item_id),
+                               first=firsts.get(b.item_id), max_reasons=max_reasons,
+                               min_share=min_reason_share))
+            for b in chosen]

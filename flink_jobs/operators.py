@@ -20,6 +20,9 @@ from typing import Any, Iterable
 
 import orjson
 from pyflink.common import Row, Types
+
+# Records between embedded (thread-mode) Python operators cross the JVM and come back as plain
+# tuples, so every NamedTuple from state_schemas.internal is re-wrapped with ._make() on entry.
 from pyflink.datastream import OutputTag
 from pyflink.datastream.functions import (
     KeyedBroadcastProcessFunction, ProcessFunction, RuntimeContext)
@@ -47,6 +50,12 @@ from udfs.validation import (
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 DLQ_TAG = OutputTag("dlq", KAFKA_RECORD)
 PROFILE_TAG = OutputTag("profiles", KAFKA_RECORD)
+# The profile operator's main output is a tagged union, split by ``SplitProfileOutput``:
+# PyFlink 2.3 drops side-output routing for records yielded from on_timer() of a
+# KeyedBroadcastProcessFunction (they land on the main output), and the trailing, rate-limited
+# profile snapshots come from a timer.
+OUT_TRIGGER = 0
+OUT_PROFILE = 1
 PAIRS_TAG = OutputTag("pairs", PICKLED)
 ACTIVITY_TAG = OutputTag("activity", PICKLED)
 
@@ -182,7 +191,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
         if proc_now - p.last_snapshot_at >= interval:
             p.last_snapshot_at = proc_now
             p.snapshot_pending = False
-            yield PROFILE_TAG, kafka_record(p.user_id, prof.profile_snapshot(
+            yield OUT_PROFILE, kafka_record(p.user_id, prof.profile_snapshot(
                 p, self._snapshot_now(p), self.cfg.profile, self._variant(p.user_id)))
         elif not p.snapshot_pending:
             p.snapshot_pending = True
@@ -190,7 +199,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
 
     # -- inputs --------------------------------------------------------------------------------
     def process_broadcast_element(self, value: InputRecord, ctx):
-        self.catalog.upsert(ctx, item_info(value.record))
+        self.catalog.upsert(ctx, item_info(InputRecord._make(value).record))
 
     def process_element(self, value: InputRecord, ctx):
         self.catalog.ensure_loaded(ctx)
@@ -205,7 +214,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
                 self._save(p)
         elif kind == KIND_REQUEST:
             p = self._load(user_id)
-            yield self._trigger(p, rec["ts"], rec["k"], request_id=rec["request_id"])
+            yield OUT_TRIGGER, self._trigger(p, rec["ts"], rec["k"], request_id=rec["request_id"])
         elif kind == KIND_PRIVACY:
             yield from self._forget(user_id, rec, ctx)
 
@@ -247,7 +256,8 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
                 yield PAIRS_TAG, batch
         yield from self._maybe_snapshot(p, ctx)
         self._save(p)
-        yield self._trigger(p, event["ts"], cfg.recommend.default_k, event=event, segment=segment)
+        yield OUT_TRIGGER, self._trigger(p, event["ts"], cfg.recommend.default_k, event=event,
+                                         segment=segment)
 
     def _trigger(self, p: UserProfileState, event_ts: int, k: int, *, event=None,
                  request_id=None, segment=None) -> RecommendationTrigger:
@@ -275,9 +285,9 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
         """Right to be forgotten: drop the profile, tombstone user-profiles, tell the recommender."""
         self.profile_state.clear()
         self.forgotten.inc()
-        yield PROFILE_TAG, kafka_record(user_id, None)
-        yield RecommendationTrigger(user_id, None, None, rec["ts"], 0, None, None, [], {}, [], [],
-                                    "", "", {}, forget=True)
+        yield OUT_PROFILE, kafka_record(user_id, None)
+        yield OUT_TRIGGER, RecommendationTrigger(user_id, None, None, rec["ts"], 0, None, None, [],
+                                                 {}, [], [], "", "", {}, forget=True)
 
     def on_timer(self, timestamp: int, ctx):
         stored = self.profile_state.value()
@@ -287,9 +297,20 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
         if p.snapshot_pending:
             p.last_snapshot_at = timestamp
             p.snapshot_pending = False
-            yield PROFILE_TAG, kafka_record(p.user_id, prof.profile_snapshot(
+            yield OUT_PROFILE, kafka_record(p.user_id, prof.profile_snapshot(
                 p, self._snapshot_now(p), self.cfg.profile, self._variant(p.user_id)))
             self._save(p)
+
+
+class SplitProfileOutput(ProcessFunction):
+    """Recommendation triggers on the main output, profile snapshots to ``PROFILE_TAG``."""
+
+    def process_element(self, value, ctx):
+        kind, payload = value
+        if kind == OUT_PROFILE:
+            yield PROFILE_TAG, payload
+        else:
+            yield payload
 
 
 def forward_decay(ts: int, landmark_ms: int, half_life_ms: int) -> float:
@@ -332,6 +353,7 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
 
     def process_broadcast_element(self, value: ItemActivity, ctx):
         self._ensure_occurrence(ctx)
+        value = ItemActivity._make(value)
         if value.occurrence_delta <= 0:
             return
         sim = self.cfg.similarity
@@ -342,6 +364,7 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
 
     def process_element(self, value: PairShardBatch, ctx):
         self._ensure_occurrence(ctx)
+        value = PairShardBatch._make(value)
         self.pending.add(value)
         self.pair_updates.inc(len(value.rows))
         interval = self.cfg.similarity.flush_interval_ms
@@ -359,7 +382,7 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
             self.pending.clear()
             self.batches.inc()
             rows, cols, weights, ts = [], [], [], []
-            for b in batches:
+            for b in map(PairShardBatch._make, batches):
                 rows.extend(b.rows)
                 cols.extend(b.cols)
                 weights.extend(b.weights)
@@ -417,8 +440,7 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
     def open(self, runtime_context: RuntimeContext):
         self.impressions = runtime_context.get_state(ValueStateDescriptor("impressions", PICKLED))
         rc = self.cfg.recommend
-        self.model = ItemModel(catalog={}, neighbors={},
-                               trending=TrendingModel(half_life_ms=rc.trending_half_life_ms))
+        self.model = ItemModel(catalog={}, neighbors={}, trending=self._new_trending())
         self.model_loaded = False
         self.activity_since_snapshot = 0
         metrics = runtime_context.get_metrics_group()
@@ -427,6 +449,10 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
         self.feedback: dict[tuple[str, str], Any] = {}
         self.latency = metrics.distribution("recommendation_latency_ms") if hasattr(
             metrics, "distribution") else None
+
+    def _new_trending(self) -> TrendingModel:
+        rc = self.cfg.recommend
+        return TrendingModel(half_life_ms=rc.trending_half_life_ms, top_cache_size=rc.trending_top_n)
 
     def _ensure_model(self, ctx) -> None:
         if self.model_loaded:
@@ -438,14 +464,18 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
             elif key.startswith("nbr:"):
                 self.model.neighbors[key[4:]] = [tuple(n) for n in value]
             elif key == "trending":
-                self.model.trending = TrendingModel.from_state(value)
+                restored = TrendingModel.from_state(value, top_cache_size=self.cfg.recommend.trending_top_n)
+                # A changed half-life makes the stored counts meaningless: start afresh.
+                if restored.half_life_ms == self.cfg.recommend.trending_half_life_ms:
+                    self.model.trending = restored
         self.model_loaded = True
 
     def process_broadcast_element(self, value: ModelUpdate, ctx):
         self._ensure_model(ctx)
+        value = ModelUpdate._make(value)
         state = ctx.get_broadcast_state(MODEL_STATE)
         if value.kind == "item":
-            info = item_info(value.payload.record)
+            info = item_info(InputRecord._make(value.payload).record)
             current = self.model.catalog.get(info.item_id)
             if current is None or current.updated_at <= info.updated_at:
                 self.model.catalog[info.item_id] = info
@@ -455,7 +485,7 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
             self.model.neighbors[item_id] = neighbors
             state.put("nbr:" + item_id, neighbors)
         elif value.kind == "activity":
-            a: ItemActivity = value.payload
+            a = ItemActivity._make(value.payload)
             self.model.trending.record(a.item_id, a.categories, a.segment, a.weight, a.ts)
             self.activity_since_snapshot += 1
             # Trending is checkpointed every N records rather than per record (cost); after a
@@ -464,17 +494,19 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
                 state.put("trending", self.model.trending.to_state())
                 self.activity_since_snapshot = 0
 
-    def _count(self, table: dict, name: str, variant: str, label: str, label_value: str):
+    def _count(self, table: dict, name: str, variant: str, label: str, label_value: str,
+               n: int = 1):
         key = (variant, label_value)
         counter = table.get((name, key))
         if counter is None:
             counter = (self.metrics.add_group("variant", variant).add_group(label, label_value)
                        .counter(name))
             table[(name, key)] = counter
-        counter.inc()
+        counter.inc(n)
 
     def process_element(self, t: RecommendationTrigger, ctx):
         self._ensure_model(ctx)
+        t = RecommendationTrigger._make(t)
         cfg = self.cfg.recommend
         if t.forget:
             self.impressions.clear()
@@ -502,7 +534,10 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
         now = max(t.event_ts, 0)
         items = recommend(view, self.model, weights, cfg, t.k, now,
                           recency_half_life_ms=cfg.recency_half_life_ms)
-        record_impressions(log, [s.item_id for s in items], t.variant, now, cfg.impressions_max)
+        shown = record_impressions(log, [s.item_id for s in items], t.variant, now,
+                                   cfg.impressions_max, window_ms=cfg.feedback_window_ms)
+        if shown:
+            self._count(self.feedback, "impressions", t.variant, "kind", "new", shown)
         self.impressions.update(log.to_state())
         trigger = "request" if t.request_id is not None else "event"
         self._count(self.emitted, "recommendations_emitted", t.variant, "trigger", trigger)

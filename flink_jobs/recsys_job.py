@@ -20,7 +20,7 @@ from flink_jobs import io  # noqa: E402
 from flink_jobs.operators import (  # noqa: E402
     ACTIVITY_TAG, CATALOG_STATE, DLQ_TAG, MODEL_STATE, OCCURRENCE_STATE, PAIRS_TAG, PICKLED,
     PROFILE_TAG, ParseInput, ProfileOperator, RecommendOperator, SimilarityOperator,
-    similarity_message)
+    SplitProfileOutput, similarity_message)
 from recsys.config import EngineConfig, load_config  # noqa: E402
 from state_schemas.internal import ModelUpdate  # noqa: E402
 from udfs.validation import (  # noqa: E402
@@ -31,7 +31,7 @@ class RecordTimestamp(TimestampAssigner):
     """Event time is the record's ``ts`` field (epoch ms)."""
 
     def extract_timestamp(self, value, record_timestamp: int) -> int:
-        return value.record["ts"]
+        return value[2]["ts"]  # InputRecord.record
 
 
 def parsed(env, cfg: EngineConfig, topic: str, kind: str):
@@ -55,14 +55,16 @@ def build_pipeline(env, cfg: EngineConfig) -> None:
                    .name("event-time").uid("event-time"))
 
     profiles = (user_inputs
-                .key_by(lambda r: r.key, key_type=Types.STRING())
+                .key_by(lambda r: r[1], key_type=Types.STRING())  # InputRecord.key
                 .connect(items.broadcast(CATALOG_STATE))
                 .process(ProfileOperator(cfg), output_type=PICKLED)
                 .name("profiles").uid("profiles"))
 
+    triggers = (profiles.process(SplitProfileOutput(), output_type=PICKLED)
+                .name("split-profile-output").uid("split-profile-output"))
     activity = profiles.get_side_output(ACTIVITY_TAG)
     neighbor_updates = (profiles.get_side_output(PAIRS_TAG)
-                        .key_by(lambda b: b.shard, key_type=Types.INT())
+                        .key_by(lambda b: b[0], key_type=Types.INT())  # PairShardBatch.shard
                         .connect(activity.broadcast(OCCURRENCE_STATE))
                         .process(SimilarityOperator(cfg), output_type=PICKLED)
                         .name("item-similarity").uid("item-similarity"))
@@ -71,15 +73,15 @@ def build_pipeline(env, cfg: EngineConfig) -> None:
                      .union(activity.map(lambda a: ModelUpdate("activity", a), output_type=PICKLED),
                             neighbor_updates.map(lambda n: ModelUpdate("neighbors", n),
                                                  output_type=PICKLED)))
-    recommendations = (profiles
-                       .key_by(lambda trig: trig.user_id, key_type=Types.STRING())
+    recommendations = (triggers
+                       .key_by(lambda trig: trig[0], key_type=Types.STRING())  # .user_id
                        .connect(model_updates.broadcast(MODEL_STATE))
                        .process(RecommendOperator(cfg), output_type=io.KAFKA_RECORD)
                        .name("recommendations").uid("recommendations"))
 
     recommendations.sink_to(io.kafka_sink(cfg, t.recommendations, "recommendations")) \
         .name("sink:recommendations").uid("sink-recommendations")
-    profiles.get_side_output(PROFILE_TAG).sink_to(io.kafka_sink(cfg, t.user_profiles, "profiles")) \
+    triggers.get_side_output(PROFILE_TAG).sink_to(io.kafka_sink(cfg, t.user_profiles, "profiles")) \
         .name("sink:user-profiles").uid("sink-user-profiles")
     (neighbor_updates.map(similarity_message, output_type=io.KAFKA_RECORD)
      .sink_to(io.kafka_sink(cfg, t.item_similarity, "similarity"))

@@ -1,0 +1,97 @@
+"""Create the topics of the contract (``recsys topics create``), idempotently.
+
+The broker has ``auto.create.topics.enable=false`` so a typo in a topic name fails loudly instead
+of silently creating an empty topic. Compaction matters for the three "latest value per key"
+topics (profiles, similarities, recommendations): a consumer that replays them from the start
+then gets the current state instead of every historical update.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from recsys.config import DAY_MS, EngineConfig, TopicNames
+from recsys.kafka_io import client_kwargs
+
+REPLICATION_FACTOR = 1  # the local broker is a single node
+DLQ_RETENTION_MS = 7 * DAY_MS  # long enough to inspect and replay bad input after a weekend
+CREATE_TIMEOUT_MS = 30_000
+BOOTSTRAP_TIMEOUT_MS = 10_000  # a stopped broker should fail `topics create` quickly
+
+
+@dataclass
+class TopicsResult:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+
+def topic_configs(topic: str, names: TopicNames) -> dict[str, str]:
+    """Per-topic settings: compaction for the keyed state topics, 7-day retention for the DLQ."""
+    if topic in names.compacted_topics():
+        return {"cleanup.policy": "compact"}
+    if topic == names.events_dlq:
+        return {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)}
+    return {}
+
+
+def topic_specs(names: TopicNames, partitions: int) -> dict[str, dict[str, Any]]:
+    """kafka-python's dict form of CreateTopics: {name: {num_partitions, replication_factor, configs}}."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    return {topic: {"num_partitions": partitions, "replication_factor": REPLICATION_FACTOR,
+                    "configs": topic_configs(topic, names)}
+            for topic in dict.fromkeys(names.all_topics())}
+
+
+def ensure_topics(bootstrap: str, topic_names: TopicNames, partitions: int = 1,
+                  **admin_kwargs: Any) -> TopicsResult:
+    """Create the missing topics of ``topic_names``; existing ones are left as they are.
+
+    Topics that already exist are not altered (their partition count or configs may differ
+    from what would be created now). Returns once the new topics have leaders, so producers
+    and consumers can use them straight away.
+    """
+    specs = topic_specs(topic_names, partitions)
+    result = TopicsResult()
+    admin_kwargs.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
+    admin_kwargs.setdefault("client_id", "recsys-topics")
+    with KafkaAdminClient(bootstrap_servers=bootstrap, **admin_kwargs) as admin:
+        existing = set(admin.list_topics())
+        missing = {t: s for t, s in specs.items() if t not in existing}
+        result.existing = [t for t in specs if t in existing]
+        if missing:
+            response = admin.create_topics(missing, timeout_ms=CREATE_TIMEOUT_MS, raise_errors=False)
+            for topic in response["topics"]:
+                error = for_code(topic["error_code"])
+                if error is TopicAlreadyExistsError:  # created concurrently: fine
+                    result.existing.append(topic["name"])
+                elif topic["error_code"] != 0:
+                    raise error(f"creating topic {topic['name']}: {topic.get('error_message')}")
+                else:
+                    result.created.append(topic["name"])
+            admin.wait_for_topics(result.created, timeout_ms=CREATE_TIMEOUT_MS)
+    return result
+
+
+def create_topics(cfg: EngineConfig) -> int:
+    """``recsys topics create``: every topic of ``cfg.topics`` with ``cfg.kafka.partitions``."""
+    try:
+        result = ensure_topics(cfg.kafka.bootstrap_servers, cfg.topics, cfg.kafka.partitions,
+                               **client_kwargs(cfg.kafka))
+    except KafkaError as e:
+        print(f"topics: cannot create topics on {cfg.kafka.bootstrap_servers}: {e!r} "
+              "(is the broker running? `recsys kafka status`)", file=sys.stderr)
+        return 1
+    specs = topic_specs(cfg.topics, cfg.kafka.partitions)
+    for topic in specs:
+        state = "created" if topic in result.created else "exists"
+        extras = ", ".join(f"{k}={v}" for k, v in specs[topic]["configs"].items())
+        print(f"topics: {state:7} {topic}" + (f" ({extras})" if extras and state == "created" else ""))
+    print(f"topics: {len(result.created)} created, {len(result.existing)} already existed "
+          f"on {cfg.kafka.bootstrap_servers}")
+    return 0

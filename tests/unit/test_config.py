@@ -1,0 +1,378 @@
+"""recsys.config: defaults, then TOML file, then RECSYS__ environment, then --set; strict types."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from recsys.config import (
+    EVENT_TYPES,
+    ConfigError,
+    EngineConfig,
+    TopicNames,
+    VariantConfig,
+    load_config,
+)
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "engine.toml"
+    path.write_text(text)
+    return path
+
+
+def load(*overrides: str, path: Path | None = None, **environ: str) -> EngineConfig:
+    """load_config isolated from the developer's shell (environ defaults to empty)."""
+    return load_config(path, list(overrides), environ=environ)
+
+
+# --------------------------------------------------------------------------- defaults
+
+def test_defaults_equal_the_dataclass_defaults() -> None:
+    assert load().to_dict() == EngineConfig().to_dict()
+
+
+def test_default_values_that_other_modules_rely_on() -> None:
+    cfg = load()
+    assert cfg.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert cfg.kafka.delivery_guarantee == "exactly-once"
+    # The sinks' transactions must fit in the broker's default transaction.max.timeout.ms (15 min).
+    assert cfg.kafka.transaction_timeout_ms <= 900_000
+    assert cfg.job.parallelism == 1
+    assert set(cfg.profile.event_weights) == set(EVENT_TYPES)
+    assert sum(v.traffic for v in cfg.recommend.variants.values()) > 0
+
+
+def test_topic_names_are_distinct_and_compacted_ones_are_outputs() -> None:
+    names = TopicNames()
+    assert len(set(names.all_topics())) == len(names.all_topics()) == 9
+    assert set(names.compacted_topics()) == {"user-profiles", "item-similarity", "recommendations"}
+    assert set(names.input_topics()).isdisjoint(names.compacted_topics())
+    assert names.events_dlq in names.all_topics()
+
+
+def test_config_pickles_for_the_operators() -> None:
+    cfg = load("similarity.top_k=7")
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_default_instances_do_not_share_mutable_state() -> None:
+    a, b = load(), load()
+    a.profile.event_weights["view"] = 99.0
+    a.recommend.variants["control"].traffic = 0.9
+    assert b.profile.event_weights["view"] == 1.0
+    assert b.recommend.variants["control"].traffic == 0.5
+
+
+# --------------------------------------------------------------------------- TOML file
+
+def test_toml_file_overrides_defaults_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, """
+[kafka]
+bootstrap_servers = "broker-1:9093,broker-2:9093"
+partitions = 6
+client_properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }
+
+[similarity]
+top_k = 30
+popularity_alpha = 1      # an integer where a float is expected is fine
+
+[job]
+checkpoint_interval_ms = 10_000
+""")
+    cfg = load(path=path)
+    assert cfg.kafka.bootstrap_servers == "broker-1:9093,broker-2:9093"
+    assert cfg.kafka.partitions == 6
+    assert cfg.kafka.client_properties == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    assert cfg.similarity.top_k == 30
+    assert cfg.similarity.popularity_alpha == 1.0 and isinstance(cfg.similarity.popularity_alpha, float)
+    assert cfg.job.checkpoint_interval_ms == 10_000
+    assert cfg.kafka.group_id == "recsys-engine"  # untouched default
+    assert cfg.similarity.metric == "cosine"
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(path=tmp_path / "nope.toml")
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="engine.toml"):
+        load(path=write_toml(tmp_path, "[kafka\npartitions = 2\n"))
+
+
+# --------------------------------------------------------------------------- environment
+
+def test_env_variable_overrides_a_setting() -> None:
+    cfg = load(RECSYS__PROFILE__RECENT_ITEMS_MAX="100", RECSYS__SIMILARITY__METRIC="jaccard")
+    assert cfg.profile.recent_items_max == 100
+    assert cfg.similarity.metric == "jaccard"  # a bare word is taken as a string
+
+
+def test_env_values_are_toml_literals() -> None:
+    cfg = load(RECSYS__KAFKA__GROUP_ID='"quoted group"',
+               RECSYS__PROFILE__PRICE_LEVEL_BOUNDS="[10, 50.5]",
+               RECSYS__SIMILARITY__POPULARITY_ALPHA="0.25")
+    assert cfg.kafka.group_id == "quoted group"
+    assert cfg.profile.price_level_bounds == [10, 50.5]
+    assert cfg.similarity.popularity_alpha == 0.25
+
+
+def test_env_ignores_variables_without_the_double_underscore_prefix() -> None:
+    cfg = load(RECSYS_VAR_DIR="/tmp/x", RECSYS_CACHE_DIR="/tmp/y", OTHER__JOB__PARALLELISM="4")
+    assert cfg.to_dict() == EngineConfig().to_dict()
+
+
+def test_process_environment_is_used_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS__JOB__PARALLELISM", "3")
+    assert load_config().job.parallelism == 3
+
+
+def test_env_overrides_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[similarity]\ntop_k = 30\n")
+    assert load(path=path, RECSYS__SIMILARITY__TOP_K="40").similarity.top_k == 40
+
+
+# --------------------------------------------------------------------------- --set and precedence
+
+def test_set_overrides_env_which_overrides_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[similarity]\ntop_k = 30\nmax_pairs_per_item = 300\n")
+    cfg = load("similarity.top_k=50", path=path, RECSYS__SIMILARITY__TOP_K="40",
+               RECSYS__SIMILARITY__MAX_PAIRS_PER_ITEM="250")
+    assert cfg.similarity.top_k == 50              # --set beats env and file
+    assert cfg.similarity.max_pairs_per_item == 250  # env beats file
+
+
+def test_later_set_wins_and_whitespace_is_ignored() -> None:
+    cfg = load("job.parallelism=2", " job.parallelism = 4 ")
+    assert cfg.job.parallelism == 4
+
+
+def test_set_quoted_bootstrap_servers_like_the_cli() -> None:
+    # cli._config quotes --bootstrap-servers; unquoted host:port also works (not a TOML literal).
+    assert load('kafka.bootstrap_servers="h:1"').kafka.bootstrap_servers == "h:1"
+    assert load("kafka.bootstrap_servers=h:2,h:3").kafka.bootstrap_servers == "h:2,h:3"
+
+
+def test_set_without_equals_sign_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load("job.parallelism")
+
+
+# --------------------------------------------------------------------------- type errors
+
+@pytest.mark.parametrize("override, where", [
+    ('job.parallelism="two"', "job.parallelism"),
+    ("job.parallelism=2.5", "job.parallelism"),
+    ("job.parallelism=true", "job.parallelism"),  # a bool is not an int
+    ('similarity.popularity_alpha="half"', "similarity.popularity_alpha"),
+    ("similarity.popularity_alpha=false", "similarity.popularity_alpha"),
+    ("profile.price_level_bounds=3", "profile.price_level_bounds"),
+    ("kafka.client_properties=3", "kafka.client_properties"),
+    ("kafka=3", "kafka"),  # a section needs a table
+    ("recommend.variants=[1]", "recommend.variants"),
+])
+def test_wrong_types_are_config_errors(override: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+        load(override)
+
+
+def test_wrong_type_in_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="job.checkpoint_interval_ms"):
+        load(path=write_toml(tmp_path, '[job]\ncheckpoint_interval_ms = "5s"\n'))
+
+
+def test_wrong_type_in_env_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="similarity.top_k"):
+        load(RECSYS__SIMILARITY__TOP_K="many")
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+@pytest.mark.parametrize("override, match", [
+    ("nosuchsection.key=1", "unknown setting nosuchsection"),
+    ("kafka.nosuchkey=1", "unknown setting kafka.nosuchkey"),
+    ("recommend.variants.control.w_magic=1.0", "unknown setting recommend.variants.control.w_magic"),
+])
+def test_unknown_keys_are_config_errors(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match.replace(".", r"\.")):
+        load(override)
+
+
+def test_unknown_key_error_lists_the_known_keys() -> None:
+    with pytest.raises(ConfigError, match="known: .*bootstrap_servers"):
+        load("kafka.bootstrap=1")
+
+
+def test_unknown_key_in_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="similarity.topk"):
+        load(path=write_toml(tmp_path, "[similarity]\ntopk = 3\n"))
+
+
+def test_unknown_env_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="job.paralellism"):
+        load(RECSYS__JOB__PARALELLISM="2")
+
+
+# --------------------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("override, match", [
+    ('job.execution_mode="fast"', "execution_mode"),
+    ('job.state_backend="redis"', "state_backend"),
+    ('kafka.delivery_guarantee="maybe"', "delivery_guarantee"),
+    ('kafka.starting_offsets="middle"', "starting_offsets"),
+    ('similarity.metric="euclid"', "similarity.metric"),
+    ("similarity.popularity_alpha=1.5", "popularity_alpha"),
+    ("similarity.top_k=0", "similarity.top_k must be positive"),
+    ("similarity.max_pairs_per_item=10", "max_pairs_per_item must be >= similarity.top_k"),
+    ("profile.interests_max=0", "profile.interests_max"),
+    ("job.parallelism=0", "job.parallelism"),
+    ("recommend.variants={a={traffic=0.0}}", "traffic shares"),
+])
+def test_invalid_values_are_rejected(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load(override)
+
+
+def test_all_validation_problems_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load('job.execution_mode="x"', "job.parallelism=0")
+    assert "execution_mode" in str(info.value) and "parallelism" in str(info.value)
+
+
+# --------------------------------------------------------------------------- variants
+
+def test_variants_table_from_file_replaces_the_defaults(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, """
+[recommend.variants.a]
+traffic = 0.2
+w_content = 2
+
+[recommend.variants.b]
+traffic = 0.8
+w_collaborative = 0.0
+w_trending = 1.5
+""")
+    variants = load(path=path).recommend.variants
+    assert list(variants) == ["a", "b"]
+    assert variants["a"] == VariantConfig(traffic=0.2, w_content=2.0)
+    assert isinstance(variants["a"].w_content, float)
+    assert variants["b"] == VariantConfig(traffic=0.8, w_collaborative=0.0, w_trending=1.5)
+
+
+def test_variants_from_an_inline_table_on_the_command_line() -> None:
+    cfg = load("recommend.variants={solo={traffic=1.0, w_segment=0.0}}")
+    assert cfg.recommend.variants == {"solo": VariantConfig(traffic=1.0, w_segment=0.0)}
+
+
+def test_empty_variants_table_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="non-empty table"):
+        load("recommend.variants={}")
+
+
+def test_variant_weight_of_wrong_type_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"recommend\.variants\.a\.traffic"):
+        load('recommend.variants={a={traffic="most"}}')
+
+
+# --------------------------------------------------------------------------- event weights
+
+def test_event_weights_merge_with_the_defaults(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[profile.event_weights]\npurchase = 20\nview = 0.5\n")
+    weights = load(path=path).profile.event_weights
+    assert weights["purchase"] == 20.0 and isinstance(weights["purchase"], float)
+    assert weights["view"] == 0.5
+    assert weights["click"] == 2.0  # not mentioned: default kept
+    assert set(weights) == set(EVENT_TYPES)
+
+
+def test_event_weights_merge_across_layers(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[profile.event_weights]\npurchase = 20\n")
+    cfg = load("profile.event_weights={share=7}", path=path,
+               RECSYS__PROFILE__EVENT_WEIGHTS="{like=3}")
+    weights = cfg.profile.event_weights
+    assert (weights["purchase"], weights["like"], weights["share"]) == (20.0, 3.0, 7.0)
+
+
+def test_event_weights_reject_unknown_event_types() -> None:
+    with pytest.raises(ConfigError, match="unknown event type 'teleport'"):
+        load("profile.event_weights={teleport=1.0}")
+
+
+def test_event_weights_must_be_a_table() -> None:
+    with pytest.raises(ConfigError, match="profile.event_weights"):
+        load("profile.event_weights=3")
+
+
+# --------------------------------------------------------------------------- former defects
+
+def test_event_weight_that_is_not_a_number_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="profile.event_weights"):
+        load('profile.event_weights={view="lots"}')
+
+
+def test_variant_that_is_not_a_table_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="recommend.variants.control"):
+        load("recommend.variants.control=1")
+
+
+def test_overriding_one_variant_weight_keeps_the_other_variants() -> None:
+    cfg = load("recommend.variants.control.traffic=0.3")
+    assert set(cfg.recommend.variants) == {"control", "content_heavy"}
+
+
+def test_client_property_set_with_dotted_name_is_a_flat_string() -> None:
+    cfg = load("kafka.client_properties.security.protocol=SASL_SSL")
+    assert cfg.kafka.client_properties == {"security.protocol": "SASL_SSL"}
+
+
+def test_event_weight_booleans_are_rejected_and_dotted_keys_merge() -> None:
+    with pytest.raises(ConfigError, match=r"profile\.event_weights\.like"):
+        load("profile.event_weights.like=true")
+    weights = load("profile.event_weights.share=9").profile.event_weights
+    assert weights["share"] == 9.0 and weights["view"] == 1.0
+
+
+def test_overriding_one_variant_weight_keeps_its_other_weights() -> None:
+    variants = load("recommend.variants.content_heavy.w_content=2.0").recommend.variants
+    assert variants == {
+        "control": VariantConfig(traffic=0.5),
+        "content_heavy": VariantConfig(traffic=0.5, w_collaborative=0.7, w_content=2.0),
+    }
+
+
+def test_env_override_of_one_variant_keeps_the_variants_of_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[recommend.variants.a]\ntraffic = 0.2\n[recommend.variants.b]\ntraffic = 0.8\n")
+    cfg = load(path=path, RECSYS__RECOMMEND__VARIANTS__B__W_TRENDING="0.9")
+    assert cfg.recommend.variants == {"a": VariantConfig(traffic=0.2),
+                                      "b": VariantConfig(traffic=0.8, w_trending=0.9)}
+
+
+def test_dotted_key_for_a_new_variant_adds_it() -> None:
+    variants = load("recommend.variants.bold.traffic=0.25").recommend.variants
+    assert set(variants) == {"control", "content_heavy", "bold"}
+    assert variants["bold"] == VariantConfig(traffic=0.25)
+
+
+def test_client_properties_merge_across_layers_as_strings(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[kafka.client_properties]\n"sasl.mechanism" = "PLAIN"\n'
+                                "request.timeout.ms = 30000\n")
+    cfg = load("kafka.client_properties.ssl.endpoint.identification.algorithm=https", path=path,
+               RECSYS__KAFKA__CLIENT_PROPERTIES__ENABLE__IDEMPOTENCE="true")
+    assert cfg.kafka.client_properties == {
+        "sasl.mechanism": "PLAIN",
+        "request.timeout.ms": "30000",  # the Java client wants strings
+        "enable.idempotence": "true",
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+
+
+def test_client_property_with_a_list_value_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.client_properties"):
+        load("kafka.client_properties.bootstrap.servers=[1, 2]")

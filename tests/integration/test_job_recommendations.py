@@ -1,0 +1,138 @@
+"""Item-item similarity and recommendations from the real job, on scripted streams.
+
+Similarities are checked exactly (cosine of weighted co-occurrence, see udfs/profile.pair_updates
+for the counting rule). Phases are separated by waiting for the job's output, because the
+similarity operator refreshes a row's scores only when the row itself receives a pair update.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from recsys.config import EngineConfig
+from state_schemas import validator
+from tests.integration.conftest import start_running_job
+from recsys.job_process import stop_job_process
+from udfs.ab import assign_variant
+
+T0 = 1_767_225_600_000
+ITEMS = {
+    "a": ("Alpha Trail Shoes", ["shoes"], ["trail"]),
+    "b": ("Bravo Socks", ["socks"], ["running"]),
+    "c": ("Charlie Cap", ["hats"], ["sun"]),
+    "d": ("Delta Jacket", ["jackets"], ["rain"]),
+}
+
+
+@pytest.fixture(scope="module")
+def job(kafka_bootstrap, tmp_path_factory):
+    running = start_running_job(kafka_bootstrap, tmp_path_factory.mktemp("recs-job"))
+    try:
+        running.produce("item_catalog", [
+            {"item_id": i, "ts": T0 - 100, "title": t, "categories": c, "tags": g, "price": 20.0,
+             "available": True} for i, (t, c, g) in ITEMS.items()], key_field="item_id")
+        running.produce("user_attributes", [
+            {"user_id": u, "ts": T0 - 50, "attributes": {"age": 30, "gender": "F"}}
+            for u in ("uA", "uCold")], key_field="user_id")
+        # Sources are read in parallel: wait until the attributes are in the profiles before
+        # sending events, so uA's activity is counted in its demographic segment.
+        profiles = running.consume(
+            "user_profiles", lambda rs: {"uA", "uCold"} <= {r["key"] for r in rs}, timeout_s=120)
+        assert {"uA", "uCold"} <= {r["key"] for r in profiles}, "no profiles from the job"
+        yield running
+    finally:
+        stop_job_process(running.process)
+
+
+def ev(eid, user, etype, item, dt):
+    return {"event_id": eid, "user_id": user, "item_id": item, "event_type": etype, "ts": T0 + dt,
+            "value": None}
+
+
+def latest_neighbors(records):
+    out = {}
+    for r in records:
+        out[r["key"]] = {n["item_id"]: n["score"] for n in r["value"]["neighbors"]}
+    return out
+
+
+def recs_of(records, user):
+    return [r["value"] for r in records if r["value"] and r["value"]["user_id"] == user]
+
+
+def test_similarities_are_exact_and_recommendations_follow(job):
+    # Phase 1: one user buys a and b -> N(a) = N(b) = C(a,b) = 10 -> cosine 1.
+    job.produce("user_events", [ev("p1", "uA", "purchase", "a", 0), ev("p2", "uA", "purchase", "b", 10)],
+                key_field="user_id")
+    expected1 = {"a": {"b": 1.0}, "b": {"a": 1.0}}
+    sims = job.consume("item_similarity", lambda rs: latest_neighbors(rs) == expected1, timeout_s=90)
+    assert latest_neighbors(sims) == expected1
+    for r in sims:
+        validator("item-similarity")(r["value"])
+
+    # Phase 2: another user buys a (N(a) = 20), then views c (N(c) = 1, C(a,c) = min(1, 10)).
+    job.produce("user_events", [ev("p3", "uB", "purchase", "a", 20), ev("p4", "uB", "view", "c", 30)],
+                key_field="user_id")
+    cos_ab = 10 / math.sqrt(20 * 10)
+    cos_ac = 1 / math.sqrt(20 * 1)
+
+    def phase2(rs):
+        n = latest_neighbors(rs)
+        return "c" in n and n.get("a", {}).get("c") is not None
+
+    sims = job.consume("item_similarity", phase2, timeout_s=60)
+    n = latest_neighbors(sims)
+    assert n["a"] == pytest.approx({"b": cos_ab, "c": cos_ac}, rel=1e-5)
+    assert n["c"] == pytest.approx({"a": cos_ac}, rel=1e-5)
+    assert n["b"] == {"a": 1.0}  # not touched since phase 1: scores refresh on the row's updates
+    assert list(n["a"]) == ["b", "c"]  # ordered by score
+
+    # A new user buys a: the collaborative source ranks a's neighbours, with the reason.
+    job.produce("user_events", [ev("p5", "uE", "purchase", "a", 40)], key_field="user_id")
+    recs = job.consume("recommendations", lambda rs: bool(recs_of(rs, "uE")), timeout_s=60)
+    rec = recs_of(recs, "uE")[-1]
+    validator("recommendation")(rec)
+    assert rec["trigger_event_id"] == "p5" and rec["request_id"] is None
+    ids = [i["item_id"] for i in rec["items"]]
+    assert "a" not in ids  # already purchased
+    assert ids[0] == "b"
+    assert "because you purchased Alpha Trail Shoes" in rec["items"][0]["reasons"]
+    cfg = EngineConfig()
+    assert rec["variant"] == assign_variant("uE", cfg.recommend.experiment_salt, cfg.recommend.variants)
+
+
+def test_request_and_cold_start_user(job):
+    job.produce("recommendation_requests", [
+        {"request_id": "req-cold", "user_id": "uCold", "ts": T0 + 100, "k": 3},
+        {"request_id": "req-nobody", "user_id": "uNobody", "ts": T0 + 100, "k": 3}],
+        key_field="user_id")
+
+    def answered(rs):
+        ids = {r["value"]["request_id"] for r in rs if r["value"]}
+        return {"req-cold", "req-nobody"} <= ids
+
+    recs = job.consume("recommendations", answered, timeout_s=60)
+    by_request = {r["value"]["request_id"]: r["value"] for r in recs if r["value"]}
+    cold = by_request["req-cold"]
+    assert cold["trigger_event_id"] is None and cold["user_id"] == "uCold"
+    assert 0 < len(cold["items"]) <= 3
+    reasons = {reason for item in cold["items"] for reason in item["reasons"]}
+    # uA (same segment: age 25-34, gender F) bought a and b.
+    assert "popular with users like you" in reasons
+    nobody = by_request["req-nobody"]
+    assert nobody["items"], "a user with no profile at all still gets trending items"
+    assert all("trending now" in i["reasons"] for i in nobody["items"])
+
+
+def test_not_interested_item_never_comes_back(job):
+    job.produce("user_events", [ev("n1", "uN", "not_interested", "b", 50),
+                                ev("n2", "uN", "purchase", "a", 60),
+                                ev("n3", "uN", "view", "c", 70),
+                                ev("n4", "uN", "view", "d", 80)], key_field="user_id")
+    recs = job.consume("recommendations", lambda rs: len(recs_of(rs, "uN")) >= 4, timeout_s=60)
+    mine = recs_of(recs, "uN")
+    assert sorted(r["trigger_event_id"] for r in mine) == ["n1", "n2", "n3", "n4"]
+    for r in mine:
+        assert "b" not in [i["item_id"] for i in r["items"]]

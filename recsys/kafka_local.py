@@ -489,3 +489,20 @@ def main(action: str, port: int = 9092, data_dir: str | os.PathLike | None = Non
         return 1
     print(f"kafka: unknown action {action!r} (start, stop, status)", file=sys.stderr)
     return 2
+
+
+def free_port_pair() -> int:
+    """A port P such that P and P+1 (the controller) are both free right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65534:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of consecutive ports found")

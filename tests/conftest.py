@@ -29,6 +29,7 @@ with warnings.catch_warnings():
     import kafka  # noqa: F401
 
 from recsys.config import EngineConfig, TopicNames, load_config
+from recsys.kafka_local import free_port_pair  # noqa: F401  (re-exported for tests)
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -61,23 +62,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # --------------------------------------------------------------------------- broker
-
-def free_port_pair() -> int:
-    """A port P such that P and P+1 (the controller) are both free right now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65534:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of consecutive ports found")
-
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -7,7 +7,7 @@ PORT ?= 9092
 SECONDS ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit test-integration clean
+.PHONY: setup run test test-unit test-integration bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,12 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+## make bench: similarity kernel (vectorised vs reference) and event->recommendation latency;
+## JSON reports under reports/.
+bench: setup
+	$(PY) bench/bench_similarity_kernel.py --out reports/bench_similarity_kernel.json
+	$(PY) bench/latency_probe.py --rate 50 --seconds 30 --out reports/latency_probe.json
 
 clean:
 	-$(RECSYS) kafka stop --port $(PORT)

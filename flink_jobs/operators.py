@@ -40,6 +40,7 @@ from state_schemas.state import (
 from udfs import profile as prof
 from udfs.ab import (
     ImpressionLog, assign_variant, attribute_feedback, record_impressions)
+from udfs.observability import cumulative_buckets, histogram_labels
 from udfs.recommend import ItemModel, UserView, recommend
 from udfs.similarity import ItemRow, PairBatch, apply_pair_updates
 from udfs.trending import TrendingModel
@@ -113,6 +114,8 @@ class ParseInput(ProcessFunction):
             yield DLQ_TAG, dlq_record(out)
         else:
             self.accepted.inc()
+            if self.kind in (KIND_EVENT, KIND_REQUEST):
+                out["ingest_ms"] = now_ms()  # not part of the contract; feeds the latency metric
             yield InputRecord(self.kind, out[self.key_field], out)
 
 
@@ -168,12 +171,16 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
         self.duplicates = metrics.add_group("reason", "duplicate_event").counter("dlq_records")
         self.late_events = metrics.counter("late_events")
         self.profiles_updated = metrics.counter("profiles_updated")
+        self.profiles_created = metrics.counter("profiles_created")
         self.forgotten = metrics.counter("users_forgotten")
 
     # -- state ---------------------------------------------------------------------------------
     def _load(self, user_id: str) -> UserProfileState:
         stored = self.profile_state.value()
-        return user_profile_from_state(stored) if stored is not None else UserProfileState(user_id)
+        if stored is None:
+            self.profiles_created.inc()
+            return UserProfileState(user_id)
+        return user_profile_from_state(stored)
 
     def _save(self, p: UserProfileState) -> None:
         self.profile_state.update(user_profile_to_state(p))
@@ -214,7 +221,8 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
                 self._save(p)
         elif kind == KIND_REQUEST:
             p = self._load(user_id)
-            yield OUT_TRIGGER, self._trigger(p, rec["ts"], rec["k"], request_id=rec["request_id"])
+            yield OUT_TRIGGER, self._trigger(p, rec["ts"], rec["k"], request_id=rec["request_id"],
+                                             ingest_ms=rec.get("ingest_ms", 0))
         elif kind == KIND_PRIVACY:
             yield from self._forget(user_id, rec, ctx)
 
@@ -260,7 +268,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
                                          segment=segment)
 
     def _trigger(self, p: UserProfileState, event_ts: int, k: int, *, event=None,
-                 request_id=None, segment=None) -> RecommendationTrigger:
+                 request_id=None, segment=None, ingest_ms: int = 0) -> RecommendationTrigger:
         now = max(event_ts, p.last_seen or 0)
         interests = prof.interests_at(p.interests, p.interests_ts, now,
                                       self.cfg.profile.interest_half_life_ms)
@@ -279,6 +287,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
             segment=segment if segment is not None else prof.demographic_segment(p.attributes),
             variant=self._variant(p.user_id),
             attributes=dict(p.attributes),
+            ingest_ms=event.get("ingest_ms", 0) if event else ingest_ms,
         )
 
     def _forget(self, user_id: str, rec: dict[str, Any], ctx):
@@ -342,8 +351,8 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
         self.pair_updates = metrics.counter("similarity_pair_updates")
         self.batches = metrics.counter("similarity_batches")
         self.neighbor_updates = metrics.counter("similarity_updates_emitted")
-        self.items_tracked = 0
-        metrics.gauge("similarity_items_tracked", lambda: self.items_tracked)
+        self.rows_created = metrics.counter("similarity_rows_created")
+        metrics.gauge("similarity_items_with_occurrence", lambda: len(self.occurrence))
 
     def _ensure_occurrence(self, ctx) -> None:
         if not self.occurrence_loaded:
@@ -395,7 +404,7 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
                 if stored is not None:
                     current[item_id] = ItemRow.from_state(stored)
                 else:
-                    self.items_tracked += 1
+                    self.rows_created.inc()
             updated = apply_pair_updates(current, batch, self.occurrence, sim,
                                          sim.decay_landmark_ms, delta=sim.hoeffding_delta,
                                          min_obs=sim.hoeffding_min_obs)
@@ -447,8 +456,18 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
         self.metrics = metrics
         self.emitted: dict[tuple[str, str], Any] = {}
         self.feedback: dict[tuple[str, str], Any] = {}
-        self.latency = metrics.distribution("recommendation_latency_ms") if hasattr(
-            metrics, "distribution") else None
+        # Cumulative histogram of ingest -> emit latency (see udfs/observability.py).
+        self.latency_buckets = {le: metrics.add_group("le", le).counter("recommendation_latency_ms_bucket")
+                                for le in histogram_labels()}
+        self.latency_sum = metrics.counter("recommendation_latency_ms_sum")
+        self.latency_count = metrics.counter("recommendation_latency_ms_count")
+        self.event_lag_ms = 0
+        self.neighbor_pairs = 0
+        metrics.gauge("event_time_lag_ms", lambda: self.event_lag_ms)
+        metrics.gauge("model_catalog_items", lambda: len(self.model.catalog))
+        metrics.gauge("model_items_with_neighbors", lambda: len(self.model.neighbors))
+        metrics.gauge("model_neighbor_pairs", lambda: self.neighbor_pairs)
+        metrics.gauge("model_trending_items", lambda: len(self.model.trending.items))
 
     def _new_trending(self) -> TrendingModel:
         rc = self.cfg.recommend
@@ -463,6 +482,7 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
                 self.model.catalog[info.item_id] = info
             elif key.startswith("nbr:"):
                 self.model.neighbors[key[4:]] = [tuple(n) for n in value]
+                self.neighbor_pairs += len(value)
             elif key == "trending":
                 restored = TrendingModel.from_state(value, top_cache_size=self.cfg.recommend.trending_top_n)
                 # A changed half-life makes the stored counts meaningless: start afresh.
@@ -482,6 +502,7 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
                 state.put("item:" + info.item_id, item_info_to_state(info))
         elif value.kind == "neighbors":
             item_id, neighbors, _ = value.payload
+            self.neighbor_pairs += len(neighbors) - len(self.model.neighbors.get(item_id, ()))
             self.model.neighbors[item_id] = neighbors
             state.put("nbr:" + item_id, neighbors)
         elif value.kind == "activity":
@@ -541,14 +562,21 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
         self.impressions.update(log.to_state())
         trigger = "request" if t.request_id is not None else "event"
         self._count(self.emitted, "recommendations_emitted", t.variant, "trigger", trigger)
-        if self.latency is not None and t.trigger_event_id is not None:
-            self.latency.update(max(0, now_ms() - t.event_ts))
+        emitted_at = now_ms()
+        if t.ingest_ms:
+            latency = max(0, emitted_at - t.ingest_ms)
+            for le in cumulative_buckets(latency):
+                self.latency_buckets[le].inc()
+            self.latency_sum.inc(latency)
+            self.latency_count.inc()
+        if t.trigger_event_id is not None:
+            self.event_lag_ms = emitted_at - t.event_ts
         yield kafka_record(t.user_id, {
             "schema_version": 1,
             "user_id": t.user_id,
             "request_id": t.request_id,
             "trigger_event_id": t.trigger_event_id,
-            "generated_at": now_ms(),
+            "generated_at": emitted_at,
             "event_ts": t.event_ts,
             "variant": t.variant,
             "items": [{"item_id": s.item_id, "score": round(float(s.score), 6),

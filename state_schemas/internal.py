@@ -36,6 +36,7 @@ class RecommendationTrigger(NamedTuple):
     variant: str
     attributes: dict[str, Any]
     forget: bool = False  # a privacy "forget": drop per-user state and emit a tombstone
+    ingest_ms: int = 0    # wall-clock time the input record was parsed (latency metric)
 
 
 class ItemActivity(NamedTuple):

@@ -8,7 +8,8 @@ import sysconfig
 from pathlib import Path
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema, RowFieldExtractorSchema
+from pyflink.common.serialization import DeserializationSchema, RowFieldExtractorSchema
+from pyflink.java_gateway import get_gateway
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
@@ -70,6 +71,16 @@ def _starting_offsets(cfg: EngineConfig) -> KafkaOffsetsInitializer:
     return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
 
 
+def null_safe_bytes_schema() -> DeserializationSchema:
+    """Raw value bytes; a tombstone becomes b"" (deploy/java: NullSafeByteArraySchema).
+
+    Flink's ByteArraySchema yields null for a tombstone, which the source drops silently; the
+    edge must see it to dead-letter it.
+    """
+    jvm = get_gateway().jvm
+    return DeserializationSchema(jvm.io.github.recsys.flink.NullSafeByteArraySchema())
+
+
 def kafka_source(cfg: EngineConfig, topic: str) -> KafkaSource:
     """Raw bytes of each record: decoding is the edge's job, so bad bytes reach the DLQ."""
     builder = (KafkaSource.builder()
@@ -77,7 +88,7 @@ def kafka_source(cfg: EngineConfig, topic: str) -> KafkaSource:
                .set_topics(topic)
                .set_group_id(cfg.kafka.group_id)
                .set_starting_offsets(_starting_offsets(cfg))
-               .set_value_only_deserializer(ByteArraySchema())
+               .set_value_only_deserializer(null_safe_bytes_schema())
                # Read only committed output of transactional producers (our own loop-backs too).
                .set_property("isolation.level", "read_committed")
                .set_property("client.id.prefix", f"{cfg.kafka.group_id}-{topic}")

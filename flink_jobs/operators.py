@@ -40,6 +40,7 @@ from state_schemas.state import (
 from udfs import profile as prof
 from udfs.ab import (
     ImpressionLog, assign_variant, attribute_feedback, record_impressions)
+from udfs.privacy import load_pseudonym_key, pseudonymize
 from udfs.observability import cumulative_buckets, histogram_labels
 from udfs.recommend import ItemModel, UserView, recommend
 from udfs.similarity import ItemRow, PairBatch, apply_pair_updates
@@ -97,6 +98,12 @@ class ParseInput(ProcessFunction):
         self.rejected: dict[str, Any] = {}
         self.key_field = {KIND_EVENT: "user_id", KIND_ATTRIBUTES: "user_id", KIND_ITEM: "item_id",
                           KIND_REQUEST: "user_id", KIND_PRIVACY: "user_id"}[self.kind]
+        privacy = self.cfg.privacy
+        # Loaded here, on the task manager, from its environment: the key never travels in the
+        # job graph or the configuration.
+        self.pseudonym_key = (load_pseudonym_key(privacy)
+                              if privacy.pseudonymize_user_ids and self.key_field == "user_id"
+                              else None)
 
     def _count_rejected(self, reason: str) -> None:
         counter = self.rejected.get(reason)
@@ -114,6 +121,9 @@ class ParseInput(ProcessFunction):
             yield DLQ_TAG, dlq_record(out)
         else:
             self.accepted.inc()
+            if self.pseudonym_key is not None:
+                out["user_id"] = pseudonymize(out["user_id"], self.pseudonym_key,
+                                              self.cfg.privacy.pseudonym_hex_chars)
             if self.kind in (KIND_EVENT, KIND_REQUEST):
                 out["ingest_ms"] = now_ms()  # not part of the contract; feeds the latency metric
             yield InputRecord(self.kind, out[self.key_field], out)

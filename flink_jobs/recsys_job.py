@@ -21,7 +21,7 @@ from flink_jobs.operators import (  # noqa: E402
     ACTIVITY_TAG, CATALOG_STATE, DLQ_TAG, MODEL_STATE, OCCURRENCE_STATE, PAIRS_TAG, PICKLED,
     PROFILE_TAG, ParseInput, ProfileOperator, RecommendOperator, SimilarityOperator,
     SplitProfileOutput, similarity_message)
-from recsys.config import EngineConfig, load_config  # noqa: E402
+from recsys.config import ConfigError, EngineConfig, load_config  # noqa: E402
 from state_schemas.internal import ModelUpdate  # noqa: E402
 from udfs.validation import (  # noqa: E402
     KIND_ATTRIBUTES, KIND_EVENT, KIND_ITEM, KIND_PRIVACY, KIND_REQUEST)
@@ -94,6 +94,17 @@ def build_pipeline(env, cfg: EngineConfig) -> None:
 
 def run(cfg: EngineConfig, detached: bool = False):
     """Run the job; blocks until it ends (a streaming job runs until cancelled)."""
+    from recsys.kafka_io import KafkaUnavailable, check_connection
+
+    try:
+        check_connection(cfg.kafka)
+        if cfg.privacy.pseudonymize_user_ids:
+            from udfs.privacy import load_pseudonym_key
+
+            load_pseudonym_key(cfg.privacy)  # fail here, not in every task manager
+    except (KafkaUnavailable, ConfigError) as e:
+        print(f"recsys job: {e}", file=sys.stderr)
+        return 2
     env = io.build_environment(cfg)
     build_pipeline(env, cfg)
     if detached:

@@ -191,6 +191,17 @@ class RecommendConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    # Replace user ids at the edge by HMAC-SHA256(key, user_id) (hex, truncated), so raw ids are
+    # never stored nor emitted. The key comes from the environment variable named here, or from
+    # key_file; it is never logged. Changing the key orphans all existing profiles.
+    pseudonymize_user_ids: bool = False
+    key_env: str = "RECSYS_PSEUDONYM_KEY"
+    key_file: str = ""
+    pseudonym_hex_chars: int = 32
+
+
+@dataclass
 class EngineConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicNames = field(default_factory=TopicNames)
@@ -199,6 +210,7 @@ class EngineConfig:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

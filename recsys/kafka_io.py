@@ -235,3 +235,39 @@ def consume(bootstrap: str, topics: Sequence[str] | str, *, from_beginning: bool
                 return records
     finally:
         consumer.close(autocommit=False)
+
+
+# --------------------------------------------------------------------------- pre-flight
+
+class KafkaUnavailable(RuntimeError):
+    """Kafka cannot be reached or refused our credentials; the message says which and where."""
+
+
+def check_connection(kafka: KafkaConfig, timeout_s: float = 15.0) -> None:
+    """Fail fast, with a clear message, on an unreachable broker or wrong credentials.
+
+    The Flink Kafka source and sink retry such errors for a long time (a job looks "running"
+    while doing nothing), so the job runner checks once before submitting.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    where = kafka.bootstrap_servers
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=where, request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000),
+                                 client_id="recsys-preflight", **client_kwargs(kafka))
+    except KafkaTimeoutError:
+        raise KafkaUnavailable(f"no Kafka broker answered at {where} within {timeout_s:g} s "
+                               f"(is it running, and is kafka.bootstrap_servers right?)") from None
+    except KafkaError as e:
+        raise KafkaUnavailable(f"Kafka at {where} refused the connection: {type(e).__name__}: {e} "
+                               f"(check kafka.client_properties: security protocol, "
+                               f"SASL mechanism, user and password)") from None
+    try:
+        admin.list_topics()
+    except KafkaError as e:
+        raise KafkaUnavailable(f"Kafka at {where} answered but a metadata request failed: "
+                               f"{type(e).__name__}: {e}") from None
+    finally:
+        admin.close()

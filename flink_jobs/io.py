@@ -8,7 +8,7 @@ import sysconfig
 from pathlib import Path
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.common.serialization import DeserializationSchema, RowFieldExtractorSchema
+from pyflink.common.serialization import DeserializationSchema, SerializationSchema
 from pyflink.java_gateway import get_gateway
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -36,8 +36,54 @@ def prepare_python_environment() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([existing] if existing else []))
 
 
+PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def prometheus_reporter_jar() -> Path | None:
+    """The PrometheusReporter plugin jar shipped inside the apache-flink pip package."""
+    import pyflink
+
+    jars = sorted((Path(pyflink.__file__).resolve().parent / "plugins" / "metrics-prometheus")
+                  .glob("flink-metrics-prometheus-*.jar"))
+    return jars[0] if jars else None
+
+
+def prepare_local_reporter_classpath() -> None:
+    """Put the PrometheusReporter on the classpath of the local (mini-cluster) JVM.
+
+    The mini-cluster creates its metric registry without a plugin manager
+    (``ReporterSetup.fromConfiguration(config, null)``), so reporters are found only on the JVM's
+    classpath, never under ``plugins/``. PyFlink's gateway launcher adds ``HADOOP_CLASSPATH`` to
+    that classpath, and reads it when the gateway JVM starts, i.e. before the first
+    ``Configuration()``. A standalone or Kubernetes cluster loads the reporter as a plugin and
+    ignores this. No effect when the gateway JVM is already running (e.g. under ``flink run``).
+    """
+    jar = prometheus_reporter_jar()
+    if jar is None:
+        return
+    existing = os.environ.get("HADOOP_CLASSPATH", "")
+    if str(jar) not in existing.split(os.pathsep):
+        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join([str(jar)] + ([existing] if existing else []))
+
+
+def prometheus_reporter_settings(port: str) -> dict[str, str]:
+    """Flink configuration of the PrometheusReporter, named ``prom``, on ``port`` (or a range).
+
+    Label values are kept as they are (``filterLabelValueCharacters: false``): the default filter
+    would turn the histogram's ``le="+Inf"`` into ``"_Inf"`` (which breaks
+    ``histogram_quantile``) and ``user-events`` into ``user_events``.
+    """
+    return {
+        "metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY,
+        "metrics.reporter.prom.port": str(port),
+        "metrics.reporter.prom.filterLabelValueCharacters": "false",
+    }
+
+
 def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
     prepare_python_environment()
+    if cfg.job.prometheus_port:
+        prepare_local_reporter_classpath()  # before Configuration() starts the gateway JVM
     conf = Configuration()
     conf.set_string("python.execution-mode", cfg.job.execution_mode)
     conf.set_string("python.executable", sys.executable)
@@ -53,9 +99,9 @@ def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
     if cfg.job.checkpoint_dir:
         conf.set_string("execution.checkpointing.dir", cfg.job.checkpoint_dir)
     if cfg.job.prometheus_port:
-        conf.set_string("metrics.reporter.prom.factory.class",
-                        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
-        conf.set_string("metrics.reporter.prom.port", cfg.job.prometheus_port)
+        # Mini-cluster only: a session cluster's reporters come from the cluster's configuration.
+        for key, value in prometheus_reporter_settings(cfg.job.prometheus_port).items():
+            conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.job.parallelism)
     if cfg.job.checkpoint_interval_ms > 0:
@@ -79,6 +125,13 @@ def null_safe_bytes_schema() -> DeserializationSchema:
     """
     jvm = get_gateway().jvm
     return DeserializationSchema(jvm.io.github.recsys.flink.NullSafeByteArraySchema())
+
+
+def row_field_schema(index: int) -> SerializationSchema:
+    """Field ``index`` (bytes) of Row(key, value); None stays None, so a None value is a
+    tombstone (deploy/java: NullableRowFieldSchema; Flink's RowFieldExtractorSchema writes b"")."""
+    jvm = get_gateway().jvm
+    return SerializationSchema(jvm.io.github.recsys.flink.NullableRowFieldSchema(index))
 
 
 def kafka_source(cfg: EngineConfig, topic: str) -> KafkaSource:
@@ -109,8 +162,8 @@ def kafka_sink(cfg: EngineConfig, topic: str, name: str) -> KafkaSink:
                  "none": DeliveryGuarantee.NONE}[cfg.kafka.delivery_guarantee]
     serializer = (KafkaRecordSerializationSchema.builder()
                   .set_topic(topic)
-                  .set_key_serialization_schema(RowFieldExtractorSchema(0))
-                  .set_value_serialization_schema(RowFieldExtractorSchema(1))
+                  .set_key_serialization_schema(row_field_schema(0))
+                  .set_value_serialization_schema(row_field_schema(1))
                   .build())
     builder = (KafkaSink.builder()
                .set_bootstrap_servers(cfg.kafka.bootstrap_servers)

@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$venv_st
   echo "$venv_stamp" > .venv/.stamp
 fi
 
-jar_stamp=$(stamp deploy/jars/pom.xml deploy/java/pom.xml $(find deploy/java/src -type f | sort))
+jar_stamp=$(stamp deploy/jars/pom.xml)
 if [ "$(cat .cache/jars/.stamp 2>/dev/null)" != "$jar_stamp" ]; then
   echo "setup: resolving the Flink Kafka connector and Kafka broker jars from Maven Central"
   rm -rf .cache/jars
@@ -34,10 +34,16 @@ if [ "$(cat .cache/jars/.stamp 2>/dev/null)" != "$jar_stamp" ]; then
     mvn -q -B -f deploy/jars/pom.xml dependency:copy-dependencies -P"$profile" \
       -DincludeScope=runtime -DoutputDirectory="$ROOT/.cache/jars/$profile"
   done
+  echo "$jar_stamp" > .cache/jars/.stamp
+fi
+
+extras_stamp=$(stamp deploy/java/pom.xml $(find deploy/java/src -type f | sort))
+if [ "$(cat .cache/jars/extras/.stamp 2>/dev/null)" != "$extras_stamp" ]; then
   echo "setup: building the job's Java extras (deploy/java)"
+  rm -rf .cache/jars/extras deploy/java/target
   mvn -q -B -f deploy/java/pom.xml package -DskipTests
   mkdir -p .cache/jars/extras
   cp deploy/java/target/recsys-flink-extras.jar .cache/jars/extras/
   rm -rf deploy/java/target
-  echo "$jar_stamp" > .cache/jars/.stamp
+  echo "$extras_stamp" > .cache/jars/extras/.stamp
 fi

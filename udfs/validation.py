@@ -106,6 +106,15 @@ def is_pii_attribute(name: str, pii_names: frozenset[str]) -> bool:
     return key in pii_names or any(s in key for s in ("email", "phone", "address", "passport"))
 
 
+def redact_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[str, Any]:
+    """The record with the values of PII-looking attributes replaced (for dead letters)."""
+    attributes = rec.get("attributes")
+    if not isinstance(attributes, dict):
+        return rec
+    return {**rec, "attributes": {k: "[redacted]" if is_pii_attribute(str(k), pii_names) else v
+                                  for k, v in attributes.items()}}
+
+
 def _normalise_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[str, Any]:
     attributes = {k: v for k, v in rec["attributes"].items()
                   if not is_pii_attribute(k, pii_names) and not isinstance(v, (dict, list))}
@@ -154,6 +163,10 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
         return reject("malformed_json", f"not valid JSON: {e}")
     if not isinstance(rec, dict):
         return reject("not_object", f"expected a JSON object, got {type(rec).__name__}")
+    if kind == KIND_ATTRIBUTES:
+        # A rejected attributes record must not carry personal data into the DLQ either.
+        pii = frozenset(n.lower() for n in profile_cfg.pii_attribute_names)
+        raw = orjson.dumps(redact_attributes(rec, pii))
     try:
         validator(kind)(rec)
     except Exception as e:  # fastjsonschema.JsonSchemaValueException

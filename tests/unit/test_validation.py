@@ -119,3 +119,10 @@ def test_dead_letter_message_matches_schema():
 
     out = parse(None, raw=b"nope")
     validator("events-dlq")(out.to_message())
+
+
+def test_rejected_attributes_record_is_redacted_in_the_dlq():
+    out = parse({"user_id": "u1", "ts": NOW, "attributes": {"age": "x", "email": "ann@example.com"}},
+                KIND_ATTRIBUTES)
+    assert isinstance(out, DeadLetter)
+    assert "ann@example.com" not in out.raw and "[redacted]" in out.raw

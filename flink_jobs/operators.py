@@ -434,11 +434,10 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
             if not pending:
                 continue
             if proc_now - last >= interval:
-                stored = self.rows.get(item_id)
-                row = ItemRow.from_state(stored)
+                neighbors = ItemRow.neighbors_of_state(self.rows.get(item_id))
                 self.emitted.put(item_id, (proc_now, False))
                 self.neighbor_updates.inc()
-                yield (item_id, [(j, float(s)) for j, s in row.neighbors], proc_now)
+                yield (item_id, [(j, float(s)) for j, s in neighbors], proc_now)
             else:
                 ctx.timer_service().register_processing_time_timer(last + interval)
 

@@ -367,6 +367,10 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("kafka.starting_offsets must be earliest, latest or committed")
     if cfg.similarity.metric not in ("cosine", "jaccard", "popularity_penalised"):
         problems.append("similarity.metric must be cosine, jaccard or popularity_penalised")
+    if not 0.0 < cfg.similarity.hoeffding_delta < 1.0:
+        problems.append("similarity.hoeffding_delta must be within (0, 1)")
+    if cfg.similarity.hoeffding_min_obs < 1:
+        problems.append("similarity.hoeffding_min_obs must be >= 1")
     if not 0.0 <= cfg.similarity.popularity_alpha <= 1.0:
         problems.append("similarity.popularity_alpha must be within [0, 1]")
     for name in ("top_k", "max_pairs_per_item", "history_max_items", "flush_max_batch"):

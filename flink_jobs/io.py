@@ -102,6 +102,14 @@ def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
         # Mini-cluster only: a session cluster's reporters come from the cluster's configuration.
         for key, value in prometheus_reporter_settings(cfg.job.prometheus_port).items():
             conf.set_string(key, value)
+    if cfg.job.rest_port > 0:
+        conf.set_string("rest.port", str(cfg.job.rest_port))
+        conf.set_string("rest.address", "127.0.0.1")
+        conf.set_string("rest.bind-address", "127.0.0.1")
+    if cfg.job.savepoint_path:
+        conf.set_string("execution.state-recovery.path", cfg.job.savepoint_path)
+        conf.set_string("execution.state-recovery.ignore-unclaimed-state",
+                        str(cfg.job.allow_non_restored_state).lower())
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.job.parallelism)
     if cfg.job.checkpoint_interval_ms > 0:

@@ -88,6 +88,9 @@ class JobConfig:
     restart_attempts: int = 3
     restart_delay_ms: int = 2_000
     prometheus_port: str = ""  # e.g. "9249" or "9250-9260"; empty disables the reporter
+    rest_port: int = 0  # >0: the local mini-cluster serves Flink's REST API there (savepoints)
+    savepoint_path: str = ""  # start from this savepoint/checkpoint (state upgrade, migration)
+    allow_non_restored_state: bool = False
 
 
 @dataclass

@@ -182,21 +182,30 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
         self.late_events = metrics.counter("late_events")
         self.profiles_updated = metrics.counter("profiles_updated")
         self.profiles_created = metrics.counter("profiles_created")
+        self.loaded_new = False
         self.forgotten = metrics.counter("users_forgotten")
 
     # -- state ---------------------------------------------------------------------------------
     def _load(self, user_id: str) -> UserProfileState:
         stored = self.profile_state.value()
+        self.loaded_new = stored is None  # counted when saved: requests alone create nothing
         if stored is None:
-            self.profiles_created.inc()
             return UserProfileState(user_id)
         return user_profile_from_state(stored)
 
     def _save(self, p: UserProfileState) -> None:
+        if self.loaded_new:
+            self.profiles_created.inc()
+            self.loaded_new = False
         self.profile_state.update(user_profile_to_state(p))
 
-    def _variant(self, user_id: str) -> str:
-        return assign_variant(user_id, self.cfg.recommend.experiment_salt, self.cfg.recommend.variants)
+    def _variant(self, p: UserProfileState) -> str:
+        """The user's A/B variant: sticky while the experiment salt stays the same."""
+        rc = self.cfg.recommend
+        if p.variant_salt != rc.experiment_salt or p.variant not in rc.variants:
+            p.variant = assign_variant(p.user_id, rc.experiment_salt, rc.variants)
+            p.variant_salt = rc.experiment_salt
+        return p.variant
 
     def _snapshot_now(self, p: UserProfileState) -> int:
         return max(p.last_seen or 0, p.attributes_ts)
@@ -209,7 +218,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
             p.last_snapshot_at = proc_now
             p.snapshot_pending = False
             yield OUT_PROFILE, kafka_record(p.user_id, prof.profile_snapshot(
-                p, self._snapshot_now(p), self.cfg.profile, self._variant(p.user_id)))
+                p, self._snapshot_now(p), self.cfg.profile, self._variant(p)))
         elif not p.snapshot_pending:
             p.snapshot_pending = True
             ctx.timer_service().register_processing_time_timer(p.last_snapshot_at + interval)
@@ -295,7 +304,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
             exclude=list(p.consumed),
             not_interested=list(p.not_interested),
             segment=segment if segment is not None else prof.demographic_segment(p.attributes),
-            variant=self._variant(p.user_id),
+            variant=self._variant(p),
             attributes=dict(p.attributes),
             ingest_ms=event.get("ingest_ms", 0) if event else ingest_ms,
         )
@@ -317,7 +326,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
             p.last_snapshot_at = timestamp
             p.snapshot_pending = False
             yield OUT_PROFILE, kafka_record(p.user_id, prof.profile_snapshot(
-                p, self._snapshot_now(p), self.cfg.profile, self._variant(p.user_id)))
+                p, self._snapshot_now(p), self.cfg.profile, self._variant(p)))
             self._save(p)
 
 

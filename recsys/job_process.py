@@ -12,11 +12,13 @@ from recsys.paths import PROJECT_ROOT
 
 
 def start_job_process(overrides: list[str], log_path: Path, config_file: str | None = None,
-                      env: dict[str, str] | None = None) -> subprocess.Popen:
+                      env: dict[str, str] | None = None,
+                      project_root: Path = PROJECT_ROOT) -> subprocess.Popen:
     """``python -m flink_jobs.recsys_job`` with ``--set`` overrides; output goes to ``log_path``.
 
     A child process keeps the caller free to produce and consume, and lets it kill the job and
     its mini-cluster as a whole (own session, so the process group is the job's alone).
+    ``project_root`` runs another checkout of the project (e.g. an older release) with this venv.
     """
     args = [sys.executable, "-m", "flink_jobs.recsys_job"]
     if config_file:
@@ -25,7 +27,7 @@ def start_job_process(overrides: list[str], log_path: Path, config_file: str | N
         args += ["--set", item]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(args, cwd=project_root, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-USER_PROFILE_STATE_VERSION = 1
+# v1: first release. v2: counts_by_day is a dict keyed by day start (was a list of pairs), and
+# the A/B variant is stored (sticky per experiment salt). See _migrate_user_profile_v1.
+USER_PROFILE_STATE_VERSION = 2
 ITEM_ROW_STATE_VERSION = 1
 ITEM_INFO_STATE_VERSION = 1
 
@@ -65,8 +67,8 @@ class UserProfileState:
     attributes: dict[str, Any] = field(default_factory=dict)
     attributes_ts: int = 0
     counts_all_time: dict[str, int] = field(default_factory=dict)
-    # Day buckets [(day_start_ms, {event_type: n})], oldest first, pruned to the recent window.
-    counts_by_day: list[tuple[int, dict[str, int]]] = field(default_factory=list)
+    # Day buckets {day_start_ms: {event_type: n}}, pruned to the recent window.
+    counts_by_day: dict[int, dict[str, int]] = field(default_factory=dict)
     # Interest weights decayed to interests_ts (feature -> weight).
     interests: dict[str, float] = field(default_factory=dict)
     interests_ts: int = 0
@@ -80,6 +82,10 @@ class UserProfileState:
     seen_event_ids: dict[str, int] = field(default_factory=dict)  # dedup window: event_id -> ts
     last_snapshot_at: int = 0  # processing time of the last user-profiles record
     snapshot_pending: bool = False
+    # A/B assignment, kept while the experiment salt is unchanged so that a change of traffic
+    # shares does not move users already in the experiment to another variant.
+    variant: str | None = None
+    variant_salt: str | None = None
 
 
 def user_profile_to_state(p: UserProfileState) -> dict[str, Any]:
@@ -102,11 +108,23 @@ def user_profile_to_state(p: UserProfileState) -> dict[str, Any]:
         "seen_event_ids": p.seen_event_ids,
         "last_snapshot_at": p.last_snapshot_at,
         "snapshot_pending": p.snapshot_pending,
+        "variant": p.variant,
+        "variant_salt": p.variant_salt,
     }
 
 
+def _migrate_user_profile_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2: day buckets become a dict; no variant stored yet (assigned on next use)."""
+    out = dict(state)
+    out["counts_by_day"] = {int(day): dict(bucket) for day, bucket in state["counts_by_day"]}
+    out["variant"] = None
+    out["variant_salt"] = None
+    out["v"] = 2
+    return out
+
+
 # Migrations: each takes the state dict of version N and returns version N+1.
-_USER_PROFILE_MIGRATIONS: dict[int, Any] = {}
+_USER_PROFILE_MIGRATIONS: dict[int, Any] = {1: _migrate_user_profile_v1}
 
 
 def user_profile_from_state(state: dict[str, Any]) -> UserProfileState:
@@ -122,7 +140,7 @@ def user_profile_from_state(state: dict[str, Any]) -> UserProfileState:
         attributes=state["attributes"],
         attributes_ts=state["attributes_ts"],
         counts_all_time=state["counts_all_time"],
-        counts_by_day=[(d, c) for d, c in state["counts_by_day"]],
+        counts_by_day=state["counts_by_day"],
         interests=state["interests"],
         interests_ts=state["interests_ts"],
         recent_items=[RecentItem(*r) for r in state["recent_items"]],
@@ -135,4 +153,6 @@ def user_profile_from_state(state: dict[str, Any]) -> UserProfileState:
         seen_event_ids=state["seen_event_ids"],
         last_snapshot_at=state["last_snapshot_at"],
         snapshot_pending=state["snapshot_pending"],
+        variant=state["variant"],
+        variant_salt=state["variant_salt"],
     )

@@ -74,29 +74,23 @@ def day_start(ts: int) -> int:
     return ts - ts % DAY_MS
 
 
-def update_counters(counts_all_time: dict[str, int], counts_by_day: list[tuple[int, dict[str, int]]],
+def update_counters(counts_all_time: dict[str, int], counts_by_day: dict[int, dict[str, int]],
                     event_type: str, ts: int, window_ms: int) -> None:
     """Count one event all-time and in its day bucket; drop buckets older than the window."""
     counts_all_time[event_type] = counts_all_time.get(event_type, 0) + 1
-    day = day_start(ts)
-    for d, bucket in counts_by_day:
-        if d == day:
-            bucket[event_type] = bucket.get(event_type, 0) + 1
-            break
-    else:
-        counts_by_day.append((day, {event_type: 1}))
-        counts_by_day.sort(key=lambda b: b[0])
-    newest = counts_by_day[-1][0]
-    while counts_by_day and counts_by_day[0][0] <= newest - window_ms:
-        counts_by_day.pop(0)
+    bucket = counts_by_day.setdefault(day_start(ts), {})
+    bucket[event_type] = bucket.get(event_type, 0) + 1
+    newest = max(counts_by_day)
+    for day in [d for d in counts_by_day if d <= newest - window_ms]:
+        del counts_by_day[day]
 
 
-def recent_counts(counts_by_day: list[tuple[int, dict[str, int]]], now_ms: int,
+def recent_counts(counts_by_day: Mapping[int, Mapping[str, int]], now_ms: int,
                   window_ms: int) -> dict[str, int]:
     """Events per type in the day buckets that overlap ``(now - window, now]``."""
     out: dict[str, int] = {}
-    for d, bucket in counts_by_day:
-        if d > now_ms - window_ms:
+    for day, bucket in counts_by_day.items():
+        if day > now_ms - window_ms:
             for t, n in bucket.items():
                 out[t] = out.get(t, 0) + n
     return out

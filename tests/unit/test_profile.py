@@ -62,7 +62,7 @@ def test_interest_vector_evicts_weakest_beyond_max():
 
 
 def test_counters_all_time_and_recent_window():
-    all_time, days = {}, []
+    all_time, days = {}, {}
     for d in range(10):
         prof.update_counters(all_time, days, "view", T0 + d * DAY_MS, 7 * DAY_MS)
     assert all_time == {"view": 10}
@@ -160,6 +160,20 @@ def test_attributes_newer_wins_and_null_removes():
     assert not prof.apply_attributes(p, {"age": 99}, T0 - 1)
     assert prof.apply_attributes(p, {"region": None}, T0 + 1)
     assert p.attributes == {"age": 30}
+
+
+def test_v1_state_migrates_to_current():
+    v1 = {"v": 1, "user_id": "u1", "attributes": {"age": 3}, "attributes_ts": 5,
+          "counts_all_time": {"view": 3}, "counts_by_day": [(T0, {"view": 2}), (T0 + DAY_MS, {"view": 1})],
+          "interests": {"category:a": 1.5}, "interests_ts": T0, "recent_items": [("i1", "view", T0, 1.0)],
+          "not_interested": [], "consumed": {}, "first_seen": T0, "last_seen": T0 + DAY_MS,
+          "purchase_amount_sum": 0.0, "purchase_priced_count": 0, "seen_event_ids": {"e": T0},
+          "last_snapshot_at": 0, "snapshot_pending": False}
+    p = user_profile_from_state(v1)
+    assert p.counts_by_day == {T0: {"view": 2}, T0 + DAY_MS: {"view": 1}}
+    assert p.variant is None and p.recent_items == [RecentItem("i1", "view", T0, 1.0)]
+    assert prof.recent_counts(p.counts_by_day, T0 + DAY_MS, 7 * DAY_MS) == {"view": 3}
+    assert user_profile_to_state(p)["v"] == 2
 
 
 def test_state_round_trip_and_version_check():

@@ -291,8 +291,11 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str, merge_variants: bool
             obj.event_weights = merged
         elif key == "client_properties" and isinstance(obj, KafkaConfig):
             # Java client property names contain dots; a dotted --set key arrives nested.
+            # Values may be secrets (sasl.jaas.config): errors name keys, never values.
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key}: expected a table of client properties")
             merged = dict(current)
-            merged.update(_flatten_properties(_coerce(value, current, where + key), where + key))
+            merged.update(_flatten_properties(value, where + key))
             obj.client_properties = merged
         else:
             setattr(obj, key, _coerce(value, current, where + key))
@@ -307,7 +310,7 @@ def _flatten_properties(value: Mapping[str, Any], where: str, prefix: str = "") 
         elif isinstance(v, (str, int, float, bool)):
             out[name] = str(v).lower() if isinstance(v, bool) else str(v)
         else:
-            raise ConfigError(f"{where}.{name}: expected a string value, got {v!r}")
+            raise ConfigError(f"{where}.{name}: expected a string value, got a {type(v).__name__}")
     return out
 
 

@@ -49,22 +49,32 @@ def client_kwargs(kafka: KafkaConfig) -> dict[str, Any]:
 
     The Flink job passes client_properties to the Java client verbatim; the Python tools need
     the same security settings under kafka-python's names. ``username``/``password`` are also
-    taken from a PLAIN/SCRAM ``sasl.jaas.config``. Properties without a simple equivalent (JKS
-    truststores, ...) are skipped with a warning, once per name.
+    taken from a PLAIN/SCRAM ``sasl.jaas.config``, and PEM trust/key stores
+    (``ssl.truststore.type=PEM``, ``ssl.keystore.type=PEM``) give ``ssl_cafile``/``ssl_certfile``.
+    Properties without a simple equivalent (JKS truststores, ...) are skipped with a warning,
+    once per name.
     """
     props = dict(kafka.client_properties)
     kwargs: dict[str, Any] = {}
+    handled = {"sasl.jaas.config"}
+    for store, kwarg in (("truststore", "ssl_cafile"), ("keystore", "ssl_certfile")):
+        location = props.get(f"ssl.{store}.location")
+        if location and str(props.get(f"ssl.{store}.type", "")).strip().upper() == "PEM":
+            kwargs[kwarg] = str(location)  # a PEM keystore file holds the key and the certificates
+            handled |= {f"ssl.{store}.location", f"ssl.{store}.type"}
     for name, value in props.items():
         kwarg = _PROPERTY_KWARGS.get(name)
         if kwarg == "ssl_check_hostname":
             kwargs[kwarg] = str(value).strip().lower() == "https"
         elif kwarg is not None:
             kwargs[kwarg] = str(value)
-        elif name != "sasl.jaas.config" and name not in _warned_properties:
+        elif name not in handled and name not in _warned_properties:
             _warned_properties.add(name)
             log.warning("kafka client property %s has no kafka-python equivalent; the Python "
                         "tools ignore it", name)
-    jaas = dict(_JAAS_OPTION.findall(str(props.get("sasl.jaas.config", ""))))
+    # JAAS option values are Java-escaped inside their quotes (\" and \\).
+    jaas = {k: re.sub(r"\\(.)", r"\1", v)
+            for k, v in _JAAS_OPTION.findall(str(props.get("sasl.jaas.config", "")))}
     if "username" in jaas:
         kwargs.setdefault("sasl_plain_username", jaas["username"])
     if "password" in jaas:
@@ -248,24 +258,149 @@ def check_connection(kafka: KafkaConfig, timeout_s: float = 15.0) -> None:
 
     The Flink Kafka source and sink retry such errors for a long time (a job looks "running"
     while doing nothing), so the job runner checks once before submitting.
+
+    A refused SASL login is reported within about a second: kafka-python (3.0.12) drops the
+    broker's SaslAuthenticate error response, which arrives together with the connection close,
+    sees only "socket disconnected" and retries until its timeout. So the bootstrap runs in
+    short, growing attempts, and when one fails with SASL or TLS configured, one TLS handshake
+    and PLAIN/SCRAM login over a plain blocking socket reads the broker's answer. A refused login
+    raises KafkaUnavailable ``from`` a SaslAuthenticationFailedError, which callers may inspect.
+    No message contains the password.
     """
     from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError, KafkaTimeoutError
+    from kafka.errors import (IllegalSaslStateError, KafkaError, KafkaTimeoutError,
+                              SaslAuthenticationFailedError, UnsupportedSaslMechanismError)
+    from kafka.net.compat import KafkaNetClient
 
+    auth_errors = (SaslAuthenticationFailedError, UnsupportedSaslMechanismError, IllegalSaslStateError)
     where = kafka.bootstrap_servers
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=where, request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000),
-                                 client_id="recsys-preflight", **client_kwargs(kafka))
-    except KafkaTimeoutError:
-        raise KafkaUnavailable(f"no Kafka broker answered at {where} within {timeout_s:g} s "
-                               f"(is it running, and is kafka.bootstrap_servers right?)") from None
-    except KafkaError as e:
-        raise KafkaUnavailable(f"Kafka at {where} refused the connection: {type(e).__name__}: {e} "
-                               f"(check kafka.client_properties: security protocol, "
-                               f"SASL mechanism, user and password)") from None
+    kwargs = client_kwargs(kafka)
+    protocol = str(kwargs.get("security_protocol", "PLAINTEXT")).upper()
+    mechanism_name = str(kwargs.get("sasl_mechanism", ""))
+    user = kwargs.get("sasl_plain_username")
+    login = (f"SASL {mechanism_name} login" + (f" of user {user!r}" if user else "")
+             if protocol.startswith("SASL_") else "login")
+
+    def auth_failed(error: BaseException) -> KafkaUnavailable:
+        detail = f"{type(error).__name__}: {error}" if not isinstance(error, SaslAuthenticationFailedError) \
+            else str(error.args[0] if error.args else error)
+        return KafkaUnavailable(
+            f"Kafka at {where} refused the {login}: authentication failed ({detail}); check "
+            "kafka.client_properties: security.protocol, sasl.mechanism and the user name and "
+            "password in sasl.jaas.config")
+
+    def refusal() -> tuple[str, str] | None:
+        """Why the broker refuses us, read over a plain blocking socket: ("tls", reason) for a
+        failed TLS handshake, ("sasl", the broker's reason) for a refused PLAIN/SCRAM login;
+        None if neither (or no broker answered, or another SASL mechanism is configured)."""
+        import socket
+        import ssl
+
+        from kafka.errors import for_code
+        from kafka.net.sasl import get_sasl_mechanism
+        from kafka.protocol.parser import KafkaProtocol
+        from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
+
+        sasl = protocol.startswith("SASL_") and mechanism_name in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        if not sasl and protocol not in ("SSL", "SASL_SSL"):
+            return None
+        for server in where.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                sock = socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s))
+            except (OSError, ValueError):
+                continue
+            try:
+                if protocol in ("SSL", "SASL_SSL"):
+                    context = ssl.create_default_context(cafile=kwargs.get("ssl_cafile"))
+                    context.check_hostname = bool(kwargs.get("ssl_check_hostname", True))
+                    if kwargs.get("ssl_certfile"):
+                        context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"),
+                                                kwargs.get("ssl_password"))
+                    try:
+                        sock = context.wrap_socket(sock, server_hostname=host)
+                    except ssl.SSLError as e:
+                        return "tls", f"{type(e).__name__}: {e}"
+                if not sasl:
+                    return None
+                wire = KafkaProtocol(client_id="recsys-preflight")
+
+                def call(request: Any) -> Any:
+                    wire.send_request(request)
+                    sock.sendall(wire.send_bytes())
+                    while True:
+                        data = sock.recv(65536)
+                        if not data:
+                            raise ConnectionError("closed by the broker")
+                        responses = wire.receive_bytes(data)
+                        if responses:
+                            return responses[0][1]
+
+                handshake = call(SaslHandshakeRequest(mechanism=mechanism_name, version=1))
+                if handshake.error_code:
+                    error = for_code(handshake.error_code)
+                    if error is UnsupportedSaslMechanismError:
+                        return "sasl", (f"the broker does not offer SASL mechanism {mechanism_name}; "
+                                        f"it offers {', '.join(handshake.mechanisms) or 'none'}")
+                    return "sasl", (f"SASL handshake refused with {error.__name__} (is the listener "
+                                    f"at {server.strip()} a {protocol} one?)")
+                mechanism = get_sasl_mechanism(mechanism_name)(host=host, **kwargs)
+                while not mechanism.is_done():
+                    response = call(SaslAuthenticateRequest(auth_bytes=mechanism.auth_bytes(), version=1))
+                    if response.error_code:
+                        return "sasl", response.error_message or for_code(response.error_code).__name__
+                    mechanism.receive(response.auth_bytes)
+                return None
+            except Exception:  # noqa: BLE001 - no clear answer from this server: try the next one
+                continue
+            finally:
+                sock.close()
+        return None
+
+    clients: list[KafkaNetClient] = []
+
+    def net_client(**configs: Any) -> KafkaNetClient:  # to close an admin client never built
+        clients.append(KafkaNetClient(**configs))
+        return clients[-1]
+
+    deadline = time.monotonic() + timeout_s
+    attempt_s = 1.0
+    while True:
+        attempt_ms = max(100, int(min(attempt_s, deadline - time.monotonic()) * 1000))
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=where, request_timeout_ms=int(timeout_s * 1000),
+                                     bootstrap_timeout_ms=attempt_ms, client_id="recsys-preflight",
+                                     kafka_client=net_client, **kwargs)
+            break
+        except KafkaTimeoutError:
+            for client in clients:
+                client.close()
+            clients.clear()
+            refused = refusal()
+            if refused is not None and refused[0] == "tls":
+                raise KafkaUnavailable(
+                    f"the TLS handshake with Kafka at {where} failed ({refused[1]}); check "
+                    "kafka.client_properties: ssl.truststore.type/location (the CA that signed the "
+                    "broker's certificate) and ssl.endpoint.identification.algorithm") from None
+            if refused is not None:
+                error = SaslAuthenticationFailedError(refused[1])
+                raise auth_failed(error) from error
+            if time.monotonic() >= deadline:
+                hint = ("" if "security_protocol" in kwargs else
+                        "; if the broker requires SASL or TLS, set kafka.client_properties")
+                raise KafkaUnavailable(f"no Kafka broker answered at {where} within {timeout_s:g} s "
+                                       f"(is it running, and is kafka.bootstrap_servers right?{hint})") from None
+            attempt_s *= 2
+        except auth_errors as e:
+            raise auth_failed(e) from e
+        except KafkaError as e:
+            raise KafkaUnavailable(f"Kafka at {where} refused the connection: {type(e).__name__}: {e} "
+                                   f"(check kafka.client_properties: security protocol, "
+                                   f"SASL mechanism, user and password)") from None
     try:
         admin.list_topics()
+    except auth_errors as e:
+        raise auth_failed(e) from e
     except KafkaError as e:
         raise KafkaUnavailable(f"Kafka at {where} answered but a metadata request failed: "
                                f"{type(e).__name__}: {e}") from None

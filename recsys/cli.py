@@ -68,10 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int, default=0, help="stop after this many records (0: never)")
 
+    serve = sub.add_parser("serve", help="HTTP API and explorer page over the live profiles and "
+                                         "recommendations")
+    _add_config_args(serve)
+    from recsys.serve import add_arguments as add_serve_arguments
+    add_serve_arguments(serve)
+
     demo = sub.add_parser("demo", help="make run: broker + topics + job + sample stream + tail")
     _add_config_args(demo)
     demo.add_argument("--port", type=int, default=9092)
     demo.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
+    demo.add_argument("--http-port", type=int, default=8080, help="HTTP API + explorer page (0: off)")
     return parser
 
 
@@ -94,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             from recsys import tail
             return tail.tail(_config(args), args.topic, from_beginning=args.from_beginning,
                              max_records=args.max)
+        if args.command == "serve":
+            from recsys import serve
+            return serve.main(args, _config(args))
         if args.command == "demo":
             from recsys import demo
             return demo.run_demo(args, _config(args))

@@ -69,6 +69,14 @@ def run_demo(args: argparse.Namespace, cfg: EngineConfig) -> int:
     print(f"demo: starting the job on the local mini-cluster (log: {log_path})")
     job = start_job_process([f'kafka.bootstrap_servers="{cfg.kafka.bootstrap_servers}"']
                             + list(args.overrides), log_path, args.config)
+    server, serve_log = None, VAR_DIR / "demo-serve.log"
+    if args.http_port:
+        from recsys import serve
+
+        server = serve.start_process(args.http_port,
+                                     [f'kafka.bootstrap_servers="{cfg.kafka.bootstrap_servers}"']
+                                     + list(args.overrides), serve_log, args.config)
+        print(f"demo: explorer and API at http://127.0.0.1:{args.http_port}/ (log: {serve_log})")
     stop = threading.Event()
     sample = sample_stream.load_sample()
     titles = {i["item_id"]: i["title"] for i in sample.items}
@@ -81,6 +89,10 @@ def run_demo(args: argparse.Namespace, cfg: EngineConfig) -> int:
     deadline = time.time() + args.seconds if args.seconds else None
     try:
         while deadline is None or time.time() < deadline:
+            if server is not None and server.poll() is not None:
+                print(f"demo: the HTTP service exited with code {server.returncode}; see {serve_log}",
+                      file=sys.stderr)
+                return 1
             if job.poll() is not None:
                 print(f"demo: the job exited with code {job.returncode}; see {log_path}", file=sys.stderr)
                 return 1
@@ -90,6 +102,8 @@ def run_demo(args: argparse.Namespace, cfg: EngineConfig) -> int:
     finally:
         stop.set()
         print("demo: stopping")
+        if server is not None:
+            stop_job_process(server)
         stop_job_process(job)
         if started_broker:
             kafka_local.stop_broker(port)

@@ -13,9 +13,10 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
-## Tools only the tests need (headless Chromium for the explorer page, wrk), via apt-get.
+## Tools only the tests need (headless Chromium, wrk, Prometheus + promtool), via apt-get.
 test-tools:
 	@bash scripts/install_test_tools.sh
+	@bash scripts/install_prometheus.sh
 
 ## make run: local broker + topics + the job on the mini-cluster + the bundled sample stream,
 ## printing profiles and recommendations as they arrive (Ctrl-C stops everything).

@@ -178,7 +178,8 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
         metrics = runtime_context.get_metrics_group()
         self.events_by_type = {t: metrics.add_group("event_type", t).counter("events_in")
                                for t in self.cfg.profile.event_weights}
-        self.duplicates = metrics.add_group("reason", "duplicate_event").counter("dlq_records")
+        self.duplicates = (metrics.add_group("source_topic", self.cfg.topics.user_events)
+                           .add_group("reason", "duplicate_event").counter("dlq_records"))
         self.late_events = metrics.counter("late_events")
         self.profiles_updated = metrics.counter("profiles_updated")
         self.profiles_created = metrics.counter("profiles_created")

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = jsub.add_parser("run", help="run the job on the local mini-cluster")
     _add_config_args(run)
     run.add_argument("--parallelism", type=int)
+    from recsys import cluster
+    cluster.add_job_arguments(jsub, _add_config_args)  # submit | list | cancel | savepoint
+    cluster.add_arguments(sub.add_parser(
+        "cluster", help="a local standalone Flink cluster (JobManager + TaskManagers)"))
 
     sample = sub.add_parser("sample", help="the bundled sample stream")
     ssub = sample.add_subparsers(dest="action", required=True)
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "topics":
             from recsys import topics
             return topics.create_topics(_config(args))
+        if args.command == "cluster" or (args.command == "job" and args.action != "run"):
+            from recsys import cluster
+            return cluster.main(args)
         if args.command == "job":
             from flink_jobs import recsys_job
             return recsys_job.run(_config(args))

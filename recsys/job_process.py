@@ -26,6 +26,10 @@ def start_job_process(overrides: list[str], log_path: Path, config_file: str | N
     for item in overrides:
         args += ["--set", item]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # Flink's own log goes beside ours (by default every mini-cluster writes one shared file
+    # inside the pip package).
+    env = dict(os.environ if env is None else env)
+    env.setdefault("FLINK_LOG_DIR", str(log_path.parent))
     with open(log_path, "ab") as log:
         return subprocess.Popen(args, cwd=project_root, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)

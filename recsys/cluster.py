@@ -49,6 +49,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -327,7 +328,9 @@ def _launch(script: str, dist: Path, info: ClusterInfo, name: str) -> int:
     env = _script_env(dist, info.conf_dir, info.log_dir, info.home / "pid", info.home / "lib")
     # Flink's Python environment manager falls back to the process's PYTHONPATH when a job does not
     # set python.pythonpath: the venv's site-packages play the TaskManager's Python installation.
-    env["PYTHONPATH"] = site_packages()
+    # The project root follows, as if the project were installed in the TaskManagers' Python
+    # (the Docker image does install it): jobs submitted with ship_code=False import from there.
+    env["PYTHONPATH"] = os.pathsep.join([site_packages(), str(paths.PROJECT_ROOT)])
     with open(info.log_dir / f"{name}.launch.out", "ab") as out:
         child = subprocess.Popen(["bash", str(dist / "bin" / script), "start-foreground"],
                                  cwd=info.home, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -535,6 +538,41 @@ def _wait_for_slots(info: ClusterInfo, timeout_s: float) -> None:
                        f"(last overview: {seen})\n{_diagnostics(info)}")
 
 
+def kill_taskmanager(info: ClusterInfo, index: int = 0) -> int:
+    """SIGKILL one TaskManager, as a crash would (fault injection); returns its pid."""
+    pid = info.taskmanager_pids.pop(index)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait(10)
+    (info.home / STATE_FILE).write_text(info.to_json())
+    return pid
+
+
+def start_taskmanager(info: ClusterInfo, timeout_s: float = 120.0) -> int:
+    """Start one more TaskManager in a running cluster (e.g. to replace a crashed one) and wait
+    until the JobManager sees ``info.taskmanagers`` live TaskManagers again."""
+    before = {tm["id"] for tm in rest(info.jobmanager, "GET", "/taskmanagers")["taskmanagers"]}
+    pid = _launch("taskmanager.sh", flink_home(), info, f"taskmanager-{uuid.uuid4().hex[:6]}")
+    info.taskmanager_pids.append(pid)
+    (info.home / STATE_FILE).write_text(info.to_json())
+    # The JobManager may still list a killed TaskManager until its heartbeat times out, so wait
+    # for this one to register rather than for a count.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            raise ClusterError(f"the new TaskManager (pid {pid}) exited\n{_diagnostics(info)}")
+        now = {tm["id"] for tm in rest(info.jobmanager, "GET", "/taskmanagers")["taskmanagers"]}
+        if now - before:
+            return pid
+        time.sleep(0.5)
+    raise ClusterError(f"the new TaskManager did not register within {timeout_s:.0f} s\n"
+                       f"{_diagnostics(info)}")
+
+
 def stop_cluster(rest_port: int = DEFAULT_REST_PORT, home: str | os.PathLike | None = None,
                  timeout_s: float = 30.0) -> bool:
     """Stop the local cluster of ``home``: TaskManagers first, then the JobManager (SIGTERM, then
@@ -591,7 +629,8 @@ def submit_job(jobmanager: str = f"{HOST}:{DEFAULT_REST_PORT}", config_file: str
                overrides: Sequence[str] = (), *, savepoint: str | None = None,
                allow_non_restored_state: bool = False, parallelism: int | None = None,
                python_path: str | None = None, extra_flink_args: Sequence[str] = (),
-               timeout_s: float = 300.0, log_path: Path | None = None) -> str:
+               timeout_s: float = 300.0, log_path: Path | None = None,
+               ship_code: bool = True) -> str:
     """Submit ``flink_jobs/recsys_job.py`` to the session cluster at ``jobmanager`` (host:port of
     its REST endpoint), detached; returns the job id.
 
@@ -601,6 +640,12 @@ def submit_job(jobmanager: str = f"{HOST}:{DEFAULT_REST_PORT}", config_file: str
     ``allow_non_restored_state`` is ``-n``. ``python_path`` is ``-pypath``
     (the TaskManagers' site-packages), for clusters not started by ``start_cluster``.
     The output of ``flink run`` goes to ``log_path`` (default ``var/flink-client/submit.log``).
+
+    ``ship_code=False`` does not ship the project's packages (``-pyfs``) and relies on them being
+    importable on the TaskManagers. Prefer it where failover within a TaskManager matters: in
+    thread mode the TaskManager's embedded interpreter keeps modules imported by a task attempt,
+    while shipped code is extracted per attempt and deleted when the attempt ends, so a restart
+    in the same TaskManager fails with ModuleNotFoundError (seen with PyFlink 2.3).
     """
     from recsys.config import load_config
 
@@ -615,7 +660,7 @@ def submit_job(jobmanager: str = f"{HOST}:{DEFAULT_REST_PORT}", config_file: str
     pyfiles = build_pyfiles_zip(client_dir / "recsys-pyfiles.zip")
     job_file = paths.PROJECT_ROOT / "flink_jobs" / "recsys_job.py"
     cmd = ["bash", str(dist / "bin" / "flink"), "run", "--detached", "-m", jobmanager,
-           "-py", str(job_file), "-pyfs", str(pyfiles),
+           "-py", str(job_file), *(["-pyfs", str(pyfiles)] if ship_code else []),
            "-pyclientexec", python_executable(), "-pyexec", python_executable()]
     if python_path:
         cmd += ["-pypath", python_path]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys import flink_rest
+from recsys import cluster
 from recsys.job_process import log_tail, start_job_process, stop_job_process
 from recsys.kafka_local import free_port_pair
 from recsys.paths import PROJECT_ROOT
@@ -74,10 +74,10 @@ def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_c
         job.consume("user_profiles", lambda rs: all(any(
             r["key"] == u and sum(r["value"]["counters"]["all_time"].values()) == 3 for r in rs)
             for u in USERS), timeout_s=120)
-        rest = f"http://127.0.0.1:{rest_port}"
-        job_id = flink_rest.wait_for_running_job(rest, timeout_s=60)
-        savepoint = flink_rest.trigger_savepoint(rest, job_id, (tmp_path / "savepoints").as_uri(),
-                                                 stop=True)
+        jobmanager = f"127.0.0.1:{rest_port}"  # the mini-cluster's REST API (job.rest_port)
+        job_id = cluster.list_jobs(jobmanager)[0]["jid"]
+        cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
+        savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "savepoints"))
         old.wait(60)
     finally:
         stop_job_process(old)

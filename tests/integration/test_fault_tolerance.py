@@ -1,0 +1,150 @@
+"""Exactly-once under failures, on a real standalone cluster with its own broker.
+
+A known stream flows while the TaskManager is SIGKILLed twice (and replaced, as a supervisor
+would) and the broker is restarted once. Afterwards every user's counters must equal exactly the
+events sent for that user, and the committed recommendations must carry every event id exactly
+once: nothing lost, nothing counted or emitted twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+
+import pytest
+
+from recsys import cluster, kafka_io, kafka_local
+from recsys.topics import ensure_topics
+from tests.conftest import unique_topic_names
+from tests.integration.conftest import topic_overrides
+from tests.integration.test_cluster import free_port, free_port_range
+
+pytestmark = pytest.mark.slow
+
+T0 = 1_767_225_600_000
+USERS = [f"fu{n}" for n in range(20)]
+TYPES = ["view", "click", "like", "add_to_cart", "purchase", "view", "click", "share"]
+N_EVENTS = 3000
+RATE = 100.0  # events per second: the stream lasts ~30 s
+
+
+@pytest.fixture
+def broker(tmp_path):
+    port = kafka_local.free_port_pair()
+    info = kafka_local.start_broker(port, tmp_path / "kafka", timeout_s=90)
+    try:
+        yield info
+    finally:
+        kafka_local.stop_broker(port, tmp_path / "kafka")
+
+
+@pytest.fixture
+def flink(tmp_path):
+    rest_port = free_port()
+    # Fast failure detection: a killed TaskManager is noticed in seconds, not the default 50 s.
+    info = cluster.start_cluster(rest_port=rest_port, slots=2, metrics_ports=free_port_range(),
+                                 home=tmp_path / "flink", timeout_s=120,
+                                 extra_conf={"heartbeat.interval": "1000", "heartbeat.timeout": "5000"})
+    try:
+        yield info
+    finally:
+        cluster.stop_cluster(rest_port, tmp_path / "flink")
+
+
+def wait_for_failover(jobmanager: str, job_id: str, timeout_s: float = 30) -> None:
+    """Until the job has noticed the lost TaskManager (some task left RUNNING)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        details = cluster.job_details(jobmanager, job_id)
+        if details["state"] != "RUNNING" or any(v["status"] != "RUNNING" for v in details["vertices"]):
+            return
+        time.sleep(0.2)
+    pytest.fail("the job did not notice the killed TaskManager")
+
+
+def make_events() -> list[dict]:
+    return [{"event_id": f"fe-{i}", "user_id": USERS[i % len(USERS)],
+             "item_id": f"fi{(i * 7) % 40}", "event_type": TYPES[(i // len(USERS)) % len(TYPES)],
+             "ts": T0 + i * 10, "value": None} for i in range(N_EVENTS)]
+
+
+def test_exactly_once_through_taskmanager_kills_and_a_broker_restart(broker, flink, tmp_path):
+    names = unique_topic_names()
+    ensure_topics(broker.bootstrap_servers, names, 2)
+    job_id = cluster.submit_job(flink.jobmanager, overrides=[
+        f'kafka.bootstrap_servers="{broker.bootstrap_servers}"', 'kafka.starting_offsets="earliest"',
+        f'kafka.group_id="fault-{uuid.uuid4().hex[:6]}"',
+        f'kafka.transactional_id_prefix="f{uuid.uuid4().hex[:6]}"',
+        "job.checkpoint_interval_ms=500", "job.restart_attempts=100", "job.restart_delay_ms=1000",
+        "profile.snapshot_min_interval_ms=200", "job.parallelism=2"] + topic_overrides(names),
+        log_path=tmp_path / "submit.log", ship_code=False)  # see cluster.submit_job
+    cluster.wait_for_job_running(flink.jobmanager, job_id, timeout_s=180)
+
+    events = make_events()
+    sent = threading.Event()
+    producer_error: list[BaseException] = []
+
+    def produce() -> None:
+        producer = kafka_io.json_producer(broker.bootstrap_servers, retries=1_000_000,
+                                          reconnect_backoff_max_ms=1000, linger_ms=0)
+        try:
+            start = time.monotonic()
+            for i, e in enumerate(events):
+                producer.send(names.user_events, key=e["user_id"], value=e)
+                delay = start + (i + 1) / RATE - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.flush(timeout=120)
+        except BaseException as exc:  # reported by the test thread
+            producer_error.append(exc)
+        finally:
+            producer.close(timeout=30)
+            sent.set()
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    kills = 0
+    for _ in range(2):
+        time.sleep(6)
+        cluster.kill_taskmanager(flink)
+        kills += 1
+        cluster.start_taskmanager(flink)
+        wait_for_failover(flink.jobmanager, job_id)
+        cluster.wait_for_job_running(flink.jobmanager, job_id, timeout_s=120)
+    # Restart the broker mid-stream (clean shutdown and start on the same port and data).
+    kafka_local.stop_broker(broker.port, broker.data_dir)
+    time.sleep(3)
+    kafka_local.start_broker(broker.port, broker.data_dir, timeout_s=90)
+    assert sent.wait(300), "the producer did not finish"
+    assert not producer_error, producer_error
+    assert kills == 2
+
+    expected: dict[str, Counter] = defaultdict(Counter)
+    for e in events:
+        expected[e["user_id"]][e["event_type"]] += 1
+
+    def complete(records) -> bool:
+        latest = {r["key"]: r["value"] for r in records if r["value"]}
+        return all(latest.get(u) and sum(latest[u]["counters"]["all_time"].values())
+                   >= sum(expected[u].values()) for u in USERS)
+
+    profiles = kafka_io.consume(broker.bootstrap_servers, names.user_profiles, timeout_s=300,
+                                until=complete)
+    latest = {r["key"]: r["value"] for r in profiles if r["value"]}
+    for u in USERS:
+        assert latest.get(u), f"no profile for {u}"
+        assert latest[u]["counters"]["all_time"] == dict(expected[u]), u
+
+    all_ids = {e["event_id"] for e in events}
+    recs = kafka_io.consume(
+        broker.bootstrap_servers, names.recommendations, timeout_s=120,
+        until=lambda rs: all_ids <= {r["value"]["trigger_event_id"] for r in rs if r["value"]})
+    ids = Counter(r["value"]["trigger_event_id"] for r in recs if r["value"])
+    missing = sorted(all_ids - set(ids), key=lambda i: int(i[3:]))
+    assert not missing, f"{len(missing)} events without a recommendation, e.g. {missing[:10]}"
+    twice = [i for i, n in ids.items() if n > 1]
+    assert not twice, f"{len(twice)} events with more than one recommendation, e.g. {twice[:10]}"
+    job = cluster.job_details(flink.jobmanager, job_id)
+    assert job["state"] == "RUNNING"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def v1_checkout(tmp_path):
                        capture_output=True)
 
 
+def first_job_id(jobmanager: str, timeout_s: float = 60) -> str:
+    """The mini-cluster's REST endpoint can come up after the job's first output."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            jobs = cluster.list_jobs(jobmanager)
+            if jobs:
+                return jobs[0]["jid"]
+        except cluster.ClusterError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
 def ev(eid, user, etype, item, dt):
     return {"event_id": eid, "user_id": user, "item_id": item, "event_type": etype,
             "ts": T0 + dt, "value": None}
@@ -75,7 +90,7 @@ def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_c
             r["key"] == u and sum(r["value"]["counters"]["all_time"].values()) == 3 for r in rs)
             for u in USERS), timeout_s=120)
         jobmanager = f"127.0.0.1:{rest_port}"  # the mini-cluster's REST API (job.rest_port)
-        job_id = cluster.list_jobs(jobmanager)[0]["jid"]
+        job_id = first_job_id(jobmanager)
         cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
         savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "savepoints"))
         old.wait(60)

@@ -1,0 +1,1077 @@
+"""End-to-end benchmark on the real stack: throughput, latency, ceilings, modes, parallelism.
+
+One command, bounded in time (~10-15 min on the 2-core reference machine):
+
+    .venv/bin/python bench/bench_e2e.py            # writes reports/bench.json and reports/bench.md
+    .venv/bin/python bench/bench_e2e.py --quick    # small sizes, a smoke test (~5 min)
+
+What it does, in one run, on one broker it starts itself (free port, temporary data dir):
+
+1. **Synthetic workload** (``bench/workload.py``: Zipf items over a catalogue, Zipf user
+   activity, every event type in a shop-like mix). Catalogue, user attributes and ``--events``
+   events are written to the run's own input topics *before* the job starts; then the job starts
+   (``recsys.job_process.start_job_process`` with ``--set`` overrides,
+   ``kafka.starting_offsets="earliest"``) and drains the backlog.
+   **Throughput** = events/s with a recommendation for every event, counted on the
+   ``recommendations`` topic read_committed, from the first recommendation to the last (start-up
+   excluded). The topic is created with ``message.timestamp.type=LogAppendTime``, so each record
+   carries the broker's append time (when the job wrote it, before its transaction committed):
+   the rate is measured on those, and also on the records' ``generated_at`` (operator emit time).
+   Every event id must come back as a ``trigger_event_id``.
+2. **Latency** at a fixed fraction (``--latency-fraction``, 0.5) of the peak just measured: a
+   producer paces fresh events (ts = now) at that rate for ``--latency-seconds`` while a
+   read_committed consumer matches ``trigger_event_id``s (as ``bench/latency_probe.py`` does):
+   send -> visible p50/p95/p99, and send -> ``generated_at`` (the part before the checkpoint).
+   With the default ``job.checkpoint_interval_ms`` (1000) and with ``--fast-checkpoint-ms`` (200),
+   which also gets its own throughput run (what a shorter interval costs); each also at a low
+   ``--floor-rate`` (10/s: the latency floor), and once more with a 100 ms checkpoint interval
+   plus a 5 ms network buffer timeout (``bench/job_tweaks.py``: Flink's default flushes partly
+   filled buffers only every 100 ms per exchange).
+3. **ml-100k replay** (if ``recsys/movielens.py`` exists; ``deploy/ml-100k.toml``): the first
+   ``--ml-events`` ratings preloaded, throughput, then the following ratings paced for latency.
+4. **Ceilings of the same machine in the same run**: (a) ``bench/copy_job.py``, a Flink job with
+   no Python (KafkaSource -> KafkaSink, exactly-once, same checkpoint interval) copying the
+   synthetic input topic, measured the same way (LogAppendTime of its output); (b) the raw Kafka
+   consume rate of that topic (``org.apache.kafka.tools.ConsumerPerformance`` from
+   ``.cache/jars/kafka``). Ratios of ours to each.
+5. **Micro-benchmarks**: the similarity kernel (``bench/bench_similarity_kernel.py``); thread vs
+   process execution mode (same job, ``--set job.execution_mode=process``, a short window);
+   parallelism 1 vs 2 (``job.parallelism=2`` on 2-partition topics).
+
+Checkpoints go to a temporary ``file://`` directory (``job.checkpoint_dir``): with the default
+(job manager memory, 5 MB per state handle) a profile state of 10k users does not checkpoint.
+
+The load average is recorded around every phase: other jobs on the machine skew the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import orjson  # noqa: E402
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+
+from recsys import kafka_local  # noqa: E402
+from recsys.config import TopicNames  # noqa: E402
+from recsys.job_process import log_tail, start_job_process, stop_job_process  # noqa: E402
+from recsys.paths import KAFKA_JARS_DIR  # noqa: E402
+from recsys.topics import topic_specs  # noqa: E402
+from workload import Workload, now_ms  # noqa: E402
+
+PY = sys.executable
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.monotonic() - T0:6.1f}s load {os.getloadavg()[0]:.2f}] {msg}", flush=True)
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+# ------------------------------------------------------------------------------- machine
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return "unknown"
+
+
+def code_version() -> dict[str, Any]:
+    """The commit and the uncommitted changes of the code the job runs (others edit the tree)."""
+    import hashlib
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.rstrip("\n")
+    paths = ["udfs", "flink_jobs", "state_schemas", "recsys/config.py", "deploy/ml-100k.toml"]
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", *paths).splitlines()]
+    diff = git("diff", "HEAD", "--", *paths)
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_files": dirty,
+            "diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else None}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    mem_kb = 0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    import numpy
+    import pyflink.version as fv
+    kafka_jar = sorted(KAFKA_JARS_DIR.glob("kafka-clients-*.jar"))
+    return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gb": round(mem_kb / 2**20, 1),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": numpy.__version__, "pyflink": fv.__version__,
+            "kafka": kafka_jar[0].stem.rsplit("-", 1)[-1] if kafka_jar else "unknown",
+            "java": _first_line(["java", "-version"]),
+            "loadavg_at_start": loadavg()}
+
+
+# ------------------------------------------------------------------------------- kafka helpers
+def run_topics(tag: str) -> TopicNames:
+    d = TopicNames()
+    return TopicNames(**{f.name: f"{getattr(d, f.name)}-{tag}" for f in fields(TopicNames)})
+
+
+def create_topics(bootstrap: str, names: TopicNames, partitions: int) -> None:
+    """The contract's topics (same configs as ``recsys topics create``), plus LogAppendTime on
+    ``recommendations`` so every output record carries the time the broker received it."""
+    specs = topic_specs(names, partitions)
+    specs[names.recommendations]["configs"]["message.timestamp.type"] = "LogAppendTime"
+    with KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench") as admin:
+        admin.create_topics(specs, timeout_ms=30_000, wait_for_metadata=True)
+
+
+def create_plain_topic(bootstrap: str, topic: str, partitions: int,
+                       configs: dict[str, str] | None = None) -> None:
+    with KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench") as admin:
+        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1,
+                                     "configs": configs or {}}},
+                            timeout_ms=30_000, wait_for_metadata=True)
+
+
+def bulk_producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50,
+                         batch_size=1 << 20, max_request_size=4 << 20,
+                         client_id="bench-preload")
+
+
+def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[str, bytes]]) -> tuple[int, float]:
+    """Send (key, value bytes) pairs; returns (count, seconds). Raises on a failed send."""
+    failures: list[BaseException] = []
+    producer = bulk_producer(bootstrap)
+    t0 = time.monotonic()
+    n = 0
+    try:
+        for key, value in records:
+            producer.send(topic, key=key.encode(), value=value).add_errback(failures.append)
+            n += 1
+        producer.flush(timeout=120)
+    finally:
+        producer.close(timeout=30)
+    if failures:
+        raise RuntimeError(f"{len(failures)} sends to {topic} failed: {failures[0]!r}")
+    return n, time.monotonic() - t0
+
+
+def end_offsets(consumer: KafkaConsumer, topic: str) -> int:
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    return sum(consumer.end_offsets(parts).values()) if parts else 0
+
+
+class OffsetWatcher(threading.Thread):
+    """Samples the end offsets (high watermark = written, LSO = committed) of one topic."""
+
+    def __init__(self, bootstrap: str, topic: str, interval_s: float = 0.25):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.interval_s = bootstrap, topic, interval_s
+        self.samples: list[tuple[float, int, int]] = []  # (time.time(), hw, lso)
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        kw = dict(bootstrap_servers=self.bootstrap, group_id=None, client_id="bench-watch")
+        unc = KafkaConsumer(isolation_level="read_uncommitted", **kw)
+        com = KafkaConsumer(isolation_level="read_committed", **kw)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.samples.append((time.time(), end_offsets(unc, self.topic),
+                                         end_offsets(com, self.topic)))
+                except Exception:  # noqa: BLE001 - a slow metadata call: just sample again
+                    pass
+                self.stop_event.wait(self.interval_s)
+        finally:
+            unc.close()
+            com.close()
+
+    def latest(self) -> tuple[float, int, int]:
+        return self.samples[-1] if self.samples else (time.time(), 0, 0)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(10)
+
+
+def consume_records(bootstrap: str, topic: str, expected: int, timeout_s: float,
+                    parse: Callable[[Any], Any]) -> list[Any]:
+    """Read a whole topic read_committed from the beginning; ``parse(message)`` per record.
+    Stops at ``expected`` records or after 5 s without new records or at ``timeout_s``."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             isolation_level="read_committed", auto_offset_reset="earliest",
+                             enable_auto_commit=False, max_poll_records=10_000,
+                             fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
+                             client_id="bench-verify")
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    last_new = time.monotonic()
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            got = 0
+            for msgs in batch.values():
+                for m in msgs:
+                    out.append(parse(m))
+                    got += 1
+            if got:
+                last_new = time.monotonic()
+            elif time.monotonic() - last_new > 5:
+                break
+    finally:
+        consumer.close(autocommit=False)
+    return out
+
+
+# ------------------------------------------------------------------------------- the job
+class JobRun:
+    """One recsys job on its own topics, started after its input was preloaded."""
+
+    def __init__(self, bench: "Bench", label: str, partitions: int = 1,
+                 overrides: Iterable[str] = (), config_file: str | None = None,
+                 tweaks: list[str] | None = None):
+        self.bench, self.label = bench, label
+        self.tweaks = tweaks  # bench/job_tweaks.py options (Flink settings not in the config)
+        self.tag = f"{label}-{uuid.uuid4().hex[:6]}"
+        self.names = run_topics(self.tag)
+        self.partitions = partitions
+        self.overrides = list(overrides)
+        self.config_file = config_file
+        self.proc: subprocess.Popen | None = None
+        self.log_path = bench.work_dir / f"{self.tag}.log"
+        create_topics(bench.bootstrap, self.names, partitions)
+
+    def job_overrides(self) -> list[str]:
+        ckpt = (self.bench.work_dir / f"ckpt-{self.tag}").as_uri()
+        return ([f'kafka.bootstrap_servers="{self.bench.bootstrap}"',
+                 'kafka.starting_offsets="earliest"', f'kafka.group_id="g-{self.tag}"',
+                 f'kafka.transactional_id_prefix="x-{self.tag}"',
+                 f'job.checkpoint_dir="{ckpt}"']
+                + [f'topics.{f.name}="{getattr(self.names, f.name)}"' for f in fields(TopicNames)]
+                + self.overrides)
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        if self.tweaks is None:
+            self.proc = start_job_process(self.job_overrides(), self.log_path,
+                                          config_file=self.config_file)
+            return
+        args = [PY, str(ROOT / "bench" / "job_tweaks.py"), *self.tweaks, "--"]
+        if self.config_file:
+            args += ["--config", self.config_file]
+        for item in self.job_overrides():
+            args += ["--set", item]
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_job_process(self.proc)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def java_pid(self) -> int | None:
+        """The JVM the job's Python process launched (mini-cluster + embedded interpreter)."""
+        if self.proc is None:
+            return None
+        out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            pid, comm = line.split(None, 1)
+            if comm.strip() == "java":
+                return int(pid)
+        return None
+
+
+def drain(job: JobRun, n_events: int, max_s: float, startup_timeout_s: float = 180) -> dict[str, Any]:
+    """Wait for one recommendation per preloaded event; measure the rate (see module doc)."""
+    b = job.bench
+    watcher = OffsetWatcher(b.bootstrap, job.names.recommendations)
+    watcher.start()
+    load0 = loadavg()
+    try:
+        t_start = time.time()
+        while watcher.latest()[1] == 0:
+            if not job.alive():
+                raise RuntimeError(f"job {job.label} exited:\n{log_tail(job.log_path)}")
+            if time.time() - t_start > startup_timeout_s:
+                raise RuntimeError(f"job {job.label} wrote nothing in {startup_timeout_s} s:\n"
+                                   f"{log_tail(job.log_path)}")
+            time.sleep(0.1)
+        t_first = watcher.latest()[0]
+        startup_s = t_first - job.started_at
+        log(f"{job.label}: first recommendation written {startup_s:.1f} s after start")
+        last_hw, last_change = 0, time.time()
+        complete = False
+        while True:
+            t, hw, lso = watcher.latest()
+            if hw != last_hw:
+                last_hw, last_change = hw, t
+            if hw >= n_events and lso >= hw and time.time() - last_change > 2.0:
+                complete = True
+                break
+            if time.time() - t_first > max_s:
+                break
+            if not job.alive():
+                raise RuntimeError(f"job {job.label} exited:\n{log_tail(job.log_path)}")
+            time.sleep(0.2)
+    finally:
+        watcher.stop()
+    load1 = loadavg()
+    if not complete:  # a bounded window: stop the job so that the topic stops growing
+        job.stop()
+    samples = watcher.samples
+    # Written-offset curve: slope between 10% and 90% of what was written (steady state).
+    hw_final = samples[-1][1]
+
+    def t_at(frac: float) -> float:
+        target = frac * hw_final
+        return next(t for t, hw, _ in samples if hw >= target)
+
+    slope = (0.8 * hw_final) / max(1e-9, t_at(0.9) - t_at(0.1)) if hw_final > 10 else None
+    # Every record, read_committed: append time, generated_at, trigger id.
+    recs = consume_records(b.bootstrap, job.names.recommendations, n_events, 120,
+                           lambda m: (m.timestamp, *_reco_fields(m.value)))
+    triggers = {r[1] for r in recs if r[1]}
+    appended = sorted(r[0] for r in recs)
+    generated = sorted(r[2] for r in recs if r[2])
+    out: dict[str, Any] = {
+        "events_preloaded": n_events,
+        "recommendations": len(recs),
+        "events_with_recommendation": len(triggers),
+        "complete": complete and len(triggers) >= n_events,
+        "startup_s": round(startup_s, 1),
+        "loadavg_before": load0, "loadavg_after": load1,
+    }
+    if len(appended) > 1:
+        span = (appended[-1] - appended[0]) / 1000
+        out["first_to_last_s"] = round(span, 2)
+        out["events_per_s"] = round((len(triggers) - 1) / span, 1) if span > 0 else None
+        # The rate in each third of the backlog: the model (trending, neighbours) grows as the
+        # job goes, and so does the cost per event.
+        thirds = []
+        for a, b in ((0, 1), (1, 2), (2, 3)):
+            lo, hi = appended[len(appended) * a // 3], appended[min(len(appended) - 1, len(appended) * b // 3)]
+            cnt = len(appended) * b // 3 - len(appended) * a // 3
+            thirds.append(round(cnt / ((hi - lo) / 1000), 1) if hi > lo else None)
+        out["events_per_s_by_third"] = thirds
+    if len(generated) > 1:
+        gspan = (generated[-1] - generated[0]) / 1000
+        out["events_per_s_generated_at"] = round((len(generated) - 1) / gspan, 1) if gspan > 0 else None
+    out["events_per_s_steady_10_90"] = round(slope, 1) if slope else None
+    return out
+
+
+def _reco_fields(raw: bytes | None) -> tuple[str | None, int | None]:
+    if not raw:
+        return None, None
+    v = orjson.loads(raw)
+    return v.get("trigger_event_id"), v.get("generated_at")
+
+
+def paced_latency(job: JobRun, rate: float, seconds: float,
+                  events: Iterator[dict[str, Any]], restamp: bool = True) -> dict[str, Any]:
+    """Events at ``rate``/s for ``seconds``; per event send -> visible (read_committed) latency."""
+    b = job.bench
+    sent: dict[str, float] = {}
+    seen: dict[str, tuple[float, int, int]] = {}  # id -> (arrival, generated_at, append ts)
+    stop = threading.Event()
+    consumer = KafkaConsumer(bootstrap_servers=b.bootstrap, group_id=None,
+                             isolation_level="read_committed", enable_auto_commit=False,
+                             client_id="bench-latency")
+    parts = [TopicPartition(job.names.recommendations, p)
+             for p in sorted(consumer.partitions_for_topic(job.names.recommendations))]
+    consumer.assign(parts)
+    consumer.seek_to_end(*parts)
+    for tp in parts:
+        consumer.position(tp)
+
+    def collect() -> None:
+        while not stop.is_set():
+            for msgs in consumer.poll(timeout_ms=100).values():
+                now = time.time()
+                for m in msgs:
+                    eid, gen = _reco_fields(m.value)
+                    if eid is not None and eid not in seen:
+                        seen[eid] = (now, gen or 0, m.timestamp)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    producer = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all", linger_ms=0,
+                             client_id="bench-paced")
+    load0 = loadavg()
+    n = int(rate * seconds)
+    start = time.time()
+    behind = 0.0
+    for i in range(n):
+        ev = next(events)
+        if restamp:
+            ev["ts"] = now_ms()
+        sent[ev["event_id"]] = time.time()
+        producer.send(job.names.user_events, key=ev["user_id"].encode(), value=orjson.dumps(ev))
+        delay = start + (i + 1) / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            behind = max(behind, -delay)
+    producer.flush()
+    send_s = time.time() - start
+    deadline = time.time() + 30
+    while len(set(sent) & set(seen)) < len(sent) and time.time() < deadline:
+        if not job.alive():
+            break
+        time.sleep(0.2)
+    stop.set()
+    reader.join(5)
+    consumer.close(autocommit=False)
+    producer.close(timeout=10)
+    got = [e for e in sent if e in seen]
+    visible = [(seen[e][0] - sent[e]) * 1000 for e in got]
+    emitted = [seen[e][1] - sent[e] * 1000 for e in got]
+    written = [seen[e][2] - sent[e] * 1000 for e in got]
+
+    def dist(v: list[float]) -> dict[str, Any] | None:
+        return ({"p50": percentile(v, 0.5), "p95": percentile(v, 0.95),
+                 "p99": percentile(v, 0.99), "max": round(max(v), 1)} if v else None)
+
+    emit_p50 = percentile(emitted, 0.5)
+    return {"rate_events_per_s": round(rate, 1), "seconds": seconds, "events_sent": len(sent),
+            "kept_up": bool(emit_p50 is not None and emit_p50 < 1000),
+            "achieved_send_rate": round(len(sent) / send_s, 1), "max_send_lag_s": round(behind, 3),
+            "recommendations_received": len(got),
+            "latency_ms_send_to_visible": dist(visible),
+            "latency_ms_send_to_generated": dist(emitted),
+            "latency_ms_send_to_broker_append": dist(written),
+            "loadavg_before": load0, "loadavg_after": loadavg()}
+
+
+# ------------------------------------------------------------------------------- the bench
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work_dir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+        self.port = kafka_local.free_port_pair()
+        self.data_dir = self.work_dir / "kafka"
+        self.bootstrap = ""
+        self.wl = Workload(n_users=args.users, n_items=args.items, zipf_s=args.zipf, seed=args.seed)
+        self.results: dict[str, Any] = {}
+
+    def start_broker(self) -> None:
+        info = kafka_local.start_broker(self.port, self.data_dir, timeout_s=120)
+        self.bootstrap = info.bootstrap_servers
+        log(f"broker on {self.bootstrap} (data {self.data_dir})")
+
+    def stop(self) -> None:
+        try:
+            kafka_local.stop_broker(self.port, self.data_dir)
+        finally:
+            if not self.args.keep:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # -- synthetic data, encoded once and written to each run's topics ----------------------
+    def synthetic_data(self) -> None:
+        t = now_ms()
+        n = self.args.events
+        step = 3_600_000 / max(1, n)  # the preloaded events span the hour before now
+        self.catalog = [(r["item_id"], orjson.dumps(r)) for r in self.wl.catalog(t - 86_400_000)]
+        self.user_attrs = [(r["user_id"], orjson.dumps(r)) for r in self.wl.users(t - 86_400_000)]
+        self.preload = [(e["user_id"], orjson.dumps(e))
+                        for e in self.wl.events(n, t - 3_600_000, step, tag="pre")]
+        sizes = [len(v) for _, v in self.preload]
+        self.results["workload"] = {
+            "kind": "synthetic (bench/workload.py)", "users": self.args.users,
+            "items": self.args.items, "item_zipf_s": self.args.zipf,
+            "user_zipf_s": self.wl.user_s, "events_preloaded": n,
+            "event_mix": __import__("workload").EVENT_MIX,
+            "mean_event_bytes": round(sum(sizes) / len(sizes), 1)}
+
+    def preload_synthetic(self, job: JobRun, n: int | None = None) -> None:
+        events = self.preload if n is None else self.preload[:n]
+        produce_all(self.bootstrap, job.names.item_catalog, self.catalog)
+        produce_all(self.bootstrap, job.names.user_attributes, self.user_attrs)
+        k, s = produce_all(self.bootstrap, job.names.user_events, events)
+        log(f"{job.label}: preloaded {len(self.catalog)} items, {len(self.user_attrs)} users, "
+            f"{k} events ({k / s:.0f}/s)")
+
+    def live_events(self) -> Iterator[dict[str, Any]]:
+        return self.wl.event_stream(tag=f"live{uuid.uuid4().hex[:4]}")
+
+    # -- phases -------------------------------------------------------------------------------
+    def synthetic_run(self, label: str, overrides: list[str], partitions: int = 1,
+                      n_events: int | None = None, max_s: float | None = None,
+                      latency_rate: float | str | None = None,
+                      tweaks: list[str] | None = None) -> dict[str, Any]:
+        n = n_events or self.args.events
+        job = JobRun(self, label, partitions, overrides, tweaks=tweaks)
+        self.preload_synthetic(job, n)
+        job.start()
+        try:
+            res = {"overrides": overrides, "partitions": partitions, "job_tweaks": tweaks,
+                   "throughput": drain(job, n, max_s or self.args.max_drain_s)}
+            log(f"{label}: throughput {res['throughput'].get('events_per_s')} events/s "
+                f"(complete={res['throughput']['complete']})")
+            if latency_rate == "auto":
+                latency_rate = self.args.latency_fraction * (res["throughput"].get("events_per_s") or 0)
+            if latency_rate:
+                res["latency"] = paced_latency(job, latency_rate, self.args.latency_seconds,
+                                               self.live_events())
+                log(f"{label}: latency at {latency_rate:.0f}/s: "
+                    f"{res['latency']['latency_ms_send_to_visible']}")
+                if self.args.floor_rate > 0:
+                    time.sleep(3)  # let any backlog of the half-peak phase drain
+                    res["latency_floor"] = paced_latency(job, self.args.floor_rate,
+                                                         self.args.floor_seconds, self.live_events())
+                    log(f"{label}: latency at {self.args.floor_rate:.0f}/s (floor): "
+                        f"{res['latency_floor']['latency_ms_send_to_visible']}")
+            res["job_log_errors"] = _log_errors(job.log_path)
+            res["job_input_topic"] = job.names.user_events
+            return res
+        finally:
+            job.stop()
+
+    def ml100k_run(self, overrides: list[str]) -> dict[str, Any]:
+        if not (ROOT / "recsys" / "movielens.py").is_file():
+            return {"skipped": "recsys/movielens.py is absent"}
+        from recsys import movielens
+        ml = movielens.load()
+        events = movielens.events(ml.ratings)
+        n = min(self.args.ml_events, len(events))
+        job = JobRun(self, "ml100k", 1, overrides, config_file=str(ROOT / "deploy" / "ml-100k.toml"))
+        produce_all(self.bootstrap, job.names.item_catalog,
+                    [(r["item_id"], orjson.dumps(r)) for r in movielens.catalog_records(ml)])
+        produce_all(self.bootstrap, job.names.user_attributes,
+                    [(r["user_id"], orjson.dumps(r)) for r in movielens.attribute_records(ml)])
+        k, s = produce_all(self.bootstrap, job.names.user_events,
+                           [(e["user_id"], orjson.dumps(e)) for e in events[:n]])
+        log(f"ml100k: preloaded {len(ml.items)} items, {len(ml.users)} users, {k} ratings")
+        job.start()
+        try:
+            res = {"config_file": "deploy/ml-100k.toml", "overrides": overrides,
+                   "ratings_total": len(events),
+                   "throughput": drain(job, n, self.args.max_drain_s)}
+            peak = res["throughput"].get("events_per_s") or 0
+            log(f"ml100k: throughput {peak} events/s")
+            rest = iter(events[n:])
+            if peak > 0 and len(events) > n:
+                rate = self.args.latency_fraction * peak
+                seconds = min(self.args.latency_seconds, (len(events) - n) / rate)
+                res["latency"] = paced_latency(job, rate, seconds, rest, restamp=False)
+                log(f"ml100k: latency at {rate:.0f}/s: {res['latency']['latency_ms_send_to_visible']}")
+            res["job_log_errors"] = _log_errors(job.log_path)
+            return res
+        finally:
+            job.stop()
+
+    def copy_ceiling(self, source_topic: str, n_records: int,
+                     python_map: bool = False) -> dict[str, Any]:
+        """The no-Python Flink job copying ``source_topic``; rate on LogAppendTime."""
+        tag = uuid.uuid4().hex[:6]
+        sink = f"copy-out-{tag}"
+        create_plain_topic(self.bootstrap, sink, 1, {"message.timestamp.type": "LogAppendTime"})
+        log_path = self.work_dir / f"copy-{tag}.log"
+        cmd = [PY, str(ROOT / "bench" / "copy_job.py"), "--bootstrap", self.bootstrap,
+               "--source", source_topic, "--sink", sink, "--checkpoint-ms", "1000",
+               "--txn-prefix", f"copy-{tag}",
+               "--checkpoint-dir", (self.work_dir / f"ckpt-copy-{tag}").as_uri()] \
+            + (["--python-map"] if python_map else [])
+        load0 = loadavg()
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        started = time.time()
+        watcher = OffsetWatcher(self.bootstrap, sink)
+        watcher.start()
+        try:
+            while True:
+                t, hw, lso = watcher.latest()
+                if lso >= n_records:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"copy job exited:\n{log_tail(log_path)}")
+                if time.time() - started > 240:
+                    break
+                time.sleep(0.2)
+        finally:
+            watcher.stop()
+            stop_job_process(proc)
+        first_written = next((t for t, hw, _ in watcher.samples if hw > 0), None)
+        recs = consume_records(self.bootstrap, sink, n_records, 120, lambda m: m.timestamp)
+        recs.sort()
+        span = (recs[-1] - recs[0]) / 1000 if len(recs) > 1 else 0
+        return {"command": " ".join(["python", "bench/copy_job.py", "--checkpoint-ms", "1000"]
+                                    + (["--python-map"] if python_map else [])
+                                    + ["(exactly-once, parallelism 1)"]),
+                "records": len(recs), "expected": n_records,
+                "startup_s": round(first_written - started, 1) if first_written else None,
+                "first_to_last_s": round(span, 2),
+                "records_per_s": round((len(recs) - 1) / span, 1) if span > 0 else None,
+                "loadavg_before": load0, "loadavg_after": loadavg()}
+
+    def consumer_perf(self, topic: str, n_records: int) -> dict[str, Any]:
+        cmd = ["java", "-Xmx512m", "-cp", f"{KAFKA_JARS_DIR}/*",
+               "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", self.bootstrap,
+               "--topic", topic, "--messages", str(n_records), "--timeout", "60000",
+               "--group", f"perf-{uuid.uuid4().hex[:6]}"]
+        load0 = loadavg()
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+        res: dict[str, Any] = {"command": "java -cp '.cache/jars/kafka/*' "
+                               "org.apache.kafka.tools.ConsumerPerformance --bootstrap-server H:P "
+                               f"--topic <synthetic input> --messages {n_records}",
+                               "loadavg_before": load0, "loadavg_after": loadavg()}
+        try:
+            header = [h.strip() for h in lines[-2].split(",")]
+            values = [v.strip() for v in lines[-1].split(",")]
+            row = dict(zip(header, values))
+            res.update({"raw": row,
+                        # fetch.nMsg.sec: records / fetch time (the group join excluded)
+                        "records_per_s": float(row.get("fetch.nMsg.sec", "nan")),
+                        "records_per_s_incl_group_join": float(row.get("nMsg.sec", "nan")),
+                        "MB_per_s": float(row.get("MB.sec", "nan")),
+                        "records": int(float(row.get("data.consumed.in.nMsg", "0")))})
+        except (IndexError, ValueError):
+            res["error"] = (out.stdout + out.stderr)[-2000:]
+        return res
+
+    def kernel(self) -> dict[str, Any]:
+        out = ROOT / "reports" / "bench_similarity_kernel.json"
+        cmd = [PY, str(ROOT / "bench" / "bench_similarity_kernel.py"), "--out", str(out),
+               "--repeat", str(self.args.kernel_repeat)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode not in (0, 1) or not out.is_file():
+            return {"error": proc.stderr[-2000:]}
+        return json.loads(out.read_text())
+
+
+def _log_errors(path: Path) -> dict[str, Any]:
+    """Checkpoint failures and restarts in a job log (a failing run must not look healthy)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    return {"exceptions": len(re.findall(r"^\S*(Exception|Error)\b", text, re.M)),
+            "checkpoint_declined_or_failed": len(re.findall(r"(?i)checkpoint.{0,80}(declin|fail)", text)),
+            "restarts": len(re.findall(r"(?i)switched from RUNNING to (FAILING|RESTARTING)", text))}
+
+
+# ------------------------------------------------------------------------------- report
+TARGETS = {"throughput": 5000.0, "p99_ms": 250.0, "kernel_speedup": 20.0, "state_bytes": 2048}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a and b else None
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    m = report["machine"]
+    r = report["results"]
+    L = []
+    L.append("# Benchmark: end to end on the real stack\n")
+    L.append(f"Command: `{report['command']}`  ")
+    L.append(f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gb']} GB, {m['platform']}; "
+             f"Python {m['python']}, PyFlink {m['pyflink']}, Kafka {m['kafka']}, {m['java']}  ")
+    L.append(f"Load average (1/5/15 min): start {m['loadavg_at_start']}, end {report['loadavg_at_end']} "
+             f"(other jobs share this machine; see each row's load)  ")
+    code = report.get("code") or {}
+    L.append(f"Started {report['started']}, took {report['duration_s']:.0f} s; code {code.get('commit')}"
+             f" + uncommitted {code.get('uncommitted_files')} (diff {code.get('diff_sha1')})\n")
+    wl = r.get("workload", {})
+    if wl:
+        L.append(f"Synthetic workload: {wl['users']} users, {wl['items']} items, item Zipf s={wl['item_zipf_s']}, "
+                 f"user Zipf s={wl['user_zipf_s']}, {wl['events_preloaded']} events preloaded, "
+                 f"~{wl['mean_event_bytes']:.0f} B/event, mix {wl['event_mix']}\n")
+
+    def thr(run: dict | None) -> str:
+        if not run or "throughput" not in run:
+            return "n/a"
+        t = run["throughput"]
+        return (f"{t.get('events_per_s')} ev/s (by third of the backlog {t.get('events_per_s_by_third')}; "
+                f"{t['events_with_recommendation']}/{t['events_preloaded']} events answered; "
+                f"start-up {t['startup_s']} s; load {t['loadavg_before'][0]}→{t['loadavg_after'][0]})")
+
+    def lat(run: dict | None) -> str:
+        if not run or not run.get("latency"):
+            return "n/a"
+        x = run["latency"]
+        v = x["latency_ms_send_to_visible"] or {}
+        g = x["latency_ms_send_to_generated"] or {}
+        return (("" if x.get("kept_up", True) else "**job did not keep up at this rate (backlog)**: ")
+                + f"p50 {v.get('p50')} / p95 {v.get('p95')} / p99 {v.get('p99')} ms visible "
+                f"(emit p50 {g.get('p50')} / p99 {g.get('p99')} ms) at {x['rate_events_per_s']} ev/s, "
+                f"{x['recommendations_received']}/{x['events_sent']} answered; load {x['loadavg_before'][0]}")
+
+    L.append("| measurement | result | target | status |")
+    L.append("|---|---|---|---|")
+    base = r.get("synthetic_p1_ckpt1000")
+    peak = base["throughput"].get("events_per_s") if base else None
+    L.append(f"| throughput, synthetic, p=1, checkpoint 1000 ms | {thr(base)} | ≥ 5000 ev/s | "
+             f"{_status(peak, TARGETS['throughput'], True)} |")
+    p99 = (((base or {}).get("latency") or {}).get("latency_ms_send_to_visible") or {}).get("p99")
+    L.append(f"| latency at ½ peak, checkpoint 1000 ms | {lat(base)} | p99 ≤ 250 ms | "
+             f"{_status(p99, TARGETS['p99_ms'], False)} |")
+    if base and base.get("latency_floor"):
+        fl = {"latency": base["latency_floor"]}
+        L.append(f"| latency floor (low rate), checkpoint 1000 ms | {lat(fl)} | | |")
+    fast = r.get("synthetic_p1_ckpt_fast")
+    p99f = (((fast or {}).get("latency") or {}).get("latency_ms_send_to_visible") or {}).get("p99")
+    L.append(f"| throughput, checkpoint {report['args']['fast_checkpoint_ms']} ms | {thr(fast)} | | |")
+    L.append(f"| latency at the same rate, checkpoint {report['args']['fast_checkpoint_ms']} ms | "
+             f"{lat(fast)} | p99 ≤ 250 ms | {_status(p99f, TARGETS['p99_ms'], False)} |")
+    if fast and fast.get("latency_floor"):
+        L.append(f"| latency floor (low rate), checkpoint {report['args']['fast_checkpoint_ms']} ms | "
+                 f"{lat({'latency': fast['latency_floor']})} | | |")
+    tu = r.get("latency_tuned")
+    if tu:
+        a = report["args"]
+        L.append(f"| latency, checkpoint {a.get('tuned_checkpoint_ms')} ms + buffer timeout "
+                 f"{a.get('tuned_buffer_timeout_ms')} ms (bench/job_tweaks.py) | {lat(tu)} | p99 ≤ 250 ms | "
+                 f"{_status((((tu.get('latency') or {}).get('latency_ms_send_to_visible')) or {}).get('p99'), TARGETS['p99_ms'], False)} |")
+        if tu.get("latency_floor"):
+            L.append(f"| latency floor, same settings | {lat({'latency': tu['latency_floor']})} | p99 ≤ 250 ms | "
+                     f"{_status((tu['latency_floor'].get('latency_ms_send_to_visible') or {}).get('p99'), TARGETS['p99_ms'], False)} |")
+        L.append(f"| throughput, same settings ({tu['throughput']['events_preloaded']} events) | {thr(tu)} | | |")
+    ml = r.get("ml100k")
+    if ml and "skipped" in ml:
+        L.append(f"| ml-100k replay | skipped: {ml['skipped']} | | |")
+    elif ml:
+        L.append(f"| throughput, ml-100k replay | {thr(ml)} | ≥ 5000 ev/s | "
+                 f"{_status(ml['throughput'].get('events_per_s'), TARGETS['throughput'], True)} |")
+        L.append(f"| latency, ml-100k at ½ its peak | {lat(ml)} | p99 ≤ 250 ms | "
+                 f"{_status((((ml.get('latency') or {}).get('latency_ms_send_to_visible')) or {}).get('p99'), TARGETS['p99_ms'], False)} |")
+    p2 = r.get("synthetic_p2")
+    if p2:
+        L.append(f"| throughput, parallelism 2 (2 partitions) | {thr(p2)} | | "
+                 f"×{ratio(p2['throughput'].get('events_per_s'), peak)} of p=1 |")
+    mt, mp = r.get("mode_thread"), r.get("mode_process")
+    if mt and mp:
+        L.append(f"| micro: thread mode, {mt['throughput']['events_preloaded']} events | {thr(mt)} | | |")
+        L.append(f"| micro: process mode, same events | {thr(mp)} | | "
+                 f"thread/process = {ratio(mt['throughput'].get('events_per_s'), mp['throughput'].get('events_per_s'))} |")
+    cp = r.get("ceiling_flink_copy")
+    if cp and "records_per_s" in cp:
+        L.append(f"| ceiling (a): Flink Kafka→Kafka copy, no Python | {cp['records_per_s']} rec/s "
+                 f"({cp['records']} records, start-up {cp['startup_s']} s; load {cp['loadavg_before'][0]}) | | "
+                 f"ours = {ratio(peak, cp['records_per_s'])} of it |")
+    pm1 = r.get("pyflink_identity_map")
+    if pm1 and "records_per_s" in pm1:
+        L.append(f"| reference: the copy job + ONE Python identity map (thread mode) | {pm1['records_per_s']} rec/s "
+                 f"({pm1['records']} records; load {pm1['loadavg_before'][0]}) | | "
+                 f"ours = {ratio(peak, pm1['records_per_s'])} of it |")
+    cc = r.get("ceiling_kafka_consume")
+    if cc and "records_per_s" in cc:
+        L.append(f"| ceiling (b): raw Kafka consume (ConsumerPerformance) | {cc['records_per_s']:.0f} rec/s "
+                 f"({cc.get('MB_per_s')} MB/s; load {cc['loadavg_before'][0]}) | | "
+                 f"ours = {ratio(peak, cc['records_per_s'])} of it |")
+    k = r.get("kernel")
+    if k and "speedup" in k:
+        L.append(f"| similarity kernel vs reference ({k['pairs']} pairs, {k['touched_rows']} rows) | "
+                 f"{k['kernel_s'] * 1000:.1f} ms vs {k['reference_s'] * 1000:.1f} ms = ×{k['speedup']} "
+                 f"(tuned allocator ×{k.get('speedup_tuned_alloc')}; load {k['machine']['loadavg_1m']}) | ≥ 20× | "
+                 f"{_status(k['speedup'], TARGETS['kernel_speedup'], True)} |")
+    L.append("")
+    L.append("Throughput: events answered ÷ time between the first and the last recommendation's "
+             "broker append time (LogAppendTime), start-up excluded; the three numbers after it are the "
+             "rates over each third of the backlog (the model grows as the job goes). Latency: producer send → the recommendation "
+             "visible to a read_committed consumer; 'emit' is send → the operator's generated_at "
+             "(before the checkpoint makes it visible).")
+    L += _other_reports()
+    path.write_text("\n".join(L) + "\n")
+
+
+def _load_json(name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((ROOT / "reports" / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _other_reports() -> list[str]:
+    """Rows from the offline benchmarks' reports (their own commands), when present."""
+    L: list[str] = []
+    st = _load_json("state_size.json")
+    if st:
+        L.append(f"\n## State size and scaling (`{st['command']}`, load {st['machine']['loadavg_at_start'][0]})\n")
+        L.append("| measurement | result | target | status |")
+        L.append("|---|---|---|---|")
+        ml = st.get("ml100k") or {}
+        for name in ("defaults", "defaults + dedup_max_ids_per_user=64, consumed_max=200",
+                     "deploy/ml-100k.toml"):
+            x = ml.get(name)
+            if x:
+                d, c = x["profile_state_bytes"], x["compact_encoding_estimate"]
+                L.append(f"| profile state per user, ml-100k, {name} | mean {d['mean']:.0f} B, p50 {d['p50']:.0f}, "
+                         f"p99 {d['p99']:.0f}, max {d['max']:.0f}; {d['share_over_2048']:.0%} of users over 2 KB "
+                         f"(compact encoding: mean {c['mean']:.0f}, p50 {c['p50']:.0f}) | ≤ 2 KB | "
+                         f"{_status(d['mean'], 2048, False)} |")
+        if ml.get("defaults"):
+            f = ml["defaults"]["fields_mean_bytes"]
+            top = ", ".join(f"{k} {v:.0f}" for k, v in list(f.items())[:4])
+            L.append(f"| where the ml-100k profile bytes are (mean per user) | {top} | | |")
+            L.append(f"| recommendation operator's impressions state per user at its bound | "
+                     f"{ml['defaults']['impressions_state_bytes_at_bound']} B | | |")
+        sm = st.get("sample")
+        if sm:
+            d = sm["profile_state_bytes"]
+            L.append(f"| profile state per user, bundled sample | mean {d['mean']:.0f} B, p50 {d['p50']:.0f}, max {d['max']:.0f} | ≤ 2 KB | {_status(d['mean'], 2048, False)} |")
+        g = st.get("growth")
+        if g:
+            pts = "; ".join(f"{p['users']:,} users: {p['pickled_total_mb']:.0f} MB = {p['pickled_bytes_per_user']:.0f} B/user "
+                            f"(p99 {p['profile_state_bytes_first_100k']['p99']:.0f})" for p in g["points"])
+            L.append(f"| state growth, synthetic week of activity | {pts}; 100M users ≈ "
+                     f"{g['extrapolation_100M_users']['pickled_gb']} GB pickled | linear | see docs/scaling.md |")
+        rw = st.get("rows")
+        if rw:
+            d = rw["entries_per_row"]
+            L.append(f"| similarity row entries per item (ml-100k, max_pairs_per_item={rw['config']['max_pairs_per_item']}) | "
+                     f"mean {d['mean']:.0f}, p99 {d['p99']:.0f}, max ever {rw['max_entries_ever']}; "
+                     f"{rw['rows_at_cap']} of {rw['items_with_row']} rows at the cap; row state mean "
+                     f"{rw['row_state_bytes']['mean']:.0f} B, max {rw['row_state_bytes']['max']:.0f} B | bounded | "
+                     f"{'**met**' if rw['bound_holds'] else 'missed'} |")
+        sk = st.get("skew")
+        if sk:
+            hu, hi = sk["hot_user"], sk["hot_item"]
+            w = hu["windows"]
+            L.append(f"| skew: one hot user, {hu['events']:,} events | state {w[0]['state_bytes']} → {w[-1]['state_bytes']} B "
+                     f"(capped: {hu['final']}); profile µs/event {w[0]['us_per_event']} → {w[-1]['us_per_event']}; "
+                     f"pair updates/event ≤ {hu['max_pair_updates_per_event']} (bound {hu['bound_pair_updates_per_event']}) | bounded | "
+                     f"**met** (bounded by the caps) |")
+            f0, f1 = hi["flushes"][0], hi["flushes"][-1]
+            L.append(f"| skew: one hot item in every user's history, {hi['users']:,} users | hot row entries "
+                     f"{f0['hot_row_entries']} → {f1['hot_row_entries']} (cap {hi['max_pairs_per_item']}); kernel "
+                     f"{f0['us_per_pair']} → {f1['us_per_pair']} µs/pair | bounded | "
+                     f"{'**met**' if hi['bound_holds'] else 'missed'} |")
+        md = st.get("model")
+        if md:
+            py = md["python_bytes_per_item"]
+            L.append(f"| broadcast item model per recommendation subtask | Python {sum(py.values()):.0f} B/item "
+                     f"({', '.join(f'{k} {v:.0f}' for k, v in py.items())}) + pickled broadcast state "
+                     f"{sum(md['broadcast_state_pickled_bytes_per_item'].values()):.0f} B/item | | per subtask |")
+    pj = _load_json("profile_job.json")
+    if pj and "cpu" in pj:
+        c = pj["cpu"]
+        L.append(f"\n## Where the time goes in the running job (`{pj['command']}`)\n")
+        L.append(f"{pj['events_per_s_during_profile']} events/s during a {c['window_s']} s window, load "
+                 f"{pj['loadavg'][0]}; job JVM {c['job_jvm_cpu_ms_per_event']} ms CPU/event "
+                 f"({c['job_jvm_cores_busy']} cores busy), broker {c['broker_cpu_ms_per_event']} ms CPU/event.\n")
+        L.append("| thread (operator chain) | CPU ms/event |")
+        L.append("|---|---|")
+        for t in c["by_thread_group"][:8]:
+            L.append(f"| {t['thread'][:110].replace('|', '/')} | {t['cpu_ms_per_event']} |")
+        L.append("\n| Python (GIL) time by stage, py-spy --gil | share |")
+        L.append("|---|---|")
+        for t in pj["by_stage"][:12]:
+            L.append(f"| {t['what']} | {t['share']:.1%} |")
+    hp = _load_json("hot_path.json")
+    if hp:
+        L.append(f"\n## Offline replay of the operators' pure calls (`{hp['command']}`, load {hp['machine']['loadavg_1m_before']})\n")
+        L.append(f"{hp['process_cpu_us_per_event']} µs CPU/event in Python (single-core ceiling "
+                 f"{hp['single_core_python_ceiling_events_per_s']} events/s); mean similarity flush {hp['flush_mean_pairs']} pairs.\n")
+        L.append("| stage | µs/event (wall) | share |")
+        L.append("|---|---|---|")
+        for t in sorted(hp["stages"], key=lambda x: -x["us_per_event"])[:12]:
+            L.append(f"| {t['stage']} | {t['us_per_event']} | {t['share']:.1%} |")
+    op = _load_json("opt_recommend.json")
+    if op:
+        L.append(f"\n## Prototype optimisations of recommend() (`{op['command']}`)\n")
+        L.append(f"CPU µs per call: {op['recommend_cpu_us_per_call']}; speed-up {op['speedup_vs_original']}; "
+                 f"outputs differing from the unpatched code: {op['outputs_differing_from_original']}.")
+    return L
+
+
+def _status(value: float | None, target: float, higher_better: bool) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= target if higher_better else value <= target
+    if ok:
+        return "**met**"
+    return (f"missed: {value / target:.2f}× of target" if higher_better
+            else f"missed: {value / target:.1f}× the limit")
+
+
+# ------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--zipf", type=float, default=1.1)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--events", type=int, default=10_000, help="synthetic events preloaded per run")
+    ap.add_argument("--ml-events", type=int, default=10_000, help="ml-100k ratings preloaded")
+    ap.add_argument("--process-events", type=int, default=3_000)
+    ap.add_argument("--ceiling-records", type=int, default=200_000,
+                    help="records copied / consumed by the ceiling measurements")
+    ap.add_argument("--process-window-s", type=float, default=60)
+    ap.add_argument("--max-drain-s", type=float, default=240,
+                    help="bound of each throughput phase after the first output")
+    ap.add_argument("--latency-seconds", type=float, default=30)
+    ap.add_argument("--latency-fraction", type=float, default=0.5)
+    ap.add_argument("--fast-checkpoint-ms", type=int, default=200)
+    ap.add_argument("--floor-rate", type=float, default=10.0,
+                    help="also measure latency at this low rate (the checkpoint-bound floor); 0: skip")
+    ap.add_argument("--floor-seconds", type=float, default=20)
+    ap.add_argument("--skip", action="append", default=[],
+                    choices=["fast", "tuned", "ml100k", "p2", "process", "copy", "pymap", "consume",
+                             "kernel"])
+    ap.add_argument("--tuned-checkpoint-ms", type=int, default=100)
+    ap.add_argument("--tuned-buffer-timeout-ms", type=int, default=5)
+    ap.add_argument("--pymap-records", type=int, default=100_000)
+    ap.add_argument("--kernel-repeat", type=int, default=15,
+                    help="best-of repeats of the kernel micro-benchmark (noisy on a shared machine)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--render-only", action="store_true",
+                    help="only re-write --out-md from --out-json (e.g. after the offline "
+                         "benchmarks refreshed their reports)")
+    ap.add_argument("--out-json", default=str(ROOT / "reports" / "bench.json"))
+    ap.add_argument("--out-md", default=str(ROOT / "reports" / "bench.md"))
+    args = ap.parse_args(argv)
+    if args.render_only:
+        write_markdown(json.loads(Path(args.out_json).read_text()), Path(args.out_md))
+        print(Path(args.out_md).read_text())
+        return 0
+    if args.quick:
+        args.events, args.ml_events, args.process_events = 4_000, 4_000, 1_000
+        args.ceiling_records = 50_000
+        args.latency_seconds, args.process_window_s = 15, 30
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    report: dict[str, Any] = {"command": " ".join(["python", "bench/bench_e2e.py", *(argv or sys.argv[1:])]),
+                              "started": started, "machine": machine(), "code": code_version(),
+                              "args": vars(args)}
+    log(f"machine: {report['machine']}")
+    bench = Bench(args)
+    r = bench.results
+    report["results"] = r
+
+    def save() -> None:
+        report["loadavg_at_end"] = loadavg()
+        report["duration_s"] = time.monotonic() - T0
+        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_markdown(report, Path(args.out_md))
+
+    stopping = {"flag": False}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stopping["flag"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        bench.start_broker()
+        bench.synthetic_data()
+        # Kernel first: a quiet machine for a CPU-only micro-benchmark (no job running yet).
+        if "kernel" not in args.skip:
+            r["kernel"] = bench.kernel()
+            log(f"kernel: x{r['kernel'].get('speedup')}")
+        _run_all(bench, args, save)
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        save()
+        bench.stop()
+    log(f"done: {args.out_json}, {args.out_md}")
+    print(Path(args.out_md).read_text())
+    return 0
+
+
+def _run_all(bench: Bench, args: argparse.Namespace, save: Callable[[], None]) -> None:
+    r = bench.results
+    # Throughput (drain the backlog), then latency at half of that peak in the same, warm job.
+    base = bench.synthetic_run("synthetic_p1_ckpt1000", [], latency_rate="auto")
+    r["synthetic_p1_ckpt1000"] = base
+    rate = (base.get("latency") or {}).get("rate_events_per_s") or 0
+    r["latency_rate_events_per_s"] = rate
+    save()
+    if "fast" not in args.skip:
+        r["synthetic_p1_ckpt_fast"] = bench.synthetic_run(
+            "synthetic_p1_ckpt_fast", [f"job.checkpoint_interval_ms={args.fast_checkpoint_ms}"],
+            latency_rate=rate or "auto")
+        save()
+    if "tuned" not in args.skip:
+        # What the 250 ms p99 needs: a short checkpoint interval AND a short network buffer
+        # timeout (Flink flushes a partly filled buffer every 100 ms by default, per exchange).
+        r["latency_tuned"] = bench.synthetic_run(
+            "latency_tuned", [f"job.checkpoint_interval_ms={args.tuned_checkpoint_ms}"],
+            n_events=args.process_events, latency_rate=rate or "auto",
+            tweaks=["--buffer-timeout-ms", str(args.tuned_buffer_timeout_ms)])
+        save()
+    if "ml100k" not in args.skip:
+        r["ml100k"] = bench.ml100k_run([])
+        save()
+    if "p2" not in args.skip:
+        r["synthetic_p2"] = bench.synthetic_run("synthetic_p2", ["job.parallelism=2"], partitions=2)
+        save()
+    if "process" not in args.skip:
+        # Same job, same (short) backlog, thread then process mode.
+        r["mode_thread"] = bench.synthetic_run(
+            "mode_thread", ['job.execution_mode="thread"'], n_events=args.process_events,
+            max_s=args.process_window_s)
+        save()
+        r["mode_process"] = bench.synthetic_run(
+            "mode_process", ['job.execution_mode="process"'], n_events=args.process_events,
+            max_s=args.process_window_s)
+        save()
+    if "copy" in args.skip and "consume" in args.skip:
+        return
+    # Ceilings on a topic of their own: the synthetic events, repeated to --ceiling-records.
+    source = f"ceiling-in-{uuid.uuid4().hex[:6]}"
+    create_plain_topic(bench.bootstrap, source, 1)
+    n = args.ceiling_records
+    k, s = produce_all(bench.bootstrap, source,
+                       (bench.preload[i % len(bench.preload)] for i in range(n)))
+    log(f"ceilings: {k} records in {source} ({k / s:.0f}/s produced)")
+    if "copy" not in args.skip:
+        r["ceiling_flink_copy"] = bench.copy_ceiling(source, n)
+        log(f"copy ceiling: {r['ceiling_flink_copy'].get('records_per_s')} records/s")
+        save()
+    if "pymap" not in args.skip:
+        r["pyflink_identity_map"] = bench.copy_ceiling(source, min(n, args.pymap_records),
+                                                       python_map=True)
+        log(f"one Python identity map: {r['pyflink_identity_map'].get('records_per_s')} records/s")
+        save()
+    if "consume" not in args.skip:
+        r["ceiling_kafka_consume"] = bench.consumer_perf(source, n)
+        log(f"consume ceiling: {r['ceiling_kafka_consume'].get('records_per_s')} records/s")
+        save()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ SECONDS ?= 0
 HTTP_PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: setup test-tools run test test-unit test-integration bench clean
+.PHONY: setup test-tools run test test-unit test-integration bench bench-quick profile clean
 
 setup:
 	@bash scripts/setup.sh
@@ -33,12 +33,24 @@ test-unit: setup
 test-integration: setup test-tools
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-## make bench: similarity kernel (vectorised vs reference) and event->recommendation latency;
-## JSON reports under reports/.
-bench: setup
-	$(PY) bench/bench_similarity_kernel.py --out reports/bench_similarity_kernel.json
-	$(PY) bench/latency_probe.py --rate 50 --seconds 30 --out reports/latency_probe.json
+## make bench: the real stack end to end in one run (own Kafka broker on a free port, ~15 min on
+## the 2-core machine): throughput and event->recommendation latency on a synthetic Zipf workload
+## and the ml-100k replay, the machine's ceilings (no-Python Flink copy job, raw Kafka consume),
+## similarity kernel, thread vs process, parallelism 1 vs 2, state size and skew, the HTTP
+## service under load. Writes reports/bench.{json,md} and friends.
+bench: setup test-tools
+	$(PY) bench/bench_state_size.py --out reports/state_size.json
+	$(PY) bench/bench_e2e.py --out-json reports/bench.json --out-md reports/bench.md
 	$(PY) bench/bench_serve.py --seconds 20 --out reports/bench_serve.json
+
+bench-quick: setup
+	$(PY) bench/bench_e2e.py --quick --out-json reports/bench.json --out-md reports/bench.md
+
+## make profile: where the time goes (py-spy on the running job; offline replay of the hot path)
+profile: setup
+	$(VENV)/bin/pip install -q py-spy
+	$(PY) bench/profile_job.py --out reports/profile_job.json
+	$(PY) bench/bench_hot_path.py --out reports/hot_path.json
 
 clean:
 	-$(RECSYS) kafka stop --port $(PORT)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -101,33 +101,115 @@ class Blended:
 
 
 # ----------------------------------------------------------------------------------- sources
+class _NeighborArrays:
+    """Per-item neighbour lists as numpy arrays (item codes, scores), for the vectorised CF.
+
+    Entries are keyed by item id and remembered together with the list object they were built
+    from; a lookup whose list is not that very object (the operator replaced the row, or another
+    model uses the same id) rebuilds the entry, so the cache can never serve stale neighbours.
+    Codes come from an append-only interning table shared by all models of the process (its size
+    is bounded by the number of distinct item ids). Thread mode may run several operator
+    instances in one interpreter: a race at worst rebuilds an entry twice.
+    """
+
+    def __init__(self) -> None:
+        self.code: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.rows: dict[str, tuple[object, np.ndarray, np.ndarray]] = {}
+
+    def intern(self, item: str) -> int:
+        c = self.code.get(item)
+        if c is None:
+            c = self.code.setdefault(item, len(self.ids))
+            if c == len(self.ids):
+                self.ids.append(item)
+        return c
+
+    def get(self, item: str, row: Sequence[tuple[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+        hit = self.rows.get(item)
+        if hit is not None and hit[0] is row:
+            return hit[1], hit[2]
+        codes = np.fromiter((self.intern(j) for j, _ in row), dtype=np.int64, count=len(row))
+        scores = np.fromiter((s for _, s in row), dtype=np.float64, count=len(row))
+        keep = scores > 0  # also drops NaN
+        if not keep.all():
+            codes, scores = codes[keep], scores[keep]
+        self.rows[item] = (row, codes, scores)
+        return codes, scores
+
+
+_NEIGHBOR_ARRAYS = _NeighborArrays()
+
+
 def collaborative_candidates(recent_items: Sequence[RecentItem],
                              neighbors: Mapping[str, Sequence[tuple[str, float]]],
                              now_ms: int, *, half_life_ms: float, limit: int,
                              allowed: Callable[[str], bool] | None = None
                              ) -> tuple[dict[str, float], dict[str, RecentItem]]:
     """CF scores (unnormalised, best ``limit``, best first) and, per candidate, the recent item
-    that contributed most to it (ties: the newer one, i.e. earlier in ``recent_items``)."""
-    scores: dict[str, float] = {}
-    best: dict[str, tuple[float, RecentItem]] = {}
-    for r in recent_items:
+    that contributed most to it (ties: the newer one, i.e. earlier in ``recent_items``).
+
+    Vectorised (a Python loop per neighbour entry was the scorer's hot spot with long
+    histories): each candidate's score is accumulated in the same order as the plain loop
+    ``for r in recent_items: for (j, s) in neighbors[r]: cf[j] += s * vote(r)``, so the
+    floating-point sums are identical.
+    """
+    cache = _NEIGHBOR_ARRAYS
+    parts: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for n, r in enumerate(recent_items):
         if not r.weight > 0:
+            continue
+        row = neighbors.get(r.item_id)
+        if not row:
             continue
         age = max(0, now_ms - r.ts)  # a timestamp ahead of now is not boosted
         vote = r.weight * 2.0 ** (-age / half_life_ms)
         if vote <= 0:
             continue
-        for j, s in neighbors.get(r.item_id, ()):
-            if not s > 0:
-                continue
-            c = s * vote
-            scores[j] = scores.get(j, 0.0) + c
-            if j not in best or c > best[j][0]:
-                best[j] = (c, r)
-    if allowed is not None:  # once per distinct candidate, not per neighbour occurrence
-        scores = {j: v for j, v in scores.items() if allowed(j)}
-    ranked = sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:max(0, limit)]
-    return dict(ranked), {j: best[j][1] for j, _ in ranked}
+        codes, sims = cache.get(r.item_id, row)
+        if len(codes):
+            parts.append((n, codes, sims * vote))
+    if not parts or limit <= 0:
+        return {}, {}
+    size = len(cache.ids)
+    codes = np.concatenate([c for _, c, _ in parts])
+    contrib = np.concatenate([v for _, _, v in parts])
+    owner = np.repeat(np.array([n for n, _, _ in parts], dtype=np.int64),
+                      [len(c) for _, c, _ in parts])
+    # bincount adds in input order, i.e. recent item by recent item, as the plain loop does.
+    scores = np.bincount(codes, weights=contrib, minlength=size)
+    best_c = np.full(size, -np.inf, dtype=np.float64)
+    np.maximum.at(best_c, codes, contrib)
+    # The best contributor: the first entry (newest recent item) reaching its code's maximum.
+    at_max = np.flatnonzero(contrib == best_c[codes])
+    first_codes, first = np.unique(codes[at_max], return_index=True)
+    best_r = np.full(size, -1, dtype=np.int64)
+    best_r[first_codes] = owner[at_max[first]]
+    cand = np.flatnonzero(best_r >= 0)
+    ids = cache.ids
+    cand_scores = scores[cand]
+    vals = cand_scores.tolist()
+    # Walk the candidates by score, testing ``allowed`` lazily, until ``limit`` are accepted
+    # plus every candidate tied with the last one; then order by (score desc, id asc) exactly.
+    picked: list[int] = []
+    cut: float | None = None
+    for p in np.argsort(-cand_scores, kind="stable").tolist():
+        v = vals[p]
+        if cut is not None and v != cut:
+            break
+        if allowed is not None and not allowed(ids[cand[p]]):
+            continue
+        picked.append(p)
+        if cut is None and len(picked) >= limit:
+            cut = v
+    picked.sort(key=lambda p: (-vals[p], ids[cand[p]]))
+    out: dict[str, float] = {}
+    because: dict[str, RecentItem] = {}
+    for p in picked[:limit]:
+        j = ids[cand[p]]
+        out[j] = vals[p]
+        because[j] = recent_items[int(best_r[cand[p]])]
+    return out, because
 
 
 def positive_interests(interests: Mapping[str, float]) -> dict[str, float]:
@@ -204,34 +286,56 @@ def source_weights(weights: VariantConfig) -> dict[str, float]:
             TRENDING: weights.w_trending, SEGMENT: weights.w_segment}
 
 
+class _Blend:
+    """Blended scores as arrays; ``Blended`` objects are made only for the rows asked for."""
+
+    def __init__(self, sources: Mapping[str, Mapping[str, float]],
+                 weights: Mapping[str, float]) -> None:
+        names = [s for s, scores in sources.items() if scores]
+        self.names = names
+        if not names:
+            self.ids: list[str] = []
+            self.order: list[int] = []
+            return
+        ids = sorted(set(chain.from_iterable(sources[s] for s in names)))
+        row = {item: r for r, item in enumerate(ids)}
+        matrix = np.zeros((len(ids), len(names)), dtype=np.float64)
+        for c, name in enumerate(names):
+            src = sources[name]
+            rows = np.fromiter((row[i] for i in src), dtype=np.int64, count=len(src))
+            vals = np.maximum(np.fromiter(src.values(), dtype=np.float64, count=len(src)), 0.0)
+            top = vals.max()
+            if top > 0:
+                matrix[rows, c] = vals / top
+        w = np.array([float(weights.get(name, 0.0)) for name in names], dtype=np.float64)
+        self.ids = ids
+        self.contrib = matrix * w
+        self.scores = self.contrib.sum(axis=1)
+        self.order = np.argsort(-self.scores, kind="stable").tolist()  # ids sorted: ties by id
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def make(self, r: int) -> Blended:
+        row = self.contrib[r]
+        parts = {name: float(row[c]) for c, name in enumerate(self.names) if row[c]}
+        return Blended(self.ids[r], float(self.scores[r]), parts)
+
+    def __iter__(self) -> Iterator[Blended]:
+        """Best first (lazily: a consumer that stops after k items builds only those)."""
+        return (self.make(r) for r in self.order)
+
+    def positive(self) -> Iterator[Blended]:
+        return (self.make(r) for r in self.order if self.scores[r] > 0)
+
+
 def blend(sources: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]
           ) -> list[Blended]:
     """Normalise each source by its max (negative values count as 0), weight and add up.
 
     Returns every candidate of every source, best first, ties by item id.
     """
-    names = [s for s, scores in sources.items() if scores]
-    if not names:
-        return []
-    ids = sorted(set(chain.from_iterable(sources[s] for s in names)))
-    row = {item: r for r, item in enumerate(ids)}
-    matrix = np.zeros((len(ids), len(names)), dtype=np.float64)
-    for c, name in enumerate(names):
-        src = sources[name]
-        rows = np.fromiter((row[i] for i in src), dtype=np.int64, count=len(src))
-        vals = np.maximum(np.fromiter(src.values(), dtype=np.float64, count=len(src)), 0.0)
-        top = vals.max()
-        if top > 0:
-            matrix[rows, c] = vals / top
-    w = np.array([float(weights.get(name, 0.0)) for name in names], dtype=np.float64)
-    contrib = matrix * w
-    scores = contrib.sum(axis=1)
-    order = np.argsort(-scores, kind="stable")  # ids are sorted: ties stay in id order
-    out = []
-    for r in order.tolist():
-        parts = {name: float(contrib[r, c]) for c, name in enumerate(names) if contrib[r, c]}
-        out.append(Blended(ids[r], float(scores[r]), parts))
-    return out
+    return list(_Blend(sources, weights))
 
 
 T = TypeVar("T")
@@ -302,6 +406,29 @@ def explain(contributions: Mapping[str, float], catalog: Mapping[str, ItemInfo],
 
 
 # ---------------------------------------------------------------------------- entry point
+def _has_content(user: UserView, cf: Mapping[str, float], popular: Mapping[str, float],
+                 seg: Mapping[str, float], trend: TrendingModel, trend_now: float, limit: int,
+                 blocked: set[str], in_catalog: Callable[[str], bool],
+                 catalog: Mapping[str, ItemInfo], max_interest_categories: int) -> bool:
+    """Whether ``content_scores`` over the candidate pool would be non-empty (without scoring
+    every candidate): some pool item in the catalogue has a positively weighted feature."""
+    p = positive_interests(user.interests)
+    if not p:
+        return False
+
+    def matches(item: str) -> bool:
+        info = catalog.get(item)
+        return info is not None and any(f in p for f in info.features())
+
+    if any(matches(i) for i in chain(cf, popular, seg)):
+        return True
+    for cat in top_interest_categories(user.interests, max_interest_categories):
+        if any(matches(i) for i in trending_candidates(trend, trend_now, limit, category=cat,
+                                                        exclude=blocked, allowed=in_catalog)):
+            return True
+    return False
+
+
 def recommend(user: UserView, model: ItemModel, weights: VariantConfig, cfg: RecommendConfig,
               k: int, now_ms: int, *, recency_half_life_ms: int = 3 * DAY_MS,
               exclude_recent: bool = True, max_interest_categories: int = 3,
@@ -341,23 +468,32 @@ def recommend(user: UserView, model: ItemModel, weights: VariantConfig, cfg: Rec
     seg = (trending_candidates(trend, trend_now, limit, segment=user.segment, exclude=blocked,
                                allowed=in_catalog) if user.segment else {})
     in_category: dict[str, str] = {}
-    for cat in top_interest_categories(user.interests, max_interest_categories):
-        for item in trending_candidates(trend, trend_now, limit, category=cat, exclude=blocked,
-                                        allowed=in_catalog):
-            in_category.setdefault(item, cat)
+    content: dict[str, float] = {}
+    matched: dict[str, str] = {}
+    if weights.w_content != 0:
+        for cat in top_interest_categories(user.interests, max_interest_categories):
+            for item in trending_candidates(trend, trend_now, limit, category=cat,
+                                            exclude=blocked, allowed=in_catalog):
+                in_category.setdefault(item, cat)
+        pool = dict.fromkeys(chain(cf, popular, seg, in_category))
+        content, matched = content_scores(user.interests, pool, catalog)
+        has_content = bool(content)
+    else:
+        # Content cannot move a score; it only decides whether this is a cold start.
+        has_content = _has_content(user, cf, popular, seg, trend, trend_now, limit, blocked,
+                                    in_catalog, catalog, max_interest_categories)
 
-    pool = dict.fromkeys(chain(cf, popular, seg, in_category))
-    content, matched = content_scores(user.interests, pool, catalog)
-
-    ranked = blend({COLLABORATIVE: cf, CONTENT: content, TRENDING: popular, SEGMENT: seg},
-                   source_weights(weights))
+    sources = {COLLABORATIVE: cf, CONTENT: content, TRENDING: popular, SEGMENT: seg}
+    blended = _Blend(sources, source_weights(weights))
     firsts: dict[str, str] = {}
-    if not cf and not content:  # cold start: segment favourites first, then global trending
-        ranked = ([b for b in ranked if b.item_id in seg]
-                  + [b for b in ranked if b.item_id not in seg])
+    ranked: Iterable[Blended]
+    if not cf and not has_content:  # cold start: segment favourites first, then global trending
+        everything = list(blended)
+        ranked = ([b for b in everything if b.item_id in seg]
+                  + [b for b in everything if b.item_id not in seg])
         firsts = {b.item_id: SEGMENT if b.item_id in seg else TRENDING for b in ranked}
     else:
-        ranked = [b for b in ranked if b.score > 0]
+        ranked = blended.positive()
 
     chosen = diversify(ranked, k, cfg.max_per_category, catalog)
     return [ScoredItem(b.item_id, b.score,

@@ -1,0 +1,116 @@
+"""recsys.simulate (the in-process engine) and the evaluation's protocol helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from recsys.config import load_config
+from recsys.evaluation import protocol_b_cases, summarise_b
+from recsys.simulate import (
+    EngineSimulator, popularity_baseline, request_records, run_protocol_a, run_protocol_b)
+
+T0 = 1_767_225_600_000
+ITEMS = [{"item_id": i, "ts": T0 - 100, "title": t, "categories": c, "tags": [], "price": 20.0,
+          "available": True}
+         for i, t, c in (("a", "Alpha", ["shoes"]), ("b", "Bravo", ["socks"]),
+                         ("c", "Charlie", ["hats"]), ("d", "Delta", ["jackets"]))]
+
+
+def ev(eid, user, etype, item, dt, value=None):
+    return {"event_id": eid, "user_id": user, "item_id": item, "event_type": etype,
+            "ts": T0 + dt, "value": value}
+
+
+def cfg(*overrides):
+    return load_config(overrides=list(overrides), environ={})
+
+
+def test_exact_cosine_and_cf_like_the_job():
+    """The scenario of tests/integration/test_job_recommendations.py, in process."""
+    sim = EngineSimulator(cfg(), ms_per_event=1.0, wall_now_ms=T0)
+    sim.add_items(ITEMS)
+    sim.process_event(ev("p1", "uA", "purchase", "a", 0))
+    sim.process_event(ev("p2", "uA", "purchase", "b", 10))
+    sim.drain()
+    nb = sim.model.neighbors
+    assert set(nb) == {"a", "b"} and [j for j, _ in nb["a"]] == ["b"]
+    assert nb["a"][0][1] == pytest.approx(1.0) and nb["b"][0][1] == pytest.approx(1.0)
+    sim.process_event(ev("p3", "uB", "purchase", "a", 20))
+    sim.process_event(ev("p4", "uB", "view", "c", 30))
+    sim.drain()
+    assert dict(sim.model.neighbors["a"]) == pytest.approx(
+        {"b": 10 / math.sqrt(20 * 10), "c": 1 / math.sqrt(20)})
+    recs = sim.process_event(ev("p5", "uE", "purchase", "a", 40))
+    assert recs[0].item_id == "b"
+    assert "because you purchased Alpha" in recs[0].reasons
+    assert "a" not in [r.item_id for r in recs]
+
+
+def test_validation_duplicates_and_dead_letters():
+    sim = EngineSimulator(cfg(), wall_now_ms=T0)
+    sim.add_items(ITEMS)
+    assert sim.process_event(ev("x1", "u", "view", "a", 0)) is not None
+    assert sim.process_event(ev("x1", "u", "view", "a", 5)) is None      # duplicate
+    assert sim.process_event({"event_id": "x2", "user_id": "u", "item_id": "a",
+                              "event_type": "rate", "ts": T0}) is None   # rate without value
+    old = ev("x3", "u", "view", "a", 0)
+    old["ts"] = 880_000_000_000                                         # 1997: absurd by default
+    assert sim.process_event(old) is None
+    assert sim.stats.duplicates == 1 and sim.stats.dead_letters == 2
+    assert sim.stats.dlq_reasons == {"invalid_field": 1, "absurd_timestamp": 1}
+
+
+def test_flushes_follow_the_virtual_clock():
+    c = cfg("similarity.flush_interval_ms=100", "similarity.emit_min_interval_ms=1000")
+    sim = EngineSimulator(c, ms_per_event=10.0, wall_now_ms=T0)
+    sim.add_items(ITEMS)
+    for n in range(4):  # 80 ms of processing time: no flush yet
+        sim.process_event(ev(f"e{n}", f"u{n}", "purchase", "a" if n % 2 else "b", n))
+        sim.process_event(ev(f"f{n}", f"u{n}", "purchase", "c", n + 1))
+    assert sim.stats.flushes == 0 and sim.model.neighbors == {}
+    sim.process_event(ev("g", "u9", "view", "d", 99))
+    sim.process_event(ev("h", "u9", "view", "d", 99))  # 100 ms: the timer fired
+    assert sim.stats.flushes == 1 and set(sim.model.neighbors) == {"a", "b", "c"}
+    sim.drain()
+    assert sim.stats.flushes >= 1 and set(sim.model.neighbors) == {"a", "b", "c"}
+
+
+def test_frozen_item_model_stops_learning():
+    sim = EngineSimulator(cfg(), wall_now_ms=T0)
+    sim.add_items(ITEMS)
+    sim.process_event(ev("p1", "uA", "purchase", "a", 0))
+    sim.freeze_item_model()
+    sim.process_event(ev("p2", "uA", "purchase", "b", 10))
+    sim.drain()
+    assert sim.model.neighbors == {} and sim.occurrence == {"a": sim.occurrence["a"]}
+    assert [r.item_id for r in sim.profiles["uA"].recent_items] == ["b", "a"]
+
+
+def test_protocol_runners_and_baseline():
+    events = [ev(f"e{n}", f"u{n % 3}", "purchase", "abcd"[n % 4], n * 10) for n in range(12)]
+    train, test = events[:9], {"u0": {"d"}, "u1": {"a"}, "u2": {"b"}}
+    res = run_protocol_a(cfg(), ITEMS, [], train, test, k=3)
+    assert res.metrics["users"] == 3 and set(res.recommendations) == {"u0", "u1", "u2"}
+    assert all(len(v) <= 3 for v in res.recommendations.values())
+    b = run_protocol_b(cfg(), ITEMS, [], events, k=3)
+    assert len(b.cases) == 12 - 3                      # every user's first event has no list
+    pop = popularity_baseline(train, test, k=2)
+    seen = {u: {e["item_id"] for e in train if e["user_id"] == u} for u in test}
+    assert all(len(v) <= 2 and not set(v) & seen[u] for u, v in pop.items())
+    assert pop["u0"] == ["b"]                           # u0 rated a, c, d; b is left
+    reqs = request_records(train, ["u0", "nobody"], k=5)
+    assert reqs[0]["ts"] == max(e["ts"] for e in train if e["user_id"] == "u0")
+    assert reqs[1]["ts"] == max(e["ts"] for e in train) and reqs[1]["k"] == 5
+
+
+def test_prequential_cases_use_the_previous_events_list():
+    events = [ev("1", "u", "rate", "a", 0, 4.0), ev("2", "v", "rate", "b", 1, 4.0),
+              ev("3", "u", "rate", "b", 2, 4.0), ev("4", "u", "rate", "c", 3, 4.0)]
+    lists = {"1": ("tuned", ["x", "b"]), "3": ("tuned", ["c"]), "2": ("tuned", ["a"])}
+    cases = protocol_b_cases(events, lists)
+    assert cases == [(T0 + 2, "u", "tuned", 2), (T0 + 3, "u", "tuned", 1)]
+    s = summarise_b(cases, T0, T0 + 3)
+    assert s["cases"] == 2 and s["hit_rate@10"] == 1.0 and s["mrr@10"] == pytest.approx(0.75)
+    assert s["second_half_cases"] == 1 and s["per_variant"]["tuned"]["cases"] == 2

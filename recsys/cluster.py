@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from recsys import paths
+from recsys.processes import CHILDREN as _CHILDREN, alive as _alive, cmdline as _cmdline
 
 HOST = "localhost"
 DEFAULT_REST_PORT = 8081
@@ -68,10 +69,6 @@ TM_CLASS = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
 PROJECT_PACKAGES = ("recsys", "flink_jobs", "udfs", "state_schemas")
 JOB_ID_RE = re.compile(r"JobID\s+([0-9a-f]{32})")
 TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED", "SUSPENDED"}
-
-# Children started by this Python process, kept to reap them (a dead unreaped child is a zombie
-# that still answers os.kill(pid, 0)).
-_CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 class ClusterError(RuntimeError):
@@ -283,33 +280,6 @@ def _script_env(dist: Path, conf_dir: Path, log_dir: Path, pid_dir: Path,
 
 # --------------------------------------------------------------------------- processes
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _is_ours(pid: int, conf_dir: Path, main_class: str) -> bool:

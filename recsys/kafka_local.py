@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from recsys import paths
+from recsys.processes import CHILDREN as _CHILDREN, alive as _alive, cmdline as _cmdline
 
 HOST = "127.0.0.1"
 PID_FILE = "broker.pid"
@@ -66,9 +67,6 @@ _USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 # During start-up, authentication failures only count as final after this long.
 AUTH_GRACE_S = 5.0
 
-# Children started by this Python process. Keeping the Popen lets us reap them: a dead child
-# that is not waited for stays a zombie, and a zombie still "exists" for os.kill(pid, 0).
-_CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 class KafkaLocalError(RuntimeError):
@@ -379,13 +377,6 @@ def _format_storage(props: Path, data_dir: Path, scram_users: Mapping[str, str] 
 
 # --------------------------------------------------------------------------- processes
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
 
 def _properties_of(pid: int) -> Path | None:
     """The server.properties a ``kafka.Kafka`` process runs with (None for other processes)."""
@@ -412,24 +403,6 @@ def _kafka_processes() -> Iterator[tuple[int, Path]]:
             if props is not None:
                 yield int(entry.name), props
 
-
-def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (dead, not yet reaped by its parent) is not a running broker
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _is_our_broker(pid: int, data_dir: Path) -> bool:

@@ -1,0 +1,745 @@
+"""``make eval``: MovieLens-100k through the real pipeline, offline and streaming metrics.
+
+Protocol A (offline, comparable with Microsoft Recommenders' MovieLens-100k table)
+    Per-user random 75/25 split, seed 42, the procedure of Recommenders'
+    ``python_stratified_split`` (``recsys.movielens.stratified_split``). A fresh job (own broker
+    topics, empty state) gets the catalogue and attributes, then the 75 % in event-time order;
+    once it has applied every event (its ``recommendations`` topic holds one record per accepted
+    event) and a few seconds more (the last similarity flush and neighbour emissions), one
+    ``recommendation-requests`` record per user (k = 10, stamped with the user's last training
+    event) is sent and the answers carrying those ``request_id`` are collected. Items the user
+    rated in training are consumed and never recommended (``profile.consumed_event_types``
+    contains ``rate``; ``profile.consumed_max`` = 1000 > the 737 ratings of the heaviest user).
+    Metrics: ``udfs.metrics`` (Recommenders' definitions, binary relevance, every test rating is
+    relevant). Beside it: an offline popularity baseline (most-rated training items the user has
+    not rated) and the published table.
+
+Protocol B (streaming, prequential)
+    A second fresh job gets *all* ratings in event-time order. The job emits a recommendation
+    after every accepted event, so "the user's latest top-10 before event e" is the list that the
+    user's previous event triggered; a case counts as a hit when e's item is in it
+    (HitRate@10) with reciprocal rank (MRR@10). A user's first event has no list and is not a
+    case. Reported overall, per week of event time and per A/B variant: this run is an A/B
+    experiment between the tuned blend (``tuned``) and the engine's shipped blend (``shipped``:
+    the default ``control`` weights), 50/50 by the job's own hash assignment.
+    "Frozen" comparison: the same engine with its item model (co-occurrence, neighbours,
+    trending) frozen at the middle of the time range, computed with the in-process simulator
+    (``recsys/simulate.py``) on a random subset of users, next to the simulator's live run on
+    the same users; both are compared over the second half of the time range.
+
+Simulator agreement: protocol A is also run in ``recsys.simulate`` with the same configuration
+and its clock set to the pipeline's measured throughput; the report gives both metric sets, the
+mean overlap of the two top-10 lists per user, and for protocol B the live simulator against the
+pipeline on the same users.
+
+Output: ``reports/eval.json``, ``reports/eval_*.png`` and a table on stdout.
+
+    python -m recsys.evaluation [--config deploy/ml-100k.toml] [--users N] [--protocols A,B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from recsys import movielens
+from recsys.config import EngineConfig, TopicNames, load_config
+from recsys.paths import PROJECT_ROOT
+from udfs.metrics import hit_and_rr, rank_of, ranking_metrics
+
+DEFAULT_CONFIG = "deploy/ml-100k.toml"
+K = 10
+WEEK_MS = 7 * 86_400_000
+PUBLISHED = {  # Recommenders' MovieLens-100k benchmark table (examples/06_benchmarks)
+    "SAR": {"precision@10": 0.3308, "recall@10": 0.1764, "ndcg@10": 0.3825, "map": 0.1106},
+    "BPR": {"ndcg@10": 0.3899},
+    "LightGCN": {"ndcg@10": 0.4198},
+}
+# Protocol B's A/B experiment: the tuned blend against the engine's shipped default blend.
+SHIPPED_VARIANT = ["recommend.variants.shipped.traffic=1.0",
+                   "recommend.variants.shipped.w_collaborative=1.0",
+                   "recommend.variants.shipped.w_content=0.5",
+                   "recommend.variants.shipped.w_trending=0.2",
+                   "recommend.variants.shipped.w_segment=0.2"]
+
+# Replay-speed settings of the evaluation's jobs (not tuning): a checkpoint every 5 s instead of
+# every second. Each checkpoint snapshots the whole broadcast model (MBs for ml-100k) and commits
+# the sinks' transactions, which at full replay speed costs a good share of the throughput; the
+# results do not depend on it (read_committed output just becomes visible in 5 s steps).
+EVAL_JOB_SETTINGS = ["job.checkpoint_interval_ms=5000"]
+
+Record = dict[str, Any]
+
+
+def log(msg: str) -> None:
+    print(f"eval: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- data
+
+@dataclass
+class Data:
+    ml: movielens.MovieLens
+    catalog: list[Record]
+    attributes: list[Record]
+    train_events: list[Record]
+    all_events: list[Record]
+    test: dict[str, set[str]]            # user -> test items (prefixed ids)
+    users: list[str]                     # prefixed ids, sorted numerically
+
+
+def load_data(users_limit: int = 0, seed: int = movielens.DEFAULT_SPLIT_SEED) -> Data:
+    ml = movielens.load()
+    raw_users = sorted(ml.users, key=int)
+    if users_limit:
+        raw_users = raw_users[:users_limit]
+    keep = set(raw_users)
+    train = movielens.select(ml, "train", seed=seed, users=keep)
+    test_r = movielens.select(ml, "test", seed=seed, users=keep)
+    test: dict[str, set[str]] = {}
+    for r in test_r:
+        test.setdefault(movielens.user_id(r.user), set()).add(movielens.item_id(r.item))
+    users = [movielens.user_id(u) for u in raw_users]
+    attributes = [a for a in movielens.attribute_records(ml) if a["user_id"] in set(users)]
+    return Data(ml, movielens.catalog_records(ml), attributes, movielens.events(train),
+                movielens.events(movielens.select(ml, "all", users=keep)), test, users)
+
+
+# ------------------------------------------------------------------------- the real pipeline
+
+class RecommendationCollector(threading.Thread):
+    """Reads the ``recommendations`` topic from the start (read_committed) in the background:
+    event-triggered lists by ``trigger_event_id`` (or only their count), request answers by
+    ``request_id``."""
+
+    def __init__(self, bootstrap: str, topic: str, keep_event_lists: bool):
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.keep = keep_event_lists
+        self.event_lists: dict[str, tuple[str, list[str]]] = {}  # event id -> (variant, items)
+        self.event_count = 0
+        self.requests: dict[str, list[str]] = {}
+        self.variants: dict[str, str] = {}
+        self.stop_flag = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        import orjson
+
+        from recsys.kafka_io import open_consumer
+
+        try:
+            consumer = open_consumer(self.bootstrap, self.topic, from_beginning=True,
+                                     topic_wait_s=30, max_partition_fetch_bytes=8 << 20,
+                                     fetch_max_bytes=64 << 20)
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+            return
+        try:
+            while not self.stop_flag.is_set():
+                batch = consumer.poll(timeout_ms=300, max_records=20_000)
+                for records in batch.values():
+                    for m in records:
+                        if m.value is None:
+                            continue
+                        if not self.keep and b'"request_id":null' in m.value:
+                            self.event_count += 1
+                            continue
+                        v = orjson.loads(m.value)
+                        items = [i["item_id"] for i in v["items"]]
+                        self.variants[v["user_id"]] = v["variant"]
+                        if v.get("request_id") is not None:
+                            self.requests[v["request_id"]] = items
+                        elif v.get("trigger_event_id") is not None:
+                            self.event_count += 1
+                            self.event_lists[v["trigger_event_id"]] = (v["variant"], items)
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+        finally:
+            consumer.close(autocommit=False)
+
+
+@dataclass
+class PipelineRun:
+    seconds_total: float = 0.0
+    seconds_events: float = 0.0
+    events: int = 0
+    events_per_second: float = 0.0
+    dead_letters: int = 0
+    requests_sent: int = 0
+    requests_answered: int = 0
+    job_log: str = ""
+
+
+def _topic_overrides(names: TopicNames) -> list[str]:
+    return [f'topics.{f.name}="{getattr(names, f.name)}"' for f in fields(TopicNames)]
+
+
+def _topic_names(tag: str) -> TopicNames:
+    d = TopicNames()
+    return TopicNames(**{f.name: f"{getattr(d, f.name)}-{tag}" for f in fields(TopicNames)})
+
+
+class LocalBroker:
+    """A local broker on a free port with a temporary data dir, for the evaluation's jobs."""
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+        self.port = 0
+        self.bootstrap = ""
+
+    def __enter__(self) -> "PipelineRunner":
+        from recsys import kafka_local
+
+        self.port = kafka_local.free_port_pair()
+        info = kafka_local.start_broker(self.port, self.work_dir / "kafka", timeout_s=120)
+        self.bootstrap = info.bootstrap_servers
+        log(f"Kafka broker on {self.bootstrap}")
+        return PipelineRunner(self.bootstrap, self.work_dir)
+
+    def __exit__(self, *exc: Any) -> None:
+        from recsys import kafka_local
+
+        kafka_local.stop_broker(self.port, self.work_dir / "kafka")
+
+
+class PipelineRunner:
+    """Runs fresh jobs (own topics, empty state) against a broker."""
+
+    def __init__(self, bootstrap: str, work_dir: Path):
+        self.bootstrap = bootstrap
+        self.work_dir = work_dir
+
+    def run(self, tag: str, config_file: str, overrides: list[str], data: Data,
+            events: Sequence[Record], requests: Sequence[Record], keep_event_lists: bool,
+            timeout_s: float) -> tuple[PipelineRun, RecommendationCollector, EngineConfig]:
+        """A fresh job on fresh topics: catalogue + attributes, ``events``, then ``requests``."""
+        from recsys.job_process import log_tail, start_job_process, stop_job_process
+        from recsys.replay import profiles_barrier, replay
+        suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
+        names = _topic_names(suffix)
+        create_eval_topics(self.bootstrap, names)
+        checkpoints = (self.work_dir / f"checkpoints-{tag}").resolve()
+        job_overrides = ([f'kafka.bootstrap_servers="{self.bootstrap}"',
+                          'kafka.starting_offsets="earliest"',
+                          # ml-100k's state outgrows the 5 MB of the default in-memory storage
+                          f'job.checkpoint_dir="{checkpoints.as_uri()}"',
+                          *EVAL_JOB_SETTINGS,
+                          f'kafka.group_id="eval-{suffix}"',
+                          f'kafka.transactional_id_prefix="eval-{suffix}"']
+                         + _topic_overrides(names) + list(overrides))
+        cfg = load_config(config_file, job_overrides, environ={})
+        log_path = self.work_dir / f"job-{tag}.log"
+        run = PipelineRun(job_log=str(log_path))
+        t0 = time.monotonic()
+        proc = start_job_process(job_overrides, log_path, config_file)
+        collector = RecommendationCollector(self.bootstrap, names.recommendations,
+                                            keep_event_lists)
+        collector.start()
+        try:
+            def alive() -> None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the job exited with {proc.returncode}:\n"
+                                       f"{log_tail(log_path)}")
+
+            barrier = profiles_barrier(cfg, [a["user_id"] for a in data.attributes],
+                                       timeout_s=180, log=log)
+            log(f"protocol {tag}: replaying {len(events)} events into the job "
+                f"(log {log_path})")
+            started = {}
+
+            def ready() -> None:
+                alive()
+                barrier()
+                started["t"] = time.monotonic()
+
+            replay(cfg, data.catalog, data.attributes, events, speed="max", progress=False,
+                   barrier=ready)
+            te = started["t"]
+            # Wait until the job has applied every event (one recommendation per event).
+            last_report, last_count, stalled_since = 0.0, -1, time.monotonic()
+            expected = len(events)
+            try:
+                from tqdm import tqdm
+                bar = tqdm(total=expected, desc=f"job {tag}", unit="ev", unit_scale=True,
+                           file=sys.stderr, mininterval=1.0)
+            except ImportError:
+                bar = None
+            while collector.event_count < expected:
+                alive()
+                if collector.error is not None:
+                    raise RuntimeError(f"reading recommendations failed: {collector.error!r}")
+                now = time.monotonic()
+                if collector.event_count != last_count:
+                    last_count, stalled_since = collector.event_count, now
+                if now - stalled_since > 120 or now - t0 > timeout_s:
+                    raise RuntimeError(f"the job answered {collector.event_count} of {expected} "
+                                       f"events; giving up:\n{log_tail(log_path)}")
+                if bar is not None:
+                    bar.update(collector.event_count - bar.n)
+                elif now - last_report > 15:
+                    log(f"protocol {tag}: {collector.event_count}/{expected} events applied")
+                    last_report = now
+                time.sleep(0.5)
+            if bar is not None:
+                bar.update(expected - bar.n)
+                bar.close()
+            run.seconds_events = time.monotonic() - te
+            run.events = collector.event_count
+            run.events_per_second = run.events / max(run.seconds_events, 1e-9)
+            if requests:
+                # Let the last similarity flush and neighbour emissions reach the recommender.
+                settle = (cfg.similarity.flush_interval_ms + cfg.similarity.emit_min_interval_ms
+                          + 2 * cfg.job.checkpoint_interval_ms) / 1000.0 + 1.0
+                time.sleep(settle)
+                replay(cfg, events=[], requests=requests, progress=False)
+                run.requests_sent = len(requests)
+                wanted = {r["request_id"] for r in requests}
+                deadline = time.monotonic() + 300
+                while not wanted <= set(collector.requests) and time.monotonic() < deadline:
+                    alive()
+                    time.sleep(0.5)
+                run.requests_answered = len(wanted & set(collector.requests))
+            run.dead_letters = _count(self.bootstrap, names.events_dlq)
+        finally:
+            collector.stop_flag.set()
+            collector.join(timeout=10)
+            stop_job_process(proc)
+        run.seconds_total = time.monotonic() - t0
+        return run, collector, cfg
+
+
+def create_eval_topics(bootstrap: str, names: TopicNames) -> None:
+    """The contract's topics (``recsys.topics.topic_specs``), with broker-side timestamps.
+
+    The job stamps its output records with *event time*; for a 1997 data set that is decades
+    old, so the broker would roll a segment of a compacted output topic on every append
+    (time-based rolling, ``log.roll.ms``) and its cleaner would compact away the earlier
+    recommendations of every user before we read them (and ``delete`` topics would drop them by
+    retention). ``message.timestamp.type=LogAppendTime`` makes every topic of the evaluation keep
+    what was written.
+    """
+    from kafka import KafkaAdminClient
+
+    from recsys.topics import topic_specs
+
+    specs = topic_specs(names, 1)
+    for spec in specs.values():
+        spec["configs"] = {**spec["configs"], "message.timestamp.type": "LogAppendTime"}
+    with KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recsys-eval") as admin:
+        admin.create_topics(specs, timeout_ms=30_000)
+        admin.wait_for_topics(list(specs), timeout_ms=30_000)
+
+
+def _count(bootstrap: str, topic: str) -> int:
+    from recsys.kafka_io import consume
+
+    return len(consume(bootstrap, topic, timeout_s=3))
+
+
+# ------------------------------------------------------------------------- protocols
+
+def pipeline_protocol_a(runner: PipelineRunner, config_file: str, overrides: list[str],
+                        data: Data, timeout_s: float = 1800.0
+                        ) -> tuple[dict[str, float], PipelineRun, dict[str, list[str]]]:
+    """Protocol A through a fresh job: (metrics, run facts, the answer to every request)."""
+    from recsys.simulate import request_records
+
+    requests = request_records(data.train_events, data.users, K)
+    run, coll, _ = runner.run("A", config_file, overrides, data, data.train_events, requests,
+                              False, timeout_s)
+    recs = {r["user_id"]: coll.requests[r["request_id"]] for r in requests
+            if r["request_id"] in coll.requests}
+    return ranking_metrics(recs, data.test, K), run, recs
+
+
+def protocol_b_cases(events: Sequence[Record], lists: dict[str, tuple[str, list[str]]],
+                     k: int = K, users: set[str] | None = None
+                     ) -> list[tuple[int, str, str, int]]:
+    """(ts, user, variant, rank) per event whose user had a previous event with a list."""
+    prev: dict[str, str] = {}
+    cases = []
+    for e in events:
+        u = e["user_id"]
+        p = prev.get(u)
+        if p is not None and (users is None or u in users) and p in lists:
+            variant, items = lists[p]
+            cases.append((e["ts"], u, variant, rank_of(e["item_id"], items, k)))
+        prev[u] = e["event_id"]
+    return cases
+
+
+def summarise_b(cases: Sequence[tuple[int, str, str, int]], t0: int, t_mid: int
+                ) -> dict[str, Any]:
+    ranks = np.array([c[3] for c in cases], dtype=np.int64)
+    ts = np.array([c[0] for c in cases], dtype=np.int64)
+    hr, mrr = hit_and_rr(ranks)
+    second = ts >= t_mid
+    hr2, mrr2 = hit_and_rr(ranks[second])
+    weeks: dict[int, list[int]] = {}
+    for t, r in zip(ts.tolist(), ranks.tolist()):
+        weeks.setdefault((t - t0) // WEEK_MS, []).append(r)
+    per_week = []
+    for w in sorted(weeks):
+        h, m = hit_and_rr(np.array(weeks[w]))
+        per_week.append({"week": int(w), "start_ms": int(t0 + w * WEEK_MS), "cases": len(weeks[w]),
+                         f"hit_rate@{K}": h, f"mrr@{K}": m})
+    variants: dict[str, Any] = {}
+    for v in sorted({c[2] for c in cases}):
+        sel = np.array([c[2] == v for c in cases], dtype=bool)
+        h, m = hit_and_rr(ranks[sel])
+        h2, m2 = hit_and_rr(ranks[sel & second])
+        variants[v] = {"cases": int(sel.sum()), f"hit_rate@{K}": h, f"mrr@{K}": m,
+                       f"second_half_hit_rate@{K}": h2, f"second_half_mrr@{K}": m2}
+    return {"cases": len(cases), f"hit_rate@{K}": hr, f"mrr@{K}": mrr,
+            "second_half_cases": int(second.sum()), f"second_half_hit_rate@{K}": hr2,
+            f"second_half_mrr@{K}": mrr2, "per_week": per_week, "per_variant": variants}
+
+
+def _round(obj: Any, nd: int = 4) -> Any:
+    if isinstance(obj, float):
+        return round(obj, nd)
+    if isinstance(obj, dict):
+        return {k: _round(v, nd) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v, nd) for v in obj]
+    return obj
+
+
+# ------------------------------------------------------------------------- plots and table
+
+def plot(report: dict[str, Any], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    b = report.get("protocol_b")
+    if b:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        n_sim = b.get("sim_users")
+        series = [("the job, all users", b.get("pipeline"), ":"),
+                  (f"the job, the {n_sim} simulated users", b.get("pipeline_on_sim_users"), "-"),
+                  ("simulator, live", b.get("sim_live"), "-"),
+                  ("simulator, item model frozen at mid-time", b.get("sim_frozen"), "-")]
+        for label, s, style in series:
+            if not s:
+                continue
+            wk = [w for w in s["per_week"] if w["cases"] >= 50]
+            ax.plot([w["week"] for w in wk], [w[f"hit_rate@{K}"] for w in wk], marker="o",
+                    ms=3, ls=style, label=f"{label}")
+        if b.get("freeze_week") is not None:
+            ax.axvline(b["freeze_week"], color="grey", ls="--", lw=1)
+            ax.text(b["freeze_week"], ax.get_ylim()[1] * 0.97, " frozen here", color="grey",
+                    va="top", fontsize=8)
+        ax.set_xlabel("week of the MovieLens-100k time range")
+        ax.set_ylabel(f"HitRate@{K} (prequential)")
+        ax.set_title("Protocol B: is the next rated movie in the latest top-10?")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / "eval_protocol_b_over_time.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+
+        pv = (b.get("pipeline") or {}).get("per_variant") or {}
+        if pv:
+            fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+            names = sorted(pv)
+            for ax, metric in zip(axes, (f"hit_rate@{K}", f"mrr@{K}")):
+                vals = [pv[n][metric] for n in names]
+                ax.bar(names, vals, color=["tab:blue", "tab:orange", "tab:green"][:len(names)])
+                for x, v in enumerate(vals):
+                    ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=9)
+                ax.set_title(f"{metric} per A/B variant")
+                ax.grid(axis="y", alpha=0.3)
+            fig.suptitle("Protocol B through the job: tuned vs shipped blend (50/50 by user)")
+            fig.tight_layout()
+            path = out_dir / "eval_protocol_b_variants.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(str(path))
+
+    a = report.get("protocol_a")
+    if a:
+        rows = [("ours (pipeline)", (a.get("pipeline") or {}).get("metrics")),
+                ("ours (simulator)", (a.get("simulator") or {}).get("metrics")),
+                ("popularity", a.get("popularity")),
+                ("SAR (published)", PUBLISHED["SAR"])]
+        rows = [(n, m) for n, m in rows if m]
+        metrics = [f"precision@{K}", f"recall@{K}", f"ndcg@{K}", "map"]
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        width = 0.8 / len(rows)
+        for i, (name, m) in enumerate(rows):
+            xs = np.arange(len(metrics)) + i * width
+            vals = [m.get(x, np.nan) for x in metrics]
+            ax.bar(xs, vals, width, label=name)
+        ax.axhline(PUBLISHED["LightGCN"]["ndcg@10"], xmin=0.5, xmax=0.75, color="k", ls=":",
+                   lw=1)
+        ax.set_xticks(np.arange(len(metrics)) + width * (len(rows) - 1) / 2, metrics)
+        ax.set_title("Protocol A: MovieLens-100k, per-user 75/25 split (dotted: LightGCN nDCG)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / "eval_protocol_a.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = []
+    a = report.get("protocol_a") or {}
+    metrics = [f"precision@{K}", f"recall@{K}", f"ndcg@{K}", "map"]
+    head = f"{'Protocol A (ml-100k, 75/25 per user, k=10)':<44}" + "".join(
+        f"{m:>14}" for m in metrics)
+    lines += [head, "-" * len(head)]
+    rows = [("ours: the real job (Kafka + Flink)", (a.get("pipeline") or {}).get("metrics")),
+            ("ours: in-process simulator", (a.get("simulator") or {}).get("metrics")),
+            ("popularity (offline)", a.get("popularity"))]
+    rows += [(f"{n} (published, Recommenders)", m) for n, m in PUBLISHED.items()]
+    for name, m in rows:
+        if not m:
+            continue
+        lines.append(f"{name:<44}" + "".join(
+            f"{m[x]:>14.4f}" if x in m else f"{'':>14}" for x in metrics))
+    b = report.get("protocol_b") or {}
+    if b:
+        lines.append("")
+        head = f"{'Protocol B (prequential, all ratings)':<44}{'cases':>10}{'HitRate@10':>12}" \
+               f"{'MRR@10':>10}{'2nd half HR':>13}{'2nd half MRR':>14}"
+        lines += [head, "-" * len(head)]
+        entries = []
+        p = b.get("pipeline")
+        if p:
+            entries.append(("the real job, all users", p))
+            for v, s in sorted(p["per_variant"].items()):
+                entries.append((f"  variant {v}", s))
+        for key, label in (("pipeline_on_sim_users", "the real job, simulated users"),
+                           ("sim_live", "simulator, live"),
+                           ("sim_frozen", "simulator, frozen at mid-time")):
+            if b.get(key):
+                entries.append((label, b[key]))
+        for name, s in entries:
+            lines.append(f"{name:<44}{s['cases']:>10}{s[f'hit_rate@{K}']:>12.4f}"
+                         f"{s[f'mrr@{K}']:>10.4f}"
+                         f"{s.get(f'second_half_hit_rate@{K}', float('nan')):>13.4f}"
+                         f"{s.get(f'second_half_mrr@{K}', float('nan')):>14.4f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- main
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from recsys import simulate
+
+    started = time.monotonic()
+    protocols = {p.strip().upper() for p in args.protocols.split(",") if p.strip()}
+    data = load_data(args.users)
+    cfg = load_config(args.config, list(args.overrides), environ={})
+    t_first = min(e["ts"] for e in data.all_events)
+    t_last = max(e["ts"] for e in data.all_events)
+    t_mid = (t_first + t_last) // 2
+    report: dict[str, Any] = {
+        "command": " ".join(["python -m recsys.evaluation"] + (args.argv or [])),
+        "dataset": {"name": "MovieLens-100k (recbole==1.2.1 wheel)", "users": len(data.users),
+                    "items": len(data.catalog), "ratings": len(data.all_events),
+                    "train": len(data.train_events),
+                    "test": sum(len(v) for v in data.test.values()),
+                    "split": {"kind": "per-user random (Recommenders python_stratified_split)",
+                              "ratio": movielens.DEFAULT_SPLIT_RATIO,
+                              "seed": movielens.DEFAULT_SPLIT_SEED}},
+        "config": {"file": args.config, "overrides": list(args.overrides),
+                   "profile": cfg.to_dict()["profile"], "similarity": cfg.to_dict()["similarity"],
+                   "recommend": cfg.to_dict()["recommend"]},
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "published": PUBLISHED,
+    }
+    ms_per_event = args.ms_per_event
+
+    # The simulator runs go to one worker process, concurrently with the (mostly single-core,
+    # GIL-bound) job; they are submitted once the job's throughput is known (after protocol A).
+    rng = np.random.RandomState(args.b_seed)
+    subset = sorted(rng.choice(data.users, max(1, int(round(len(data.users) * args.b_fraction))),
+                               replace=False).tolist())
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    futures: dict[str, Any] = {}
+
+    def submit_sims(ms: float) -> None:
+        if "A" in protocols and "sim_a" not in futures:
+            futures["sim_a"] = pool.submit(_sim_a_job, args.config, list(args.overrides),
+                                           args.users, ms)
+        if "B" in protocols and not args.no_frozen and "sim_live" not in futures:
+            for name, freeze in (("sim_live", None), ("sim_frozen", t_mid)):
+                futures[name] = pool.submit(_sim_b_job, args.config, list(args.overrides),
+                                            args.users, ms, subset, freeze, t_first, t_mid)
+
+    work = Path(tempfile.mkdtemp(prefix="recsys-eval-"))
+    failed = True
+    try:
+        if not args.simulator_only and protocols & {"A", "B"}:
+            with LocalBroker(work) as pipe:
+                if "A" in protocols:
+                    metrics_a, run_a, recs = pipeline_protocol_a(
+                        pipe, args.config, list(args.overrides), data, args.timeout)
+                    report.setdefault("protocol_a", {})["pipeline"] = {
+                        "metrics": metrics_a, "run": run_a.__dict__}
+                    report["protocol_a"]["pipeline"]["_recs"] = recs
+                    ms_per_event = 1000.0 / max(run_a.events_per_second, 1e-9)
+                    log(f"protocol A: {run_a.events} events in {run_a.seconds_events:.0f} s "
+                        f"({run_a.events_per_second:.0f} events/s); "
+                        f"{run_a.requests_answered}/{run_a.requests_sent} requests answered")
+                submit_sims(ms_per_event)
+                if "B" in protocols:
+                    run_b, coll, _ = pipe.run("B", args.config,
+                                              list(args.overrides) + SHIPPED_VARIANT, data,
+                                              data.all_events, [], True, args.timeout)
+                    cases = protocol_b_cases(data.all_events, coll.event_lists)
+                    report.setdefault("protocol_b", {})["pipeline"] = summarise_b(
+                        cases, t_first, t_mid)
+                    report["protocol_b"]["pipeline"]["run"] = run_b.__dict__
+                    report["protocol_b"]["pipeline_on_sim_users"] = summarise_b(
+                        protocol_b_cases(data.all_events, coll.event_lists, users=set(subset)),
+                        t_first, t_mid)
+                    log(f"protocol B: {run_b.events} events in {run_b.seconds_events:.0f} s "
+                        f"({run_b.events_per_second:.0f} events/s)")
+        submit_sims(ms_per_event)
+        if futures:
+            log("waiting for the simulator runs")
+        results = {name: f.result() for name, f in futures.items()}
+        failed = False
+    finally:
+        pool.shutdown(cancel_futures=True)
+        if args.keep_work or failed:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    if "A" in protocols:
+        a = report.setdefault("protocol_a", {})
+        a["popularity"] = ranking_metrics(simulate.popularity_baseline(data.train_events,
+                                                                       data.test, K),
+                                          data.test, K)
+        sim_a = results["sim_a"]
+        sim_recs = sim_a.pop("recs")
+        a["simulator"] = sim_a
+        pipe_recs = (a.get("pipeline") or {}).pop("_recs", None)
+        if pipe_recs is not None:
+            overlaps = [len(set(pipe_recs.get(u, [])) & set(sim_recs.get(u, []))) / K
+                        for u in data.users]
+            same = [pipe_recs.get(u) == sim_recs.get(u) for u in data.users]
+            pm, sm = a["pipeline"]["metrics"], sim_a["metrics"]
+            a["agreement"] = {
+                "mean_top10_overlap": float(np.mean(overlaps)),
+                "identical_lists": float(np.mean(same)),
+                "metric_differences": {m: pm[m] - sm[m] for m in pm if m != "users"}}
+
+    if "B" in protocols and not args.no_frozen:
+        b = report.setdefault("protocol_b", {})
+        b["sim_users"] = len(subset)
+        b["freeze_at_ms"] = t_mid
+        b["freeze_week"] = (t_mid - t_first) / WEEK_MS
+        b["sim_live"] = results["sim_live"]
+        b["sim_frozen"] = results["sim_frozen"]
+
+    report["seconds"] = time.monotonic() - started
+    return report
+
+
+def _sim_a_job(config: str, overrides: list[str], users: int, ms_per_event: float
+               ) -> dict[str, Any]:
+    """Protocol A in the simulator (a worker process: loads its own data)."""
+    from recsys import simulate
+
+    data = load_data(users)
+    cfg = load_config(config, overrides, environ={})
+    res = simulate.run_protocol_a(cfg, data.catalog, data.attributes, data.train_events,
+                                  data.test, k=K, ms_per_event=ms_per_event)
+    return {"metrics": res.metrics, "per_variant": res.per_variant, "seconds": res.seconds,
+            "ms_per_event": ms_per_event, "recs": res.recommendations}
+
+
+def _sim_b_job(config: str, overrides: list[str], users: int, ms_per_event: float,
+               subset: list[str], freeze_after_ms: int | None, t_first: int, t_mid: int
+               ) -> dict[str, Any]:
+    """Protocol B in the simulator on ``subset`` (live, or frozen after ``freeze_after_ms``)."""
+    from recsys import simulate
+
+    data = load_data(users)
+    cfg = load_config(config, overrides + SHIPPED_VARIANT, environ={})
+    res = simulate.run_protocol_b(cfg, data.catalog, data.attributes, data.all_events, k=K,
+                                  ms_per_event=ms_per_event, freeze_after_ms=freeze_after_ms,
+                                  users=set(subset))
+    out = summarise_b([(c.ts, c.user_id, c.variant, c.rank) for c in res.cases], t_first, t_mid)
+    out["seconds"] = res.seconds
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recsys.evaluation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE")
+    p.add_argument("--protocols", default="A,B")
+    p.add_argument("--users", type=int, default=0, help="only the first N users (0: all 943)")
+    p.add_argument("--out", default="reports", help="directory of eval.json and the PNGs")
+    p.add_argument("--simulator-only", action="store_true",
+                   help="skip the real pipeline (minutes faster; for tuning)")
+    p.add_argument("--ms-per-event", type=float, default=2.0,
+                   help="simulator clock when the pipeline's throughput is not measured")
+    p.add_argument("--b-fraction", type=float, default=0.2,
+                   help="share of users in protocol B's simulator runs (live vs frozen)")
+    p.add_argument("--b-seed", type=int, default=7)
+    p.add_argument("--no-frozen", action="store_true", help="skip protocol B's simulator runs")
+    p.add_argument("--timeout", type=float, default=1800.0, help="per pipeline run, seconds")
+    p.add_argument("--keep-work", action="store_true", help="keep broker data and job logs")
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw the plots and the table from an existing eval.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = PROJECT_ROOT / out
+    if args.plot_only:
+        report = json.loads((out / "eval.json").read_text())
+        report["plots"] = plot(report, out)
+        print(table(report))
+        return 0
+    movielens.fetch()
+    report = run(args)
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = plot(report, out)
+    report = _round(report, 5)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    print(f"\nreport: {out / 'eval.json'}; plots: {', '.join(report['plots'])} "
+          f"({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

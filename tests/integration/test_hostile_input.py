@@ -6,6 +6,7 @@ one: valid + dead letters = sent.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -35,6 +36,13 @@ def allow_large_records(bootstrap: str, topic: str) -> None:
     try:
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
                                             configs={"max.message.bytes": str(MAX_MESSAGE)})])
+        # The broker applies topic configs asynchronously: wait until it reports the new limit.
+        deadline = time.monotonic() + 30
+        while str(MAX_MESSAGE) not in repr(admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)])):
+            assert time.monotonic() < deadline, "max.message.bytes was not applied"
+            time.sleep(0.5)
+        time.sleep(1)  # describe answers from the controller's view; give the log a moment
     finally:
         admin.close()
 
@@ -49,9 +57,11 @@ def test_hostile_corpus_valid_plus_dlq_equals_sent(job):
     valid_events = [r for r in corpus if r.event_id and r.klass == "valid"][:30]
     allow_large_records(job.bootstrap, job.topics.user_events)
     producer = KafkaProducer(bootstrap_servers=job.bootstrap, acks="all", max_request_size=MAX_MESSAGE)
-    for r in corpus + valid_events:
-        producer.send(getattr(job.topics, r.topic_field), key=b"k", value=r.value)
+    futures = [producer.send(getattr(job.topics, r.topic_field), key=b"k", value=r.value)
+               for r in corpus + valid_events]
     producer.flush()
+    for f in futures:
+        f.get(timeout=60)  # every record really is in Kafka (a rejected send would fail here)
     producer.close()
 
     bad = Counter(getattr(job.topics, r.topic_field) for r in corpus if not r.expect_valid)

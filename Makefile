@@ -8,7 +8,7 @@ SECONDS ?= 0
 HTTP_PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: setup test-tools run test test-unit test-integration bench bench-quick profile clean
+.PHONY: setup test-tools run test test-unit test-integration bench bench-quick profile eval clean
 
 setup:
 	@bash scripts/setup.sh
@@ -51,6 +51,12 @@ profile: setup
 	$(VENV)/bin/pip install -q py-spy
 	$(PY) bench/profile_job.py --out reports/profile_job.json
 	$(PY) bench/bench_hot_path.py --out reports/hot_path.json
+
+## make eval: MovieLens-100k through the real job: protocol A (top-10 vs the published
+## Recommenders table + popularity) and B (prequential, live vs frozen, A/B); writes
+## reports/eval.json + reports/eval_*.png and prints the table (~18 min on the 2-core machine).
+eval: setup
+	$(PY) -m recsys.evaluation --config deploy/ml-100k.toml --out reports
 
 clean:
 	-$(RECSYS) kafka stop --port $(PORT)

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
     produce.add_argument("--loop", action="store_true", help="keep producing (fresh event ids, current time)")
 
+    from recsys import replay as replay_mod  # imports neither kafka nor numpy
+    replay = sub.add_parser("replay", help="replay a data set (ml-100k) into Kafka in event-time order")
+    _add_config_args(replay)
+    replay_mod.add_arguments(replay)
+
     tail = sub.add_parser("tail", help="print records of a topic as they arrive")
     _add_config_args(tail)
     tail.add_argument("topic")
@@ -104,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             from recsys import sample_stream
             return sample_stream.produce(_config(args), rate=args.rate, loop=args.loop)
+        if args.command == "replay":
+            from recsys import replay
+            return replay.main(args, _config(args))
         if args.command == "tail":
             from recsys import tail
             return tail.tail(_config(args), args.topic, from_beginning=args.from_beginning,

@@ -32,10 +32,14 @@ class TopicsResult:
 
 def topic_configs(topic: str, names: TopicNames) -> dict[str, str]:
     """Per-topic settings: compaction for the keyed state topics, 7-day retention for the DLQ."""
+    # The job's output records carry event time; on replays of old data that would make the
+    # broker roll segments at once and compact or expire records by their (old) timestamps.
+    # Output topics therefore keep the broker's append time.
+    append_time = {"message.timestamp.type": "LogAppendTime"}
     if topic in names.compacted_topics():
-        return {"cleanup.policy": "compact"}
+        return {"cleanup.policy": "compact", **append_time}
     if topic == names.events_dlq:
-        return {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)}
+        return {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS), **append_time}
     return {}
 
 

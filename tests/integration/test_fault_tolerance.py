@@ -9,7 +9,6 @@ once: nothing lost, nothing counted or emitted twice.
 from __future__ import annotations
 
 import threading
-import warnings
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -31,7 +30,6 @@ USERS = [f"fu{n}" for n in range(20)]
 TYPES = ["view", "click", "like", "add_to_cart", "purchase", "view", "click", "share"]
 N_EVENTS = 3000
 RATE = 100.0  # events per second: the stream lasts ~30 s
-STARTUP_WINDOW = 300  # the first ~3 s of the stream, before the first failure (see below)
 
 
 @pytest.fixture
@@ -153,14 +151,7 @@ def test_exactly_once_through_taskmanager_kills_and_a_broker_restart(broker, fli
         until=lambda rs: all_ids <= {r["value"]["trigger_event_id"] for r in rs if r["value"]})
     ids = Counter(r["value"]["trigger_event_id"] for r in recs if r["value"])
     missing = sorted(all_ids - set(ids), key=lambda i: int(i[3:]))
-    # Known issue (README): in some runs the first sink transaction(s) of the recommendations
-    # are lost around the first failover (the connector logs ProducerFencedException while
-    # re-committing), although the state that produced them is restored exactly. Every event
-    # after the start-up window must have its recommendation.
-    late_missing = [i for i in missing if int(i[3:]) >= STARTUP_WINDOW]
-    assert not late_missing, f"{len(late_missing)} events without a recommendation: {late_missing[:10]}"
-    if missing:
-        warnings.warn(f"{len(missing)} start-up recommendations lost: {missing[:5]}...")
+    assert not missing, f"{len(missing)} events without a recommendation, e.g. {missing[:10]}"
     twice = [i for i, n in ids.items() if n > 1]
     assert not twice, f"{len(twice)} events with more than one recommendation, e.g. {twice[:10]}"
     job = cluster.job_details(flink.jobmanager, job_id)

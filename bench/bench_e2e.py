@@ -942,11 +942,6 @@ def _other_reports() -> list[str]:
                 L.append(f"| {f.name} | {d['loadavg'][0]} | py-spy --native works on the embedded interpreter "
                          f"(blocking sampling); top native frame: "
                          f"{next((t['what'] for t in d['top_leaf_functions'] if 'lib' in t['what']), 'n/a')} |")
-    op = _load_json("opt_recommend.json")
-    if op:
-        L.append(f"\n## Prototype optimisations of recommend() (`{op['command']}`)\n")
-        L.append(f"CPU µs per call: {op['recommend_cpu_us_per_call']}; speed-up {op['speedup_vs_original']}; "
-                 f"outputs differing from the unpatched code: {op['outputs_differing_from_original']}.")
     return L
 
 

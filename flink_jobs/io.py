@@ -112,6 +112,8 @@ def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
                         str(cfg.job.allow_non_restored_state).lower())
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.job.parallelism)
+    env.set_max_parallelism(cfg.job.max_parallelism)
+    env.set_buffer_timeout(cfg.job.buffer_timeout_ms)
     if cfg.job.checkpoint_interval_ms > 0:
         env.enable_checkpointing(cfg.job.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return env

@@ -266,11 +266,14 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
         outcome = prof.apply_event(p, event, item, cfg.profile, cfg.similarity)
         self.profiles_updated.inc()
         segment = prof.demographic_segment(p.attributes)
-        if outcome.weight > 0:
+        # A frozen item model (evaluation's "trained once" baseline): profiles keep updating,
+        # popularity, occurrence and co-occurrence stop at the configured event time.
+        frozen = 0 < cfg.similarity.freeze_item_model_at_ms <= event["ts"]
+        if outcome.weight > 0 and not frozen:
             yield ACTIVITY_TAG, ItemActivity(event["item_id"], outcome.weight,
                                              outcome.occurrence_delta, event["ts"], segment,
                                              item.categories if item else ())
-        if outcome.pairs:
+        if outcome.pairs and not frozen:
             by_shard: dict[int, PairShardBatch] = {}
             for pu in outcome.pairs:
                 shard = shard_of(pu.row, cfg.similarity.shards)
@@ -362,9 +365,13 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending-pairs", PICKLED))
         self.rows = runtime_context.get_map_state(
             MapStateDescriptor("item-rows", Types.STRING(), PICKLED))
-        # item -> (last emitted processing time, emission pending)
+        # item -> (last emitted processing time, emission pending). Pending items are also kept
+        # in their own small map so that a flush looks at them only, not at every item the shard
+        # ever emitted (that scan grew with the catalogue).
         self.emitted = runtime_context.get_map_state(
             MapStateDescriptor("item-emitted", Types.STRING(), PICKLED))
+        self.emit_pending = runtime_context.get_map_state(
+            MapStateDescriptor("item-emit-pending", Types.STRING(), Types.BOOLEAN()))
         self.occurrence: dict[str, float] = {}
         self.occurrence_loaded = False
         metrics = runtime_context.get_metrics_group()
@@ -436,16 +443,17 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
         yield from self._emit_due(due, timestamp, ctx)
 
     def _emit_due(self, changed: list[str], proc_now: int, ctx):
+        """Emit the neighbour rows that changed, at most once per ``emit_min_interval_ms`` per
+        item; a row changed again too soon waits for a timer at its next allowed time."""
         interval = self.cfg.similarity.emit_min_interval_ms
         for item_id in changed:
+            self.emit_pending.put(item_id, True)
+        for item_id in list(self.emit_pending.keys()):
             last, _ = self.emitted.get(item_id) or (0, False)
-            self.emitted.put(item_id, (last, True))
-        for item_id, (last, pending) in list(self.emitted.items()):
-            if not pending:
-                continue
             if proc_now - last >= interval:
                 neighbors = ItemRow.neighbors_of_state(self.rows.get(item_id))
                 self.emitted.put(item_id, (proc_now, False))
+                self.emit_pending.remove(item_id)
                 self.neighbor_updates.inc()
                 yield (item_id, [(j, float(s)) for j, s in neighbors], proc_now)
             else:

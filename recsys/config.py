@@ -81,6 +81,13 @@ class JobConfig:
     # Exactly-once sinks make output visible to read_committed consumers at each checkpoint, so
     # this interval bounds the event -> recommendation latency seen downstream.
     checkpoint_interval_ms: int = 1_000
+    # How long a partly filled network buffer may wait before it is sent (Flink's default is
+    # 100 ms, paid at each of the job's keyed exchanges). 5-10 ms for latency-sensitive
+    # deployments (docs/scaling.md); 0 flushes every record (most CPU).
+    buffer_timeout_ms: int = 100
+    # Number of key groups: the upper bound of any operator's parallelism and part of the
+    # savepoint layout (cannot change across a restore). 128 is Flink's own default here.
+    max_parallelism: int = 128
     state_backend: str = "hashmap"  # hashmap | rocksdb (incremental checkpoints)
     checkpoint_dir: str = ""  # empty: job manager memory (mini-cluster); file:///... for real use
     watermark_out_of_orderness_ms: int = 5_000
@@ -156,7 +163,13 @@ class SimilarityConfig:
     min_cooccurrence: float = 0.0
     # Pair updates are routed to shards (stable hash of the item id); each shard key batches its
     # updates for the vectorised kernel. More shards than the maximum parallelism is pointless.
-    shards: int = 64
+    # 16 serves a similarity operator parallelism up to 16 with ~4x fewer, larger kernel calls
+    # than 64 at parallelism 1 (docs/scaling.md). Part of the state layout: changing it loses
+    # the rows stored under the old shards (they are rebuilt from new events).
+    shards: int = 16
+    # > 0: events at or after this event time no longer update occurrence, co-occurrence,
+    # neighbours or popularity (profiles still do). The evaluation's "frozen model" baseline.
+    freeze_item_model_at_ms: int = 0
     # Forward-decay landmark shared by co-occurrence and occurrence counts. Values are scaled by
     # 2^((ts - landmark) / half_life); keep (ts - landmark) / half_life within about +-900.
     decay_landmark_ms: int = 1_704_067_200_000  # 2024-01-01
@@ -393,5 +406,11 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("recommend.variants: traffic shares must add up to more than 0")
     if cfg.job.parallelism < 1:
         problems.append("job.parallelism must be >= 1")
+    if not cfg.job.parallelism <= cfg.job.max_parallelism <= 32_768:
+        problems.append("job.max_parallelism must be between job.parallelism and 32768")
+    if cfg.job.buffer_timeout_ms < 0:
+        problems.append("job.buffer_timeout_ms must be >= 0")
+    if cfg.similarity.freeze_item_model_at_ms < 0:
+        problems.append("similarity.freeze_item_model_at_ms must be >= 0 (0: never freeze)")
     if problems:
         raise ConfigError("; ".join(problems))

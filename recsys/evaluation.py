@@ -23,9 +23,11 @@ Protocol B (streaming, prequential)
     experiment between the tuned blend (``tuned``) and the engine's shipped blend (``shipped``:
     the default ``control`` weights), 50/50 by the job's own hash assignment.
     "Frozen" comparison: the same engine with its item model (co-occurrence, neighbours,
-    trending) frozen at the middle of the time range, computed with the in-process simulator
-    (``recsys/simulate.py``) on a random subset of users, next to the simulator's live run on
-    the same users; both are compared over the second half of the time range.
+    trending) frozen at the middle of the time range (``similarity.freeze_item_model_at_ms``;
+    profiles keep updating), on a random subset of users (``--b-fraction``): a third job gets
+    every event before the freeze and the subset's events after it (other users' later events
+    cannot reach a frozen model), and is compared with the live job on the same users over the
+    second half of the time range. The simulator (``recsys/simulate.py``) runs both as well.
 
 Simulator agreement: protocol A is also run in ``recsys.simulate`` with the same configuration
 and its clock set to the pipeline's measured throughput; the report gives both metric sets, the
@@ -368,6 +370,26 @@ def pipeline_protocol_a(runner: PipelineRunner, config_file: str, overrides: lis
     return ranking_metrics(recs, data.test, K), run, recs
 
 
+def pipeline_protocol_b_frozen(runner: PipelineRunner, config_file: str, overrides: list[str],
+                               data: Data, users: set[str], t_first: int, t_mid: int,
+                               timeout_s: float = 1800.0) -> dict[str, Any]:
+    """Protocol B through a job whose item model freezes at ``t_mid``, scored on ``users``.
+
+    Only those users' events after ``t_mid`` are replayed: with the item model frozen, other
+    users' later events change nothing the scored users see (profiles are per user), so the
+    result is the frozen engine's on ``users`` at a fraction of the replay.
+    """
+    events = [e for e in data.all_events if e["ts"] < t_mid or e["user_id"] in users]
+    run, coll, _ = runner.run("B-frozen", config_file,
+                              overrides + SHIPPED_VARIANT
+                              + [f"similarity.freeze_item_model_at_ms={t_mid}"],
+                              data, events, [], True, timeout_s)
+    out = summarise_b(protocol_b_cases(events, coll.event_lists, users=users), t_first, t_mid)
+    out["run"] = run.__dict__
+    log(f"protocol B, frozen: {run.events} events in {run.seconds_events:.0f} s")
+    return out
+
+
 def protocol_b_cases(events: Sequence[Record], lists: dict[str, tuple[str, list[str]]],
                      k: int = K, users: set[str] | None = None
                      ) -> list[tuple[int, str, str, int]]:
@@ -436,6 +458,8 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[str]:
         n_sim = b.get("sim_users")
         series = [("the job, all users", b.get("pipeline"), ":"),
                   (f"the job, the {n_sim} simulated users", b.get("pipeline_on_sim_users"), "-"),
+                  (f"the job, item model frozen at mid-time, the {n_sim} users",
+                   b.get("pipeline_frozen_on_sim_users"), "-"),
                   ("simulator, live", b.get("sim_live"), "-"),
                   ("simulator, item model frozen at mid-time", b.get("sim_frozen"), "-")]
         for label, s, style in series:
@@ -534,6 +558,7 @@ def table(report: dict[str, Any]) -> str:
             for v, s in sorted(p["per_variant"].items()):
                 entries.append((f"  variant {v}", s))
         for key, label in (("pipeline_on_sim_users", "the real job, simulated users"),
+                           ("pipeline_frozen_on_sim_users", "the real job frozen at mid-time"),
                            ("sim_live", "simulator, live"),
                            ("sim_frozen", "simulator, frozen at mid-time")):
             if b.get(key):
@@ -622,6 +647,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         t_first, t_mid)
                     log(f"protocol B: {run_b.events} events in {run_b.seconds_events:.0f} s "
                         f"({run_b.events_per_second:.0f} events/s)")
+                    if not args.no_frozen:
+                        report["protocol_b"]["pipeline_frozen_on_sim_users"] = \
+                            pipeline_protocol_b_frozen(pipe, args.config, list(args.overrides),
+                                                       data, set(subset), t_first, t_mid,
+                                                       args.timeout)
         submit_sims(ms_per_event)
         if futures:
             log("waiting for the simulator runs")

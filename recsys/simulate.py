@@ -387,6 +387,8 @@ def run_protocol_b(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
     from udfs.metrics import rank_of
 
     t0 = time.perf_counter()
+    if freeze_after_ms is None and cfg.similarity.freeze_item_model_at_ms > 0:
+        freeze_after_ms = cfg.similarity.freeze_item_model_at_ms  # as the job does
     sim = EngineSimulator(cfg, ms_per_event=ms_per_event, validate=validate)
     sim.add_items(catalog)
     sim.add_attributes(attributes)

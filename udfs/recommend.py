@@ -217,32 +217,34 @@ def positive_interests(interests: Mapping[str, float]) -> dict[str, float]:
 
 
 def content_scores(interests: Mapping[str, float], candidates: Iterable[str],
-                   catalog: Mapping[str, ItemInfo]) -> tuple[dict[str, float], dict[str, str]]:
-    """Cosine between the positive interests and each candidate's feature indicator vector.
-
-    Returns the candidates with a positive cosine, and for each the matched feature with the
-    highest interest (ties: feature name) for the reason text.
-    """
+                   catalog: Mapping[str, ItemInfo]) -> dict[str, float]:
+    """Cosine between the positive interests and each candidate's feature indicator vector;
+    only the candidates with a positive cosine (``matched_feature`` names the reason)."""
     p = positive_interests(interests)
     if not p:
-        return {}, {}
+        return {}
     norm_p = math.sqrt(math.fsum(w * w for w in p.values()))
     scores: dict[str, float] = {}
-    matched: dict[str, str] = {}
-    for item in candidates:
-        info = catalog.get(item)
+    get, fsum, sqrt = catalog.get, math.fsum, math.sqrt
+    for item in candidates:  # the hot loop of recommend(): ~750 candidates per call
+        info = get(item)
         if info is None:
             continue
-        feats = dict.fromkeys(info.features())
-        if not feats:
-            continue
-        hits = [(p[f], f) for f in feats if f in p]
-        if not hits:
-            continue
-        dot = math.fsum(w for w, _ in hits)
-        scores[item] = dot / (norm_p * math.sqrt(len(feats)))
-        matched[item] = min(hits, key=lambda h: (-h[0], h[1]))[1]
-    return scores, matched
+        feats = info.feature_set()
+        hits = [p[f] for f in feats if f in p]
+        if hits:
+            scores[item] = fsum(hits) / (norm_p * sqrt(len(feats)))
+    return scores
+
+
+def matched_feature(interests: Mapping[str, float], info: ItemInfo | None) -> str | None:
+    """The item's feature the user is most interested in (ties: feature name), or None.
+    Computed for the returned items only, not for every scored candidate."""
+    if info is None:
+        return None
+    p = positive_interests(interests)
+    hits = [(p[f], f) for f in info.feature_set() if f in p]
+    return min(hits, key=lambda h: (-h[0], h[1]))[1] if hits else None
 
 
 def trending_candidates(trending: TrendingModel, now_ms: float, limit: int, *,
@@ -254,18 +256,12 @@ def trending_candidates(trending: TrendingModel, now_ms: float, limit: int, *,
     if limit <= 0:
         return {}
     if segment is not None:
-        fetch = lambda n: trending.trending_in_segment(segment, n, now_ms, exclude)  # noqa: E731
+        got = trending.trending_in_segment(segment, limit, now_ms, exclude, allowed)
     elif category is not None:
-        fetch = lambda n: trending.trending_in_category(category, n, now_ms, exclude)  # noqa: E731
+        got = trending.trending_in_category(category, limit, now_ms, exclude, allowed)
     else:
-        fetch = lambda n: trending.trending_items(n, now_ms, exclude)  # noqa: E731
-    n = limit
-    while True:  # fetch more while ``allowed`` filters some out and the counter has more
-        got = fetch(n)
-        kept = [(i, s) for i, s in got if allowed is None or allowed(i)]
-        if len(kept) >= limit or len(got) < n:
-            break
-        n *= 4
+        got = trending.trending_items(limit, now_ms, exclude, allowed)
+    kept = got
     kept = [(i, s) for i, s in kept[:limit] if s > 0]
     if not kept:
         return {}
@@ -418,7 +414,7 @@ def _has_content(user: UserView, cf: Mapping[str, float], popular: Mapping[str, 
 
     def matches(item: str) -> bool:
         info = catalog.get(item)
-        return info is not None and any(f in p for f in info.features())
+        return info is not None and any(f in p for f in info.feature_set())
 
     if any(matches(i) for i in chain(cf, popular, seg)):
         return True
@@ -469,14 +465,13 @@ def recommend(user: UserView, model: ItemModel, weights: VariantConfig, cfg: Rec
                                allowed=in_catalog) if user.segment else {})
     in_category: dict[str, str] = {}
     content: dict[str, float] = {}
-    matched: dict[str, str] = {}
     if weights.w_content != 0:
         for cat in top_interest_categories(user.interests, max_interest_categories):
             for item in trending_candidates(trend, trend_now, limit, category=cat,
                                             exclude=blocked, allowed=in_catalog):
                 in_category.setdefault(item, cat)
         pool = dict.fromkeys(chain(cf, popular, seg, in_category))
-        content, matched = content_scores(user.interests, pool, catalog)
+        content = content_scores(user.interests, pool, catalog)
         has_content = bool(content)
     else:
         # Content cannot move a score; it only decides whether this is a cold start.
@@ -498,7 +493,9 @@ def recommend(user: UserView, model: ItemModel, weights: VariantConfig, cfg: Rec
     chosen = diversify(ranked, k, cfg.max_per_category, catalog)
     return [ScoredItem(b.item_id, b.score,
                        explain(b.contributions, catalog, because=because.get(b.item_id),
-                               interest_feature=matched.get(b.item_id),
+                               interest_feature=(matched_feature(user.interests,
+                                                                 catalog.get(b.item_id))
+                                                 if b.item_id in content else None),
                                trending_category=in_category.get(b.item_id),
                                first=firsts.get(b.item_id), max_reasons=max_reasons,
                                min_share=min_reason_share))

@@ -36,7 +36,7 @@ State (``to_state``/``from_state``) is plain containers with a ``"v"`` version, 
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class DecayedCounter:
     """Forward-decayed counters of string keys, stored in numpy arrays (index map grows by doubling)."""
 
     __slots__ = ("half_life_ms", "landmark", "rebase_after", "top_cache_size",
-                 "_keys", "_index", "_values", "_top")
+                 "_keys", "_index", "_values", "_top", "_ranked")
 
     def __init__(self, half_life_ms: float, *, landmark: int | None = None,
                  top_cache_size: int = 0, rebase_after: float | None = DEFAULT_REBASE_AFTER,
@@ -73,6 +73,8 @@ class DecayedCounter:
         self._values = np.zeros(max(1, int(initial_capacity)), dtype=np.float64)
         # Indices of the (at most top_cache_size) largest positive values; None = rebuild lazily.
         self._top: np.ndarray | None = np.empty(0, dtype=np.int64)
+        # The top cache's indices in ranking order (``top_where``); None = stale, rebuilt lazily.
+        self._ranked: list[int] | None = None
 
     # ----------------------------------------------------------------------------------- basics
     def __len__(self) -> int:
@@ -188,6 +190,7 @@ class DecayedCounter:
     # ---------------------------------------------------------------------------- top cache
     def _touch(self, idx: np.ndarray) -> None:
         """Keep the top cache exact after the values at ``idx`` grew."""
+        self._ranked = None
         m = self.top_cache_size
         if m == 0 or self._top is None:
             return
@@ -280,6 +283,74 @@ class DecayedCounter:
             out = self._select(pool, n)
         return [(self._keys[i], float(values[i]) * factor) for i in out]
 
+    def _ranked_top(self) -> list[int]:
+        """The top cache's positive indices in (value desc, key asc) order, cached until the
+        next add. With no top cache: every positive key (the whole counter is the cache)."""
+        if self._ranked is None:
+            size = len(self._keys)
+            if self.top_cache_size > 0:
+                pool = self._top if self._top is not None else self._rebuild_top()
+            else:
+                pool = np.arange(size)
+            pool = pool[self._values[pool] > 0]
+            vals = self._values[pool]
+            order = np.argsort(-vals, kind="stable")
+            idx, v = pool[order].tolist(), vals[order].tolist()
+            keys = self._keys
+            i = 0
+            while i < len(v) - 1:  # equal values (rare with float sums): order by key, exactly
+                j = i + 1
+                while j < len(v) and v[j] == v[i]:
+                    j += 1
+                if j - i > 1:
+                    idx[i:j] = sorted(idx[i:j], key=keys.__getitem__)
+                i = j
+            self._ranked = idx
+        return self._ranked
+
+    def top_where(self, n: int, now: float, exclude: Collection[str] | None = None,
+                  allowed: Callable[[str], bool] | None = None) -> list[tuple[str, float]]:
+        """``top(n, now, exclude)`` restricted to keys for which ``allowed(key)`` is true.
+
+        Walks the ranked top cache lazily (one ``argsort`` per change of the counter, shared
+        by every reader until the next add) and stops after ``n`` keys, so a reader that
+        filters out some keys costs O(keys looked at), not a sort of the counter. Exact: a
+        key is taken from the cache only while its value is above the cache's cut, where no
+        key outside the cache can tie with or beat it; past that, the full order takes over.
+        """
+        if n <= 0 or not self._keys:
+            return []
+        factor = self._factor(now)
+        keys, values = self._keys, self._values
+        ranked = self._ranked_top()
+        complete = self.top_cache_size <= 0 or len(self._top) < self.top_cache_size
+        cut = 0.0 if complete or not ranked else float(values[ranked[-1]])
+        out: list[tuple[str, float]] = []
+        taken = 0
+        for i in ranked:
+            value = float(values[i])
+            if not complete and value <= cut:
+                break  # a key outside the cache may tie: continue in the full order
+            taken += 1
+            k = keys[i]
+            if (exclude and k in exclude) or (allowed is not None and not allowed(k)):
+                continue
+            out.append((k, value * factor))
+            if len(out) >= n:
+                return out
+        if complete:
+            return out
+        size = len(keys)
+        pool = np.flatnonzero(values[:size] > 0)
+        for i in self._sorted(pool)[taken:]:
+            k = keys[i]
+            if (exclude and k in exclude) or (allowed is not None and not allowed(k)):
+                continue
+            out.append((k, float(values[i]) * factor))
+            if len(out) >= n:
+                break
+        return out
+
     # ----------------------------------------------------------------------------- pruning
     def prune(self, now: float, min_score: float = 0.0, max_keys: int | None = None) -> int:
         """Drop keys scoring below ``min_score`` at ``now`` (and zero-valued keys); then keep at
@@ -303,6 +374,7 @@ class DecayedCounter:
         self._index = {k: i for i, k in enumerate(keys)}
         self._values = values
         self._top = None
+        self._ranked = None
         return dropped
 
     # ------------------------------------------------------------------------------- state
@@ -333,6 +405,7 @@ class DecayedCounter:
         c._index = {k: i for i, k in enumerate(keys)}
         c._values[:len(keys)] = np.asarray(values, dtype=np.float64)
         c._top = None
+        c._ranked = None
         return c
 
 
@@ -375,19 +448,23 @@ class TrendingModel:
             self.last_ts = int(ts)
         return True
 
-    def trending_items(self, n: int, now: float, exclude: Collection[str] | None = None
-                       ) -> list[tuple[str, float]]:
-        return self.items.top(n, now, exclude)
+    def trending_items(self, n: int, now: float, exclude: Collection[str] | None = None,
+                       allowed: Callable[[str], bool] | None = None) -> list[tuple[str, float]]:
+        return self.items.top_where(n, now, exclude, allowed)
 
     def trending_in_category(self, category: str, n: int, now: float,
-                             exclude: Collection[str] | None = None) -> list[tuple[str, float]]:
+                             exclude: Collection[str] | None = None,
+                             allowed: Callable[[str], bool] | None = None
+                             ) -> list[tuple[str, float]]:
         counter = self.by_category.get(category)
-        return counter.top(n, now, exclude) if counter is not None else []
+        return counter.top_where(n, now, exclude, allowed) if counter is not None else []
 
     def trending_in_segment(self, segment: str, n: int, now: float,
-                            exclude: Collection[str] | None = None) -> list[tuple[str, float]]:
+                            exclude: Collection[str] | None = None,
+                            allowed: Callable[[str], bool] | None = None
+                            ) -> list[tuple[str, float]]:
         counter = self.by_segment.get(segment) if segment else None
-        return counter.top(n, now, exclude) if counter is not None else []
+        return counter.top_where(n, now, exclude, allowed) if counter is not None else []
 
     def prune(self, now: float, min_score: float = 0.0,
               max_items_per_counter: int | None = None) -> int:

@@ -7,6 +7,7 @@ from recsys.config import DAY_MS, RecommendConfig, VariantConfig
 from state_schemas.state import ItemInfo, RecentItem
 from udfs.recommend import (Blended, ItemModel, ScoredItem, UserView, blend,
                             collaborative_candidates, content_scores, diversify, explain,
+                            matched_feature,
                             recommend, top_interest_categories, trending_candidates)
 from udfs.trending import TrendingModel
 
@@ -265,12 +266,14 @@ def test_content_scores_cosine_on_positive_part():
                "k": item("k", "K", ["books"])}
     interests = {"category:hats": 1.0, "tag:red": 2.0, "tag:blue": 2.0,
                  "category:books": -4.0}
-    scores, matched = content_scores(interests, ["i", "j", "k", "unknown"], catalog)
+    scores = content_scores(interests, ["i", "j", "k", "unknown"], catalog)
     # |p| = 3; i: dot 3, 3 features -> 3 / (3 * sqrt 3)
     assert scores == pytest.approx({"i": 1 / math.sqrt(3)})
-    assert matched == {"i": "tag:red"}
-    assert content_scores({}, ["i"], catalog) == ({}, {})
-    assert content_scores({"category:hats": -1.0}, ["i"], catalog) == ({}, {})
+    assert matched_feature(interests, catalog["i"]) == "tag:red"
+    assert matched_feature(interests, catalog["j"]) is None
+    assert matched_feature(interests, None) is None
+    assert content_scores({}, ["i"], catalog) == {}
+    assert content_scores({"category:hats": -1.0}, ["i"], catalog) == {}
 
 
 def test_trending_candidates_normalised_filtered_and_refetched():

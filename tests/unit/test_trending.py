@@ -84,6 +84,41 @@ def test_top_cache_is_exact(cache):
         assert cached.top(n, T0 + 5 * H, exclude) == full.top(n, T0 + 5 * H, exclude)
 
 
+@pytest.mark.parametrize("cache", [0, 1, 3, 8, 500])
+def test_top_where_equals_a_full_sort_with_the_filter(cache):
+    """The lazy ranked walk gives exactly the first n allowed keys of the full order (value
+    desc, key asc), ties at the cache's cut included, and stays right as the counter changes."""
+    rng = random.Random(100 + cache)
+    for _ in range(60):
+        c = DecayedCounter(H, top_cache_size=cache)
+        reference = DecayedCounter(H)
+        for step in range(rng.randint(1, 60)):
+            key = f"k{rng.randint(0, 25):02d}"
+            w, ts = rng.choice([1.0, 1.0, 2.0, 0.5]), T0 + rng.choice([0, H, 2 * H])
+            c.add(key, w, ts)
+            reference.add(key, w, ts)
+            if step % 7 == 0:
+                banned = {f"k{rng.randint(0, 25):02d}" for _ in range(rng.randint(0, 8))}
+                exclude = {f"k{rng.randint(0, 25):02d}" for _ in range(rng.randint(0, 3))}
+                n = rng.randint(1, 12)
+                full = [kv for kv in reference.top(1000, T0 + 3 * H, exclude)
+                        if kv[0] not in banned]
+                got = c.top_where(n, T0 + 3 * H, exclude, lambda k: k not in banned)
+                assert got == full[:n]
+    assert DecayedCounter(H).top_where(3, T0) == []
+    assert c.top_where(0, T0) == []
+
+
+def test_top_where_sees_each_add_and_prune():
+    c = DecayedCounter(H, top_cache_size=2)
+    c.add_many(["a", "b", "c"], [3.0, 2.0, 1.0], T0)
+    assert [k for k, _ in c.top_where(3, T0, allowed=lambda k: k != "a")] == ["b", "c"]
+    c.add("c", 5.0, T0)  # the cached order must not be reused after a change
+    assert [k for k, _ in c.top_where(2, T0)] == ["c", "a"]
+    c.prune(T0, min_score=2.5)
+    assert [k for k, _ in c.top_where(5, T0)] == ["c", "a"]
+
+
 def test_grows_past_initial_capacity():
     c = DecayedCounter(H, initial_capacity=1)
     keys = [f"i{i}" for i in range(1000)]

@@ -25,7 +25,7 @@ What it does, in one run, on one broker it starts itself (free port, temporary d
    With the default ``job.checkpoint_interval_ms`` (1000) and with ``--fast-checkpoint-ms`` (200),
    which also gets its own throughput run (what a shorter interval costs); each also at a low
    ``--floor-rate`` (10/s: the latency floor), and once more with a 100 ms checkpoint interval
-   plus a 5 ms network buffer timeout (``bench/job_tweaks.py``: Flink's default flushes partly
+   plus a 5 ms network buffer timeout (``job.buffer_timeout_ms``: Flink's default flushes partly
    filled buffers only every 100 ms per exchange).
 3. **ml-100k replay** (if ``recsys/movielens.py`` exists; ``deploy/ml-100k.toml``): the first
    ``--ml-events`` ratings preloaded, throughput, then the following ratings paced for latency.
@@ -265,10 +265,8 @@ class JobRun:
     """One recsys job on its own topics, started after its input was preloaded."""
 
     def __init__(self, bench: "Bench", label: str, partitions: int = 1,
-                 overrides: Iterable[str] = (), config_file: str | None = None,
-                 tweaks: list[str] | None = None):
+                 overrides: Iterable[str] = (), config_file: str | None = None):
         self.bench, self.label = bench, label
-        self.tweaks = tweaks  # bench/job_tweaks.py options (Flink settings not in the config)
         self.tag = f"{label}-{uuid.uuid4().hex[:6]}"
         self.names = run_topics(self.tag)
         self.partitions = partitions
@@ -289,18 +287,8 @@ class JobRun:
 
     def start(self) -> None:
         self.started_at = time.time()
-        if self.tweaks is None:
-            self.proc = start_job_process(self.job_overrides(), self.log_path,
-                                          config_file=self.config_file)
-            return
-        args = [PY, str(ROOT / "bench" / "job_tweaks.py"), *self.tweaks, "--"]
-        if self.config_file:
-            args += ["--config", self.config_file]
-        for item in self.job_overrides():
-            args += ["--set", item]
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self.proc = start_job_process(self.job_overrides(), self.log_path,
+                                      config_file=self.config_file)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -538,14 +526,13 @@ class Bench:
     # -- phases -------------------------------------------------------------------------------
     def synthetic_run(self, label: str, overrides: list[str], partitions: int = 1,
                       n_events: int | None = None, max_s: float | None = None,
-                      latency_rate: float | str | None = None,
-                      tweaks: list[str] | None = None) -> dict[str, Any]:
+                      latency_rate: float | str | None = None) -> dict[str, Any]:
         n = n_events or self.args.events
-        job = JobRun(self, label, partitions, overrides, tweaks=tweaks)
+        job = JobRun(self, label, partitions, overrides)
         self.preload_synthetic(job, n)
         job.start()
         try:
-            res = {"overrides": overrides, "partitions": partitions, "job_tweaks": tweaks,
+            res = {"overrides": overrides, "partitions": partitions,
                    "throughput": drain(job, n, max_s or self.args.max_drain_s)}
             log(f"{label}: throughput {res['throughput'].get('events_per_s')} events/s "
                 f"(complete={res['throughput']['complete']})")
@@ -763,7 +750,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     if tu:
         a = report["args"]
         L.append(f"| latency, checkpoint {a.get('tuned_checkpoint_ms')} ms + buffer timeout "
-                 f"{a.get('tuned_buffer_timeout_ms')} ms (bench/job_tweaks.py) | {lat(tu)} | p99 ≤ 250 ms | "
+                 f"{a.get('tuned_buffer_timeout_ms')} ms (job.buffer_timeout_ms) | {lat(tu)} | p99 ≤ 250 ms | "
                  f"{_status((((tu.get('latency') or {}).get('latency_ms_send_to_visible')) or {}).get('p99'), TARGETS['p99_ms'], False)} |")
         if tu.get("latency_floor"):
             L.append(f"| latency floor, same settings | {lat({'latency': tu['latency_floor']})} | p99 ≤ 250 ms | "
@@ -1059,9 +1046,9 @@ def _run_all(bench: Bench, args: argparse.Namespace, save: Callable[[], None]) -
         # What the 250 ms p99 needs: a short checkpoint interval AND a short network buffer
         # timeout (Flink flushes a partly filled buffer every 100 ms by default, per exchange).
         r["latency_tuned"] = bench.synthetic_run(
-            "latency_tuned", [f"job.checkpoint_interval_ms={args.tuned_checkpoint_ms}"],
-            n_events=args.process_events, latency_rate=rate or "auto",
-            tweaks=["--buffer-timeout-ms", str(args.tuned_buffer_timeout_ms)])
+            "latency_tuned", [f"job.checkpoint_interval_ms={args.tuned_checkpoint_ms}",
+                              f"job.buffer_timeout_ms={args.tuned_buffer_timeout_ms}"],
+            n_events=args.process_events, latency_rate=rate or "auto")
         save()
     if "ml100k" not in args.skip:
         r["ml100k"] = bench.ml100k_run([])

@@ -104,6 +104,7 @@ class Replay:
         self.timers: dict[int, float] = {}           # shard -> next flush (processing ms)
         self.emitted: dict[int, dict[str, bytes]] = collections.defaultdict(dict)
         self.stats = collections.Counter()
+        self.reco_digest = 0
 
     # ------------------------------------------------------------------ one event
     def event(self, raw: bytes) -> None:
@@ -234,6 +235,11 @@ class Replay:
                        "reasons": list(s.reasons)} for s in items]})
         self.stats["reco_bytes"] += len(msg[1])
         t("15 recommendation JSON (orjson)", t0)
+        # Untimed: a digest of what was recommended (items, scores, reasons; no wall-clock
+        # fields). Equal digests: an optimisation left every recommendation unchanged.
+        self.reco_digest = zlib.crc32(orjson.dumps([[s.item_id, round(float(s.score), 6),
+                                                     list(s.reasons)] for s in items]),
+                                      self.reco_digest)
         self.stats["events"] += 1
         self.proc_ms += self.ms_per_event
         self.fire_timers()
@@ -350,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages": stages,
         "stats_per_event": {k: round(v / measured, 3) for k, v in stats.items()},
         "flush_mean_pairs": round(stats.get("flushed_pairs", 0) / max(1, stats.get("flushes", 0)), 1),
+        "recommendations_crc32": rp.reco_digest,
     }
     if profiler:
         s = io.StringIO()

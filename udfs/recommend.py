@@ -440,9 +440,7 @@ def recommend(user: UserView, model: ItemModel, weights: VariantConfig, cfg: Rec
     if exclude_recent:
         blocked.update(r.item_id for r in user.recent_items)
 
-    def in_catalog(item: str) -> bool:
-        if item in blocked:
-            return False
+    def in_catalog(item: str) -> bool:  # trending readers pass ``blocked`` as their exclude
         info = catalog.get(item)
         return info is not None and bool(info.available)
 

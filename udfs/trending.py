@@ -295,16 +295,20 @@ class DecayedCounter:
             pool = pool[self._values[pool] > 0]
             vals = self._values[pool]
             order = np.argsort(-vals, kind="stable")
-            idx, v = pool[order].tolist(), vals[order].tolist()
-            keys = self._keys
-            i = 0
-            while i < len(v) - 1:  # equal values (rare with float sums): order by key, exactly
-                j = i + 1
-                while j < len(v) and v[j] == v[i]:
-                    j += 1
-                if j - i > 1:
-                    idx[i:j] = sorted(idx[i:j], key=keys.__getitem__)
-                i = j
+            ranked_vals = vals[order]
+            idx = pool[order].tolist()
+            # Equal values (rare with float sums): order each run of them by key, exactly.
+            tied = np.flatnonzero(ranked_vals[1:] == ranked_vals[:-1])
+            if len(tied):
+                keys = self._keys
+                v = ranked_vals.tolist()
+                for start in tied.tolist():
+                    if start > 0 and v[start - 1] == v[start]:
+                        continue  # inside a run already sorted
+                    end = start + 1
+                    while end < len(v) and v[end] == v[start]:
+                        end += 1
+                    idx[start:end] = sorted(idx[start:end], key=keys.__getitem__)
             self._ranked = idx
         return self._ranked
 

@@ -136,6 +136,7 @@ class DecayedCounter:
         if n:
             self._values[:n] *= 2.0 ** e  # same positive factor for all: ranking unchanged
         self.landmark = new_landmark
+        self._ranked = None  # it holds stored values
 
     def _prepare(self, ts_max: float) -> None:
         """Set the landmark on first use and re-base before ``ts_max`` could overflow."""
@@ -283,15 +284,18 @@ class DecayedCounter:
             out = self._select(pool, n)
         return [(self._keys[i], float(values[i]) * factor) for i in out]
 
-    def _ranked_top(self) -> list[int]:
-        """The top cache's positive indices in (value desc, key asc) order, cached until the
-        next add. With no top cache: every positive key (the whole counter is the cache)."""
+    def _ranked_top(self) -> tuple[list[str], list[float], bool]:
+        """(keys, stored values) of the top cache in (value desc, key asc) order, cut to the
+        entries no key outside the cache can tie with or beat; and whether the cache holds
+        every positive key (then nothing is cut). Cached until the next add or re-base. With
+        no top cache, every positive key (the whole counter is the cache)."""
         if self._ranked is None:
             size = len(self._keys)
             if self.top_cache_size > 0:
                 pool = self._top if self._top is not None else self._rebuild_top()
+                complete = len(pool) < self.top_cache_size
             else:
-                pool = np.arange(size)
+                pool, complete = np.arange(size), True
             pool = pool[self._values[pool] > 0]
             vals = self._values[pool]
             order = np.argsort(-vals, kind="stable")
@@ -309,7 +313,10 @@ class DecayedCounter:
                     while end < len(v) and v[end] == v[start]:
                         end += 1
                     idx[start:end] = sorted(idx[start:end], key=keys.__getitem__)
-            self._ranked = idx
+            if not complete and len(idx):
+                exact = int(np.count_nonzero(ranked_vals > ranked_vals[-1]))
+                idx, ranked_vals = idx[:exact], ranked_vals[:exact]
+            self._ranked = ([self._keys[i] for i in idx], ranked_vals.tolist(), complete)
         return self._ranked
 
     def top_where(self, n: int, now: float, exclude: Collection[str] | None = None,
@@ -325,23 +332,17 @@ class DecayedCounter:
         if n <= 0 or not self._keys:
             return []
         factor = self._factor(now)
-        keys, values = self._keys, self._values
-        ranked = self._ranked_top()
-        complete = self.top_cache_size <= 0 or len(self._top) < self.top_cache_size
-        cut = 0.0 if complete or not ranked else float(values[ranked[-1]])
+        ranked_keys, ranked_values, complete = self._ranked_top()
+        excluded = exclude or ()
         out: list[tuple[str, float]] = []
-        taken = 0
-        for i in ranked:
-            value = float(values[i])
-            if not complete and value <= cut:
-                break  # a key outside the cache may tie: continue in the full order
-            taken += 1
-            k = keys[i]
-            if (exclude and k in exclude) or (allowed is not None and not allowed(k)):
+        for k, value in zip(ranked_keys, ranked_values):
+            if k in excluded or (allowed is not None and not allowed(k)):
                 continue
             out.append((k, value * factor))
             if len(out) >= n:
                 return out
+        taken = len(ranked_keys)
+        keys, values = self._keys, self._values
         if complete:
             return out
         size = len(keys)

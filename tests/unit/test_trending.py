@@ -109,6 +109,14 @@ def test_top_where_equals_a_full_sort_with_the_filter(cache):
     assert c.top_where(0, T0) == []
 
 
+def test_top_where_scores_survive_a_rebase():
+    c = DecayedCounter(H, top_cache_size=4)
+    c.add_many(["a", "b"], [2.0, 1.0], T0)
+    assert c.top_where(2, T0 + 10 * H) == [("a", 2.0 / 1024), ("b", 1.0 / 1024)]
+    c.rebase(T0 + 10 * H)  # scales every stored value, so the cached order's values too
+    assert c.top_where(2, T0 + 10 * H) == [("a", 2.0 / 1024), ("b", 1.0 / 1024)]
+
+
 def test_top_where_sees_each_add_and_prune():
     c = DecayedCounter(H, top_cache_size=2)
     c.add_many(["a", "b", "c"], [3.0, 2.0, 1.0], T0)

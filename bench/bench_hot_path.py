@@ -47,7 +47,8 @@ from state_schemas.state import (  # noqa: E402
 from udfs import profile as prof  # noqa: E402
 from udfs.ab import ImpressionLog, assign_variant, attribute_feedback, record_impressions  # noqa: E402
 from udfs.recommend import ItemModel, UserView, recommend  # noqa: E402
-from udfs.similarity import ItemRow, PairBatch, apply_pair_updates  # noqa: E402
+from udfs.similarity import (ItemRow, PairBatch, apply_pair_updates,  # noqa: E402
+                             pair_batches_by_shard)
 from udfs.trending import TrendingModel  # noqa: E402
 from udfs.validation import KIND_EVENT, parse_input  # noqa: E402
 from workload import Workload, now_ms  # noqa: E402
@@ -67,10 +68,6 @@ class Timer:
             self.total[stage] += t1 - t0
             self.calls[stage] += 1
         return t1
-
-
-def shard_of(item_id: str, shards: int) -> int:
-    return zlib.crc32(item_id.encode("utf-8")) % shards
 
 
 def kafka_record(key: str, value: dict | None) -> tuple:
@@ -142,16 +139,8 @@ class Replay:
                                           item.categories if item else ()))
         batches = []
         if outcome.pairs:
-            by_shard: dict[int, PairShardBatch] = {}
-            for pu in outcome.pairs:
-                shard = shard_of(pu.row, cfg.similarity.shards)
-                b = by_shard.get(shard)
-                if b is None:
-                    b = by_shard[shard] = PairShardBatch(shard, [], [], [], pu.ts)
-                b.rows.append(pu.row)
-                b.cols.append(pu.col)
-                b.weights.append(pu.weight)
-            batches = [dumps(b) for b in by_shard.values()]
+            batches = [dumps(b) for b in pair_batches_by_shard(outcome.pairs,
+                                                                 cfg.similarity.shards)]
         t0 = t("5 side outputs: activity + pair batches (build + pickle)", t0)
         snapshot = None
         proc_now = int(self.proc_ms)

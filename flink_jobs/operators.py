@@ -13,9 +13,7 @@ Topology (see flink_jobs/recsys_job.py):
 
 from __future__ import annotations
 
-import math
 import time
-import zlib
 from typing import Any, Iterable
 
 import orjson
@@ -43,7 +41,7 @@ from udfs.ab import (
 from udfs.privacy import load_pseudonym_key, pseudonymize
 from udfs.observability import cumulative_buckets, histogram_labels
 from udfs.recommend import ItemModel, UserView, recommend
-from udfs.similarity import ItemRow, PairBatch, apply_pair_updates
+from udfs.similarity import ItemRow, PairBatch, apply_pair_updates, pair_batches_by_shard
 from udfs.trending import TrendingModel
 from udfs.validation import (
     KIND_ATTRIBUTES, KIND_EVENT, KIND_ITEM, KIND_PRIVACY, KIND_REQUEST, DeadLetter, dead_letter,
@@ -72,11 +70,6 @@ def kafka_record(key: str, value: dict[str, Any] | None) -> Row:
 
 def dlq_record(letter: DeadLetter) -> Row:
     return kafka_record(letter.source_topic, letter.to_message())
-
-
-def shard_of(item_id: str, shards: int) -> int:
-    """Stable across processes and restarts (Python's hash() is salted per process)."""
-    return zlib.crc32(item_id.encode("utf-8")) % shards
 
 
 def now_ms() -> int:
@@ -274,16 +267,7 @@ class ProfileOperator(KeyedBroadcastProcessFunction):
                                              outcome.occurrence_delta, event["ts"], segment,
                                              item.categories if item else ())
         if outcome.pairs and not frozen:
-            by_shard: dict[int, PairShardBatch] = {}
-            for pu in outcome.pairs:
-                shard = shard_of(pu.row, cfg.similarity.shards)
-                batch = by_shard.get(shard)
-                if batch is None:
-                    batch = by_shard[shard] = PairShardBatch(shard, [], [], [], pu.ts)
-                batch.rows.append(pu.row)
-                batch.cols.append(pu.col)
-                batch.weights.append(pu.weight)
-            for batch in by_shard.values():
+            for batch in pair_batches_by_shard(outcome.pairs, cfg.similarity.shards):
                 yield PAIRS_TAG, batch
         yield from self._maybe_snapshot(p, ctx)
         self._save(p)
@@ -475,7 +459,6 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext):
         self.impressions = runtime_context.get_state(ValueStateDescriptor("impressions", PICKLED))
-        rc = self.cfg.recommend
         self.model = ItemModel(catalog={}, neighbors={}, trending=self._new_trending())
         self.model_loaded = False
         self.activity_since_snapshot = 0

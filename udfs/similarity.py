@@ -49,12 +49,14 @@ import ctypes
 import ctypes.util
 import math
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from recsys.config import SimilarityConfig
+from state_schemas.internal import PairShardBatch
 from state_schemas.state import ITEM_ROW_STATE_VERSION, StateVersionError
 
 METRICS: tuple[str, ...] = ("cosine", "jaccard", "popularity_penalised")
@@ -999,3 +1001,25 @@ def apply_pair_updates_reference(rows: Mapping[str, ItemRow], batch: PairBatch,
                                       [entries[j][1] for j in kept],
                                       [(j, score[j]) for j in top])
     return out
+
+
+# ------------------------------------------------------------------------------ sharding
+def shard_of(item_id: str, shards: int) -> int:
+    """The similarity shard of an item's row: stable across processes and restarts (crc32;
+    Python's ``hash()`` of a str is salted per process)."""
+    return zlib.crc32(item_id.encode("utf-8")) % shards
+
+
+def pair_batches_by_shard(pairs: Iterable[Any], shards: int) -> list[PairShardBatch]:
+    """One event's pair updates (``udfs.profile.PairUpdate``) grouped into one batch per shard
+    of their row item, in first-seen shard order."""
+    by_shard: dict[int, PairShardBatch] = {}
+    for pu in pairs:
+        shard = shard_of(pu.row, shards)
+        batch = by_shard.get(shard)
+        if batch is None:
+            batch = by_shard[shard] = PairShardBatch(shard, [], [], [], pu.ts)
+        batch.rows.append(pu.row)
+        batch.cols.append(pu.col)
+        batch.weights.append(pu.weight)
+    return list(by_shard.values())

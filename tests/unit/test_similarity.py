@@ -6,6 +6,7 @@ plain-Python reference over many random batches applied to evolving state.
 
 from __future__ import annotations
 
+import zlib
 import math
 import pickle
 import subprocess
@@ -469,3 +470,19 @@ def test_config_with_other_defaults_still_matches_reference():
     occ = {i: float(rng.uniform(50, 500)) for i in ids}
     _assert_same(apply_pair_updates({}, batch, occ, c, L),
                  apply_pair_updates_reference({}, batch, occ, c, L), "defaults")
+
+
+def test_pair_batches_by_shard_groups_rows_stably():
+    from udfs.profile import PairUpdate
+    from udfs.similarity import pair_batches_by_shard, shard_of
+
+    assert shard_of("item-1", 16) == zlib.crc32(b"item-1") % 16  # not the salted hash()
+    pairs = [PairUpdate(r, c, w, 5) for r, c, w in
+             [("a", "b", 1.0), ("b", "a", 1.0), ("a", "c", 2.0), ("c", "a", 2.0)]]
+    batches = pair_batches_by_shard(pairs, 4)
+    assert sorted(b.shard for b in batches) == sorted({shard_of(i, 4) for i in "abc"})
+    flat = sorted((r, c, w) for b in batches for r, c, w in zip(b.rows, b.cols, b.weights))
+    assert flat == sorted((p.row, p.col, p.weight) for p in pairs)
+    for b in batches:
+        assert all(shard_of(r, 4) == b.shard for r in b.rows) and b.ts == 5
+    assert [len(b.rows) for b in pair_batches_by_shard(pairs, 1)] == [4]

@@ -6,11 +6,11 @@ plain-Python reference over many random batches applied to evolving state.
 
 from __future__ import annotations
 
-import zlib
 import math
 import pickle
 import subprocess
 import sys
+import zlib
 from dataclasses import replace
 from pathlib import Path
 

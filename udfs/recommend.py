@@ -41,6 +41,7 @@ the interest reason when the item was found among the trending items of that fav
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
@@ -109,20 +110,26 @@ class _NeighborArrays:
     model uses the same id) rebuilds the entry, so the cache can never serve stale neighbours.
     Codes come from an append-only interning table shared by all models of the process (its size
     is bounded by the number of distinct item ids). Thread mode may run several operator
-    instances in one interpreter: a race at worst rebuilds an entry twice.
+    instances in one interpreter, and the GIL can switch threads between any two bytecodes:
+    new codes are handed out under a lock (two ids must never share one); a race on ``rows``
+    at worst rebuilds an entry twice.
     """
 
     def __init__(self) -> None:
         self.code: dict[str, int] = {}
         self.ids: list[str] = []
         self.rows: dict[str, tuple[object, np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
 
     def intern(self, item: str) -> int:
         c = self.code.get(item)
         if c is None:
-            c = self.code.setdefault(item, len(self.ids))
-            if c == len(self.ids):
-                self.ids.append(item)
+            with self._lock:
+                c = self.code.get(item)
+                if c is None:
+                    c = len(self.ids)
+                    self.ids.append(item)
+                    self.code[item] = c
         return c
 
     def get(self, item: str, row: Sequence[tuple[str, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -225,9 +232,16 @@ class _ItemFeatureArrays:
     def __init__(self) -> None:
         self.code: dict[str, int] = {}
         self.items: dict[str, tuple[ItemInfo, np.ndarray]] = {}
+        self._lock = threading.Lock()
 
     def intern(self, feature: str) -> int:
-        return self.code.setdefault(feature, len(self.code))
+        c = self.code.get(feature)
+        if c is None:
+            with self._lock:  # see _NeighborArrays.intern
+                c = self.code.get(feature)
+                if c is None:
+                    c = self.code[feature] = len(self.code)
+        return c
 
     def get(self, item: str, info: ItemInfo) -> np.ndarray:
         hit = self.items.get(item)

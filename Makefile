@@ -54,7 +54,8 @@ profile: setup
 
 ## make eval: MovieLens-100k through the real job: protocol A (top-10 vs the published
 ## Recommenders table + popularity) and B (prequential, live vs frozen, A/B); writes
-## reports/eval.json + reports/eval_*.png and prints the table (~18 min on the 2-core machine).
+## reports/eval.json + reports/eval_*.png and prints the table (~18 min on the 2-core machine,
+## from a fresh clone including set-up).
 eval: setup
 	$(PY) -m recsys.evaluation --config deploy/ml-100k.toml --out reports
 

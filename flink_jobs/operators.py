@@ -478,6 +478,13 @@ class RecommendOperator(KeyedBroadcastProcessFunction):
         metrics.gauge("model_items_with_neighbors", lambda: len(self.model.neighbors))
         metrics.gauge("model_neighbor_pairs", lambda: self.neighbor_pairs)
         metrics.gauge("model_trending_items", lambda: len(self.model.trending.items))
+        # Registered at 0 before the first recommendation: Prometheus' increase() cannot see
+        # the growth of a series whose first scrape already holds its value, and the
+        # "no recommendations while events arrive" alert would fire on a fresh, busy job.
+        for variant in self.cfg.recommend.variants:
+            for trigger in ("event", "request"):
+                self._count(self.emitted, "recommendations_emitted", variant, "trigger",
+                            trigger, 0)
 
     def _new_trending(self) -> TrendingModel:
         rc = self.cfg.recommend

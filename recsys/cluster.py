@@ -48,6 +48,7 @@ import sys
 import sysconfig
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zipfile
@@ -760,7 +761,16 @@ def stop_job_with_savepoint(jobmanager: str, job_id: str, target_dir: str | None
     if target_dir:
         body["targetDirectory"] = _as_uri(target_dir)
     trigger = rest(jobmanager, "POST", f"/jobs/{job_id}/stop", body)["request-id"]
-    location = _await_savepoint(jobmanager, job_id, trigger, timeout_s)
+    try:
+        location = _await_savepoint(jobmanager, job_id, trigger, timeout_s)
+    except ClusterError:
+        # A local mini-cluster can finish the job and shut its REST endpoint down between two
+        # polls of the savepoint's status: the completed savepoint is then on disk.
+        found = (_completed_savepoint_on_disk(target_dir, job_id)
+                 if target_dir and not _reachable(jobmanager) else None)
+        if found is None:
+            raise
+        return found
     try:
         wait_for_job_state(jobmanager, job_id, TERMINAL_STATES, timeout_s)
     except ClusterError:
@@ -769,6 +779,26 @@ def stop_job_with_savepoint(jobmanager: str, job_id: str, target_dir: str | None
         if _reachable(jobmanager):
             raise
     return location
+
+
+def _completed_savepoint_on_disk(target_dir: str, job_id: str, wait_s: float = 10.0
+                                 ) -> str | None:
+    """The newest complete savepoint of ``job_id`` in a local ``target_dir`` (Flink writes
+    ``savepoint-<first 6 hex digits of the job id>-<random>/_metadata`` last), as the
+    ``file:`` location the REST API would have given; None if there is none."""
+    uri = _as_uri(target_dir)
+    if not uri.startswith("file:"):
+        return None
+    directory = Path(urllib.parse.urlparse(uri).path)
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = sorted(directory.glob(f"savepoint-{job_id[:6]}-*/_metadata"),
+                      key=lambda m: m.stat().st_mtime)
+        if done:
+            return f"file:{done[-1].parent}"
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
 
 
 def _reachable(jobmanager: str) -> bool:

@@ -47,14 +47,22 @@ def warmed_job(running_job):
         {"user_id": "u1", "ts": T0 - 5, "attributes": {
             "age": 30, "gender": "F", "email": "ann@example.com", "region": "EU"}}],
         key_field="user_id")
-    running_job.produce("user_events", [ev("w1", "view", "i1", 0, user="warmup")], key_field="user_id")
 
     def sentinel_has_interests(records):
         p = latest_by_key(records).get("warmup")
         return bool(p and "category:shoes" in p["interests"])
 
-    recs = running_job.consume("user_profiles", sentinel_has_interests, timeout_s=120)
-    assert sentinel_has_interests(recs), "the job produced no profile for the warm-up event"
+    # The catalogue (broadcast) and the events are separate sources read in parallel: a warm-up
+    # event can overtake the catalogue and then moves no interests. Send one every few seconds
+    # until one arrives after the catalogue (the first normally does).
+    recs: list = []
+    for n in range(20):
+        running_job.produce("user_events", [ev(f"w{n}", "view", "i1", n, user="warmup")],
+                            key_field="user_id")
+        recs = running_job.consume("user_profiles", sentinel_has_interests, timeout_s=6)
+        if sentinel_has_interests(recs):
+            break
+    assert sentinel_has_interests(recs), "the job produced no profile for the warm-up events"
     return running_job
 
 

@@ -347,6 +347,9 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext):
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending-pairs", PICKLED))
+        # The shard count the rows of this shard key were written with: item rows are keyed by
+        # shard, so a changed similarity.shards would silently orphan them (see recsys/config.py).
+        self.layout = runtime_context.get_state(ValueStateDescriptor("shard-layout", Types.INT()))
         self.rows = runtime_context.get_map_state(
             MapStateDescriptor("item-rows", Types.STRING(), PICKLED))
         # item -> (last emitted processing time, emission pending). Pending items are also kept
@@ -385,6 +388,16 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
     def process_element(self, value: PairShardBatch, ctx):
         self._ensure_occurrence(ctx)
         value = PairShardBatch._make(value)
+        shards = self.cfg.similarity.shards
+        written_with = self.layout.value()
+        if written_with is None:
+            self.layout.update(shards)  # new shard key, or state from before this check
+        elif written_with != shards:
+            raise ValueError(
+                f"similarity.shards is {shards}, but the restored similarity state was written "
+                f"with {written_with} shards: its item rows would be unreachable. Set "
+                f"similarity.shards={written_with} (it is part of the state layout), or start "
+                f"without this savepoint to rebuild the similarities from new events.")
         self.pending.add(value)
         self.pair_updates.inc(len(value.rows))
         interval = self.cfg.similarity.flush_interval_ms

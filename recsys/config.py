@@ -165,8 +165,8 @@ class SimilarityConfig:
     # Pair updates are routed to shards (stable hash of the item id); each shard key batches its
     # updates for the vectorised kernel. More shards than the maximum parallelism is pointless.
     # 16 serves a similarity operator parallelism up to 16 with ~4x fewer, larger kernel calls
-    # than 64 at parallelism 1 (docs/scaling.md). Part of the state layout: changing it loses
-    # the rows stored under the old shards (they are rebuilt from new events).
+    # than 64 at parallelism 1 (docs/scaling.md). Part of the state layout: rows are keyed by
+    # shard, so the job refuses a savepoint written with another count (it names the value).
     shards: int = 16
     # > 0: events at or after this event time no longer update occurrence, co-occurrence,
     # neighbours or popularity (profiles still do). The evaluation's "frozen model" baseline.

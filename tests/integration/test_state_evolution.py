@@ -121,3 +121,46 @@ def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_c
             assert p["interests"]["category:c"] > 0
     finally:
         stop_job_process(new)
+
+
+def test_a_changed_shard_count_is_refused_with_the_setting_to_use(kafka_bootstrap, tmp_path):
+    """``similarity.shards`` is part of the state layout: restoring similarity rows written with
+    another shard count fails the job with a message naming the setting, instead of silently
+    orphaning every row."""
+    names = unique_topic_names()
+    ensure_topics(kafka_bootstrap, names, 1)
+    rest_port = free_port_pair()
+    base = [f'kafka.bootstrap_servers="{kafka_bootstrap}"', 'kafka.starting_offsets="earliest"',
+            f'kafka.group_id="shards-{uuid.uuid4().hex[:6]}"',
+            f'kafka.transactional_id_prefix="sh{uuid.uuid4().hex[:6]}"', f"job.rest_port={rest_port}",
+            "job.restart_attempts=1", "job.restart_delay_ms=500"] + topic_overrides(names) + FAST_SETTINGS
+    first = start_job_process(base + ["similarity.shards=4"], tmp_path / "first.log")
+    job = RunningJob(kafka_bootstrap, names, tmp_path / "first.log", first)
+    try:
+        # Every item id lands in some shard of 4; with a few of them, shard keys 0-1 get rows.
+        items = [f"i{n}" for n in range(12)]
+        job.produce("user_events", [ev(f"s{n}", f"u{n % 3}", "purchase", item, n * 10)
+                                    for n, item in enumerate(items)], key_field="user_id")
+        job.consume("item_similarity", lambda rs: len({r["key"] for r in rs}) >= 6, timeout_s=120)
+        jobmanager = f"127.0.0.1:{rest_port}"
+        job_id = first_job_id(jobmanager)
+        savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "sp"))
+        first.wait(60)
+    finally:
+        stop_job_process(first)
+
+    second = start_job_process(base + ["similarity.shards=2", f'job.savepoint_path="{savepoint}"'],
+                               tmp_path / "second.log")
+    try:
+        # New items for the same users: pair updates with their restored histories.
+        RunningJob(kafka_bootstrap, names, tmp_path / "second.log", second).produce(
+            "user_events", [ev(f"t{n}", f"u{n % 3}", "purchase", f"j{n}", 10_000 + n)
+                            for n in range(12)], key_field="user_id")
+        second.wait(180)  # the restart strategy gives up after one more attempt
+    finally:
+        stop_job_process(second)
+    # The job's own output (the client's exception) and Flink's log (the task's failure).
+    log = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*.log"))
+    assert second.returncode != 0, log_tail(tmp_path / "second.log")
+    assert "similarity.shards is 2, but the restored similarity state was written with 4" in log, \
+        log_tail(tmp_path / "second.log")

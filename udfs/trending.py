@@ -231,10 +231,39 @@ class DecayedCounter:
         return out
 
     def _sorted(self, idx: np.ndarray) -> list[int]:
-        """Indices ordered by value descending, then key ascending (deterministic ties)."""
-        vals = self._values[idx].tolist()
-        keys = self._keys
-        return [i for _, i in sorted(zip(vals, idx.tolist()), key=lambda p: (-p[0], keys[p[1]]))]
+        """Indices ordered by value descending, then key ascending (deterministic ties).
+
+        One numpy argsort; only runs of equal values (rare with float sums) are ordered by key
+        in Python.
+        """
+        idx = np.asarray(idx, dtype=np.int64)
+        vals = self._values[idx]
+        order = np.argsort(-vals, kind="stable")
+        ranked_vals = vals[order]
+        out = idx[order].tolist()
+        tied = np.flatnonzero(ranked_vals[1:] == ranked_vals[:-1])
+        if len(tied):
+            keys = self._keys
+            v = ranked_vals.tolist()
+            for start in tied.tolist():
+                if start > 0 and v[start - 1] == v[start]:
+                    continue  # inside a run already sorted
+                end = start + 1
+                while end < len(v) and v[end] == v[start]:
+                    end += 1
+                out[start:end] = sorted(out[start:end], key=keys.__getitem__)
+        return out
+
+    def _best_pool(self, want: int) -> tuple[np.ndarray, bool]:
+        """The positive indices whose value is at least the ``want``-th largest (ties at the cut
+        included): a prefix of the full order. True when that is every positive key."""
+        size = len(self._keys)
+        positive = np.flatnonzero(self._values[:size] > 0)
+        if len(positive) <= want:
+            return positive, True
+        vals = self._values[positive]
+        part = np.argpartition(-vals, want - 1)[:want]
+        return positive[vals >= vals[part].min()], False
 
     def _select(self, pool: np.ndarray, n: int) -> list[int]:
         """The ``n`` best of the indices ``pool``, exactly as a full sort would order them."""
@@ -297,22 +326,8 @@ class DecayedCounter:
             else:
                 pool, complete = np.arange(size), True
             pool = pool[self._values[pool] > 0]
-            vals = self._values[pool]
-            order = np.argsort(-vals, kind="stable")
-            ranked_vals = vals[order]
-            idx = pool[order].tolist()
-            # Equal values (rare with float sums): order each run of them by key, exactly.
-            tied = np.flatnonzero(ranked_vals[1:] == ranked_vals[:-1])
-            if len(tied):
-                keys = self._keys
-                v = ranked_vals.tolist()
-                for start in tied.tolist():
-                    if start > 0 and v[start - 1] == v[start]:
-                        continue  # inside a run already sorted
-                    end = start + 1
-                    while end < len(v) and v[end] == v[start]:
-                        end += 1
-                    idx[start:end] = sorted(idx[start:end], key=keys.__getitem__)
+            idx = self._sorted(pool)
+            ranked_vals = self._values[np.asarray(idx, dtype=np.int64)]
             if not complete and len(idx):
                 exact = int(np.count_nonzero(ranked_vals > ranked_vals[-1]))
                 idx, ranked_vals = idx[:exact], ranked_vals[:exact]
@@ -341,20 +356,26 @@ class DecayedCounter:
             out.append((k, value * factor))
             if len(out) >= n:
                 return out
-        taken = len(ranked_keys)
-        keys, values = self._keys, self._values
         if complete:
             return out
-        size = len(keys)
-        pool = np.flatnonzero(values[:size] > 0)
-        for i in self._sorted(pool)[taken:]:
-            k = keys[i]
-            if (exclude and k in exclude) or (allowed is not None and not allowed(k)):
-                continue
-            out.append((k, float(values[i]) * factor))
-            if len(out) >= n:
-                break
-        return out
+        # The prefix ran out (many keys filtered out): continue in the full order, sorting
+        # only a growing prefix of it rather than every key of the counter.
+        keys, values = self._keys, self._values
+        pos = len(ranked_keys)
+        want = 4 * (pos + n)
+        while True:
+            pool, everything = self._best_pool(want)
+            ordered = self._sorted(pool)
+            for i in ordered[pos:]:
+                k = keys[i]
+                if k in excluded or (allowed is not None and not allowed(k)):
+                    continue
+                out.append((k, float(values[i]) * factor))
+                if len(out) >= n:
+                    return out
+            if everything:
+                return out
+            pos, want = len(ordered), 4 * want
 
     # ----------------------------------------------------------------------------- pruning
     def prune(self, now: float, min_score: float = 0.0, max_keys: int | None = None) -> int:

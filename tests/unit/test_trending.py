@@ -109,6 +109,22 @@ def test_top_where_equals_a_full_sort_with_the_filter(cache):
     assert c.top_where(0, T0) == []
 
 
+def test_top_where_grows_its_fallback_prefix_until_enough_keys_pass():
+    """A reader that filters out nearly all popular keys walks past the cache and past several
+    growing prefixes of the full order; the answer is still the exact filtered order."""
+    rng = random.Random(5)
+    c, reference = DecayedCounter(H, top_cache_size=5), DecayedCounter(H)
+    for n in range(3000):
+        key, w = f"k{rng.randint(0, 1999):04d}", rng.choice([1.0, 2.0, 3.0])
+        c.add(key, w, T0 + n)
+        reference.add(key, w, T0 + n)
+    full = reference.top(5000, T0 + 3000)
+    allowed = {k for k, _ in full[-150:]}  # only the least popular keys pass
+    got = c.top_where(40, T0 + 3000, exclude={full[-1][0]}, allowed=allowed.__contains__)
+    assert got == [kv for kv in full if kv[0] in allowed and kv[0] != full[-1][0]][:40]
+    assert len(got) == 40
+
+
 def test_top_where_scores_survive_a_rebase():
     c = DecayedCounter(H, top_cache_size=4)
     c.add_many(["a", "b"], [2.0, 1.0], T0)

@@ -246,15 +246,9 @@ class Replay:
         batches = [loads(b) for b in self.pending.pop(shard, [])]
         if not batches:
             return
-        rows, cols, weights, ts = [], [], [], []
-        for b in map(PairShardBatch._make, batches):
-            rows.extend(b.rows)
-            cols.extend(b.cols)
-            weights.extend(b.weights)
-            ts.extend([b.ts] * len(b.rows))
-        batch = PairBatch.from_lists(rows, cols, weights, ts)
+        batch = PairBatch.from_shard_batches(batches)
         current = {}
-        for item_id in set(rows):
+        for item_id in set(batch.rows.tolist()):
             stored = self.rows.get(item_id)
             if stored is not None:
                 current[item_id] = ItemRow.from_state(loads(stored))

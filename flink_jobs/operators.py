@@ -350,6 +350,7 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
         # The shard count the rows of this shard key were written with: item rows are keyed by
         # shard, so a changed similarity.shards would silently orphan them (see recsys/config.py).
         self.layout = runtime_context.get_state(ValueStateDescriptor("shard-layout", Types.INT()))
+        self.layout_checked: set[int] = set()  # shard keys checked since open(): no state read
         self.rows = runtime_context.get_map_state(
             MapStateDescriptor("item-rows", Types.STRING(), PICKLED))
         # item -> (last emitted processing time, emission pending). Pending items are also kept
@@ -388,6 +389,18 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
     def process_element(self, value: PairShardBatch, ctx):
         self._ensure_occurrence(ctx)
         value = PairShardBatch._make(value)
+        if value.shard not in self.layout_checked:
+            self._check_layout()
+            self.layout_checked.add(value.shard)
+        self.pending.add(value)
+        self.pair_updates.inc(len(value.rows))
+        interval = self.cfg.similarity.flush_interval_ms
+        proc_now = ctx.timer_service().current_processing_time()
+        # Coalesced: every record of this shard in the same interval maps to the same timer.
+        ctx.timer_service().register_processing_time_timer((proc_now // interval + 1) * interval)
+        return iter(())
+
+    def _check_layout(self) -> None:
         shards = self.cfg.similarity.shards
         written_with = self.layout.value()
         if written_with is None:
@@ -398,13 +411,6 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
                 f"with {written_with} shards: its item rows would be unreachable. Set "
                 f"similarity.shards={written_with} (it is part of the state layout), or start "
                 f"without this savepoint to rebuild the similarities from new events.")
-        self.pending.add(value)
-        self.pair_updates.inc(len(value.rows))
-        interval = self.cfg.similarity.flush_interval_ms
-        proc_now = ctx.timer_service().current_processing_time()
-        # Coalesced: every record of this shard in the same interval maps to the same timer.
-        ctx.timer_service().register_processing_time_timer((proc_now // interval + 1) * interval)
-        return iter(())
 
     def on_timer(self, timestamp: int, ctx):
         self._ensure_occurrence(ctx)
@@ -414,14 +420,8 @@ class SimilarityOperator(KeyedBroadcastProcessFunction):
         if batches:
             self.pending.clear()
             self.batches.inc()
-            rows, cols, weights, ts = [], [], [], []
-            for b in map(PairShardBatch._make, batches):
-                rows.extend(b.rows)
-                cols.extend(b.cols)
-                weights.extend(b.weights)
-                ts.extend([b.ts] * len(b.rows))
-            batch = PairBatch.from_lists(rows, cols, weights, ts)
-            touched = set(rows)
+            batch = PairBatch.from_shard_batches(batches)
+            touched = set(batch.rows.tolist())
             current = {}
             for item_id in touched:
                 stored = self.rows.get(item_id)

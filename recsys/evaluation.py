@@ -452,6 +452,14 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig: Any, name: str) -> str:
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return str(path)
+
     b = report.get("protocol_b")
     if b:
         fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -477,11 +485,7 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set_title("Protocol B: is the next rated movie in the latest top-10?")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / "eval_protocol_b_over_time.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(save(fig, "eval_protocol_b_over_time.png"))
 
         pv = (b.get("pipeline") or {}).get("per_variant") or {}
         if pv:
@@ -495,11 +499,7 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[str]:
                 ax.set_title(f"{metric} per A/B variant")
                 ax.grid(axis="y", alpha=0.3)
             fig.suptitle("Protocol B through the job: tuned vs shipped blend (50/50 by user)")
-            fig.tight_layout()
-            path = out_dir / "eval_protocol_b_variants.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(str(path))
+            written.append(save(fig, "eval_protocol_b_variants.png"))
 
     a = report.get("protocol_a")
     if a:
@@ -521,11 +521,7 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set_title("Protocol A: MovieLens-100k, per-user 75/25 split (dotted: LightGCN nDCG)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / "eval_protocol_a.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(save(fig, "eval_protocol_a.png"))
     return written
 
 

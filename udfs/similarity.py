@@ -273,6 +273,22 @@ class PairBatch:
         return cls(rows, cols, weights, ts)
 
     @classmethod
+    def from_shard_batches(cls, batches: Iterable[Sequence[Any]]) -> PairBatch:
+        """One batch from buffered ``PairShardBatch`` records (plain tuples once PyFlink has
+        pickled them), in order; a record's ``ts`` applies to each of its pairs. The inverse
+        of :func:`pair_batches_by_shard`."""
+        rows: list[str] = []
+        cols: list[str] = []
+        weights: list[float] = []
+        ts: list[int] = []
+        for b in map(PairShardBatch._make, batches):
+            rows.extend(b.rows)
+            cols.extend(b.cols)
+            weights.extend(b.weights)
+            ts.extend([b.ts] * len(b.rows))
+        return cls.from_lists(rows, cols, weights, ts)
+
+    @classmethod
     def from_tuples(cls, updates: Iterable[tuple[str, str, float, int]]) -> PairBatch:
         """Build a batch from ``(row, col, weight, ts)`` tuples (handy in tests)."""
         updates = list(updates)

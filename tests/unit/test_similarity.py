@@ -486,3 +486,8 @@ def test_pair_batches_by_shard_groups_rows_stably():
     for b in batches:
         assert all(shard_of(r, 4) == b.shard for r in b.rows) and b.ts == 5
     assert [len(b.rows) for b in pair_batches_by_shard(pairs, 1)] == [4]
+    # ... and back into one kernel batch, as the similarity operator does with its buffer
+    # (the records arrive as plain tuples after PyFlink's pickling).
+    merged = PairBatch.from_shard_batches([tuple(b) for b in batches])
+    assert sorted(zip(merged.rows.tolist(), merged.cols.tolist(), merged.weights.tolist(),
+                      merged.ts.tolist())) == sorted((p.row, p.col, p.weight, 5) for p in pairs)

@@ -100,6 +100,7 @@ class Replay:
         self.pending: dict[int, list[bytes]] = {}    # shard -> ListState (pickled batches)
         self.timers: dict[int, float] = {}           # shard -> next flush (processing ms)
         self.emitted: dict[int, dict[str, bytes]] = collections.defaultdict(dict)
+        self.emit_pending: dict[int, set[str]] = collections.defaultdict(set)
         self.stats = collections.Counter()
         self.reco_digest = 0
 
@@ -263,23 +264,20 @@ class Replay:
             if old is None or list(old.neighbors) != list(row.neighbors):
                 due.append(item_id)
         t0 = t("18 similarity flush: write rows (to_state + pickle)", t0)
-        emitted = self.emitted[shard]
-        for item_id in due:
+        emitted, pending = self.emitted[shard], self.emit_pending[shard]
+        pending.update(due)
+        for item_id in list(pending):  # the operator looks at its pending map only
             last, _ = loads(emitted[item_id]) if item_id in emitted else (0, False)
-            emitted[item_id] = dumps((last, True))
-        for item_id, raw in list(emitted.items()):  # the operator scans the whole map state
-            last, pending = loads(raw)
-            if not pending:
-                continue
             if timestamp - last >= sim.emit_min_interval_ms:
                 neighbors = ItemRow.neighbors_of_state(loads(self.rows[item_id]))
                 emitted[item_id] = dumps((timestamp, False))
+                pending.discard(item_id)
                 nb = [(j, float(s)) for j, s in neighbors]
                 self.model.neighbors[item_id] = nb  # (+ pickle hops, broadcast)
                 self.stats["neighbor_rows_emitted"] += 1
             else:
                 self.timers.setdefault(shard, last + sim.emit_min_interval_ms)
-        t("19 similarity flush: emit scan (all items of the shard)", t0)
+        t("19 similarity flush: emit (pending items of the shard)", t0)
         self.stats["flushes"] += 1
         self.stats["flushed_pairs"] += len(batch)
 

@@ -325,8 +325,7 @@ def trending_candidates(trending: TrendingModel, now_ms: float, limit: int, *,
         got = trending.trending_in_category(category, limit, now_ms, exclude, allowed)
     else:
         got = trending.trending_items(limit, now_ms, exclude, allowed)
-    kept = got
-    kept = [(i, s) for i, s in kept[:limit] if s > 0]
+    kept = [(i, s) for i, s in got if s > 0]  # top_where returns at most ``limit``
     if not kept:
         return {}
     top = kept[0][1]

@@ -73,7 +73,7 @@ import orjson  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from recsys import kafka_local  # noqa: E402
-from recsys.config import TopicNames  # noqa: E402
+from state_schemas.config import TopicNames  # noqa: E402
 from recsys.job_process import log_tail, start_job_process, stop_job_process  # noqa: E402
 from recsys.paths import KAFKA_JARS_DIR  # noqa: E402
 from recsys.topics import topic_specs  # noqa: E402

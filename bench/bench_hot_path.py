@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import orjson  # noqa: E402
 
-from recsys.config import EngineConfig, load_config  # noqa: E402
+from state_schemas.config import EngineConfig, load_config  # noqa: E402
 from state_schemas.internal import (  # noqa: E402
     InputRecord, ItemActivity, ModelUpdate, PairShardBatch, RecommendationTrigger)
 from state_schemas.state import (  # noqa: E402

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from recsys import kafka_io, kafka_local  # noqa: E402
-from recsys.config import TopicNames  # noqa: E402
+from state_schemas.config import TopicNames  # noqa: E402
 from recsys.job_process import stop_job_process  # noqa: E402
 from recsys.serve import start_process  # noqa: E402
 from recsys.topics import ensure_topics  # noqa: E402

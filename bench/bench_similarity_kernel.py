@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.config import DAY_MS, SimilarityConfig  # noqa: E402
+from state_schemas.config import DAY_MS, SimilarityConfig  # noqa: E402
 from udfs.similarity import (ItemRow, PairBatch, apply_pair_updates,  # noqa: E402
                              apply_pair_updates_reference, tune_allocator)
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 
-from recsys.config import DAY_MS, EngineConfig, load_config  # noqa: E402
+from state_schemas.config import DAY_MS, EngineConfig, load_config  # noqa: E402
 from state_schemas.state import (  # noqa: E402
     ItemInfo, UserProfileState, user_profile_from_state, user_profile_to_state)
 from udfs import profile as prof  # noqa: E402

@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from recsys import kafka_io, kafka_local, sample_stream
-from recsys.config import TopicNames
+from state_schemas.config import TopicNames
 from recsys.job_process import log_tail, start_job_process, stop_job_process
 from recsys.topics import ensure_topics
 

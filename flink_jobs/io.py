@@ -1,4 +1,10 @@
-"""Flink glue: the execution environment, Kafka sources and sinks, built from ``EngineConfig``."""
+"""Flink glue: the execution environment, Kafka sources and sinks, the micro-batch operator.
+
+Everything on the record path except the engine itself is Java, reached through PyFlink's
+gateway: the input deserializer (key and event time), keying, watermarks, the micro-batch Python
+operator and the sink schemas (``deploy/java``). PyFlink's own DataStream wrappers would add a
+Python operator per ``key_by``, per side output and per timestamp assigner.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,16 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.common.serialization import DeserializationSchema, SerializationSchema
-from pyflink.java_gateway import get_gateway
+import pickle
+from dataclasses import dataclass
+
+from pyflink.common import Configuration
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
-from pyflink.datastream.connectors.base import DeliveryGuarantee
-from pyflink.datastream.connectors.kafka import (
-    KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaRecordSerializationSchema, KafkaSink,
-    KafkaSource)
+from pyflink.java_gateway import get_gateway
+from pyflink.util.java_utils import get_j_env_configuration
 
-from recsys.config import EngineConfig
+from state_schemas.config import EngineConfig
 from recsys.paths import PROJECT_ROOT, connector_jars
-
-BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
-# Kafka records leave the job as Row(key bytes, value bytes); value None is a tombstone.
-KAFKA_RECORD = Types.ROW([BYTES, BYTES])
-
 
 def prepare_python_environment() -> None:
     """Make the embedded (thread-mode) interpreter see this venv and the project.
@@ -119,79 +119,128 @@ def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
     return env
 
 
-def _starting_offsets(cfg: EngineConfig) -> KafkaOffsetsInitializer:
+def _starting_offsets(jvm, cfg: EngineConfig):
+    init = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
     if cfg.kafka.starting_offsets == "earliest":
-        return KafkaOffsetsInitializer.earliest()
+        return init.earliest()
     if cfg.kafka.starting_offsets == "latest":
-        return KafkaOffsetsInitializer.latest()
-    return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+        return init.latest()
+    strategy = jvm.org.apache.flink.kafka.shaded.org.apache.kafka.clients.consumer \
+        .OffsetResetStrategy.EARLIEST
+    return init.committedOffsets(strategy)
 
 
-def null_safe_bytes_schema() -> DeserializationSchema:
-    """Raw value bytes; a tombstone becomes b"" (deploy/java: NullSafeByteArraySchema).
+def _array(jvm, java_type, values):
+    arr = get_gateway().new_array(java_type, len(values))
+    for i, v in enumerate(values):
+        arr[i] = v
+    return arr
 
-    Flink's ByteArraySchema yields null for a tombstone, which the source drops silently; the
-    edge must see it to dead-letter it.
-    """
+
+@dataclass(frozen=True)
+class SourceTopic:
+    """One topic of an input source: the record kind it becomes (``state_schemas/records.py``),
+    the JSON field holding its routing key, and whether that key is a user id to pseudonymise."""
+    topic: str
+    kind: int
+    key_field: str
+    pseudonymize: bool = False
+
+
+def input_source(env: StreamExecutionEnvironment, cfg: EngineConfig, topics: list[SourceTopic],
+                 name: str, uid: str):
+    """A Kafka source of engine records, keyed and timestamped in Java (no Python operator):
+    ``deploy/java/.../InputRecordDeserializer``, Java watermarks on the record's event time."""
     jvm = get_gateway().jvm
-    return DeserializationSchema(jvm.io.github.recsys.flink.NullSafeByteArraySchema())
-
-
-def row_field_schema(index: int) -> SerializationSchema:
-    """Field ``index`` (bytes) of Row(key, value); None stays None, so a None value is a
-    tombstone (deploy/java: NullableRowFieldSchema; Flink's RowFieldExtractorSchema writes b"")."""
-    jvm = get_gateway().jvm
-    return SerializationSchema(jvm.io.github.recsys.flink.NullableRowFieldSchema(index))
-
-
-def kafka_source(cfg: EngineConfig, topic: str) -> KafkaSource:
-    """Raw bytes of each record: decoding is the edge's job, so bad bytes reach the DLQ."""
-    builder = (KafkaSource.builder()
-               .set_bootstrap_servers(cfg.kafka.bootstrap_servers)
-               .set_topics(topic)
-               .set_group_id(cfg.kafka.group_id)
-               .set_starting_offsets(_starting_offsets(cfg))
-               .set_value_only_deserializer(null_safe_bytes_schema())
-               # Read only committed output of transactional producers (our own loop-backs too).
-               .set_property("isolation.level", "read_committed")
-               .set_property("client.id.prefix", f"{cfg.kafka.group_id}-{topic}")
-               .set_property("partition.discovery.interval.ms", "60000"))
+    flink = jvm.io.github.recsys.flink
+    privacy = cfg.privacy
+    deserializer = flink.InputRecordDeserializer(
+        _array(jvm, jvm.java.lang.String, [t.topic for t in topics]),
+        _array(jvm, jvm.int, [t.kind for t in topics]),
+        _array(jvm, jvm.java.lang.String, [t.key_field for t in topics]),
+        _array(jvm, jvm.boolean, [t.pseudonymize and privacy.pseudonymize_user_ids
+                                  for t in topics]),
+        cfg.validation.min_ts_ms, cfg.validation.max_future_skew_ms, privacy.key_env,
+        privacy.key_file, privacy.pseudonym_hex_chars)
+    builder = jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
+    builder.setBootstrapServers(cfg.kafka.bootstrap_servers)
+    builder.setTopics(_array(jvm, jvm.java.lang.String, [t.topic for t in topics]))
+    builder.setGroupId(cfg.kafka.group_id)
+    builder.setStartingOffsets(_starting_offsets(jvm, cfg))
+    builder.setDeserializer(deserializer)
+    # Read only committed output of transactional producers (our own loop-backs too).
+    builder.setProperty("isolation.level", "read_committed")
+    builder.setProperty("client.id.prefix", f"{cfg.kafka.group_id}-{uid}")
+    builder.setProperty("partition.discovery.interval.ms", "60000")
     for key, value in cfg.kafka.client_properties.items():
-        builder = builder.set_property(key, str(value))
-    return builder.build()
+        builder.setProperty(key, str(value))
+    duration = jvm.java.time.Duration
+    strategy = (jvm.org.apache.flink.api.common.eventtime.WatermarkStrategy
+                .forBoundedOutOfOrderness(duration.ofMillis(cfg.job.watermark_out_of_orderness_ms))
+                .withTimestampAssigner(flink.RecordTimestampAssigner())
+                .withIdleness(duration.ofMillis(cfg.job.source_idleness_ms)))
+    return (env._j_stream_execution_environment
+            .fromSource(builder.build(), strategy, name, flink.EngineRecords.type()).uid(uid))
 
 
-def read_topic(env: StreamExecutionEnvironment, cfg: EngineConfig, topic: str):
-    return env.from_source(kafka_source(cfg, topic), WatermarkStrategy.no_watermarks(),
-                           f"kafka:{topic}", type_info=BYTES).uid(f"source-{topic}")
+def keyed(j_stream):
+    """Partition engine records by their key, in Java (PyFlink's key_by adds a Python operator).
+    The key type is PyFlink's own (``Row(key)``), so keyed state of earlier releases restores."""
+    flink = get_gateway().jvm.io.github.recsys.flink
+    return j_stream.keyBy(flink.RecordKeySelector(), flink.EngineRecords.keyType())
 
 
-def kafka_sink(cfg: EngineConfig, topic: str, name: str) -> KafkaSink:
-    guarantee = {"exactly-once": DeliveryGuarantee.EXACTLY_ONCE,
-                 "at-least-once": DeliveryGuarantee.AT_LEAST_ONCE,
-                 "none": DeliveryGuarantee.NONE}[cfg.kafka.delivery_guarantee]
-    serializer = (KafkaRecordSerializationSchema.builder()
-                  .set_topic(topic)
-                  .set_key_serialization_schema(row_field_schema(0))
-                  .set_value_serialization_schema(row_field_schema(1))
+def micro_batch(env: StreamExecutionEnvironment, j_keyed, j_broadcast, function, *, name: str,
+                uid: str, state_names: tuple[str, ...], shared_state: str,
+                legacy_shared_states: tuple[str, ...], max_records: int, max_delay_ms: int,
+                state_ttl_ms: int, side_outputs: tuple[str, ...]):
+    """Connect a keyed stream with a broadcast stream through a micro-batch Python operator
+    (``deploy/java/.../MicroBatchPythonOperator``) calling ``function``
+    (``flink_jobs.batch_host.BatchFunction``). Returns (main output, {side name: stream})."""
+    gateway = get_gateway()
+    jvm = gateway.jvm
+    flink = jvm.io.github.recsys.flink
+    record_type = flink.EngineRecords.type()
+    tags = [jvm.org.apache.flink.util.OutputTag(side, record_type) for side in side_outputs]
+    j_conf = get_j_env_configuration(env._j_stream_execution_environment)
+    operator = flink.MicroBatchPythonOperator(
+        j_conf, pickle.dumps(function), _array(jvm, jvm.java.lang.String, list(state_names)),
+        state_ttl_ms, shared_state, _array(jvm, jvm.java.lang.String, list(legacy_shared_states)),
+        max_records, max_delay_ms, _array(jvm, jvm.org.apache.flink.util.OutputTag, tags))
+    out = (j_keyed.connect(j_broadcast.broadcast())
+           .transform(name, record_type, operator).uid(uid).name(name))
+    return out, {side: out.getSideOutput(tag) for side, tag in zip(side_outputs, tags)}
+
+
+_GUARANTEES = {"exactly-once": "EXACTLY_ONCE", "at-least-once": "AT_LEAST_ONCE", "none": "NONE"}
+
+
+def kafka_sink(cfg: EngineConfig, topic: str, name: str, guarantee: str):
+    """A Kafka sink of engine records: key = the record key (UTF-8), value = the payload
+    (None = tombstone, ``deploy/java/.../NullableRowFieldSchema``)."""
+    jvm = get_gateway().jvm
+    flink = jvm.io.github.recsys.flink
+    kafka = jvm.org.apache.flink.connector.kafka.sink
+    serializer = (kafka.KafkaRecordSerializationSchema.builder()
+                  .setTopic(topic)
+                  .setKeySerializationSchema(flink.NullableRowFieldSchema(0))
+                  .setValueSerializationSchema(flink.NullableRowFieldSchema(4))
                   .build())
-    builder = (KafkaSink.builder()
-               .set_bootstrap_servers(cfg.kafka.bootstrap_servers)
-               .set_record_serializer(serializer)
-               .set_delivery_guarantee(guarantee)
-               .set_property("transaction.timeout.ms", str(cfg.kafka.transaction_timeout_ms)))
-    if guarantee == DeliveryGuarantee.EXACTLY_ONCE:
-        builder = builder.set_transactional_id_prefix(f"{cfg.kafka.transactional_id_prefix}-{name}")
+    delivery = getattr(jvm.org.apache.flink.connector.base.DeliveryGuarantee, _GUARANTEES[guarantee])
+    builder = (kafka.KafkaSink.builder()
+               .setBootstrapServers(cfg.kafka.bootstrap_servers)
+               .setRecordSerializer(serializer)
+               .setDeliveryGuarantee(delivery)
+               .setProperty("transaction.timeout.ms", str(cfg.kafka.transaction_timeout_ms)))
+    if guarantee == "exactly-once":
+        builder = builder.setTransactionalIdPrefix(f"{cfg.kafka.transactional_id_prefix}-{name}")
     for key, value in cfg.kafka.client_properties.items():
-        builder = builder.set_property(key, str(value))
+        builder = builder.setProperty(key, str(value))
     return builder.build()
 
 
-def event_time_strategy(cfg: EngineConfig, timestamp_assigner) -> WatermarkStrategy:
-    return (WatermarkStrategy
-            .for_bounded_out_of_orderness(Duration.of_millis(cfg.job.watermark_out_of_orderness_ms))
-            .with_idleness(Duration.of_millis(cfg.job.source_idleness_ms))
-            .with_timestamp_assigner(timestamp_assigner))
+def sink_to(j_stream, sink, name: str, uid: str) -> None:
+    j_stream.sinkTo(sink).name(name).uid(uid)
 
 
 def job_file() -> Path:

@@ -13,83 +13,75 @@ from pathlib import Path
 if __package__ in (None, ""):  # started as a script by `flink run -py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyflink.common import Types  # noqa: E402
-from pyflink.common.watermark_strategy import TimestampAssigner  # noqa: E402
-
 from flink_jobs import io  # noqa: E402
-from flink_jobs.operators import (  # noqa: E402
-    ACTIVITY_TAG, CATALOG_STATE, DLQ_TAG, MODEL_STATE, OCCURRENCE_STATE, PAIRS_TAG, PICKLED,
-    PROFILE_TAG, ParseInput, ProfileOperator, RecommendOperator, SimilarityOperator,
-    SplitProfileOutput, similarity_message)
-from recsys.config import ConfigError, EngineConfig, load_config  # noqa: E402
-from state_schemas.internal import ModelUpdate  # noqa: E402
-from udfs.validation import (  # noqa: E402
-    KIND_ATTRIBUTES, KIND_EVENT, KIND_ITEM, KIND_PRIVACY, KIND_REQUEST)
+from flink_jobs.batch_host import ROLE_ITEM, ROLE_USER, BatchFunction  # noqa: E402
+from state_schemas import records as rec  # noqa: E402
+from state_schemas.config import ConfigError, EngineConfig, load_config  # noqa: E402
+from state_schemas.legacy import LEGACY_CATALOG_STATE  # noqa: E402
+from udfs import item_side, user_side  # noqa: E402
 
-
-class RecordTimestamp(TimestampAssigner):
-    """Event time is the record's ``ts`` field (epoch ms)."""
-
-    def extract_timestamp(self, value, record_timestamp: int) -> int:
-        return value[2]["ts"]  # InputRecord.record
-
-
-def parsed(env, cfg: EngineConfig, topic: str, kind: str):
-    """One input topic, validated: (records, dead letters)."""
-    stream = (io.read_topic(env, cfg, topic)
-              .process(ParseInput(cfg, kind, topic), output_type=PICKLED)
-              .name(f"parse:{topic}").uid(f"parse-{topic}"))
-    return stream, stream.get_side_output(DLQ_TAG)
+# Operator ids: part of the savepoint layout. "profiles" is the user operator's id since the
+# first release, so the profiles of earlier releases restore into it.
+USER_OPERATOR_UID = "profiles"
+ITEM_OPERATOR_UID = "item-model"
 
 
 def build_pipeline(env, cfg: EngineConfig) -> None:
+    """Kafka -> user operator (profile + recommendation) -> item operator -> Kafka.
+
+    ::
+
+        user-events, user-attributes, recommendation-requests, privacy-requests
+            --(Java: key, event time)--> keyBy(user) --+
+        item-catalog, item-model-updates --broadcast-----+--> user operator --> recommendations
+                                                         |        +--> user-profiles, events-dlq
+                  pair updates, keyBy(item) <------------+--------+
+                  item activity, broadcast <-------------+
+            --> item operator --> item-similarity
+                      +--> item-model-updates (read back above: the job graph has no cycles)
+    """
     t = cfg.topics
-    events, dlq_events = parsed(env, cfg, t.user_events, KIND_EVENT)
-    attributes, dlq_attributes = parsed(env, cfg, t.user_attributes, KIND_ATTRIBUTES)
-    items, dlq_items = parsed(env, cfg, t.item_catalog, KIND_ITEM)
-    requests, dlq_requests = parsed(env, cfg, t.recommendation_requests, KIND_REQUEST)
-    privacy, dlq_privacy = parsed(env, cfg, t.privacy_requests, KIND_PRIVACY)
+    sinks = cfg.kafka.delivery_guarantees
+    user_inputs = io.input_source(env, cfg, [
+        io.SourceTopic(t.user_events, rec.KIND_EVENT, "user_id", pseudonymize=True),
+        io.SourceTopic(t.user_attributes, rec.KIND_ATTRIBUTES, "user_id", pseudonymize=True),
+        io.SourceTopic(t.recommendation_requests, rec.KIND_REQUEST, "user_id", pseudonymize=True),
+        io.SourceTopic(t.privacy_requests, rec.KIND_PRIVACY, "user_id", pseudonymize=True),
+    ], "kafka:user-inputs", "source-user-inputs")
+    model_inputs = io.input_source(env, cfg, [
+        io.SourceTopic(t.item_catalog, rec.KIND_CATALOG, "item_id"),
+        io.SourceTopic(t.item_model, rec.KIND_MODEL_UPDATE, "item_id"),
+    ], "kafka:model-inputs", "source-model-inputs")
 
-    user_inputs = (events.union(attributes, requests, privacy)
-                   .assign_timestamps_and_watermarks(io.event_time_strategy(cfg, RecordTimestamp()))
-                   .name("event-time").uid("event-time"))
+    users, user_out = io.micro_batch(
+        env, io.keyed(user_inputs), model_inputs, BatchFunction(cfg, ROLE_USER),
+        name="user operator", uid=USER_OPERATOR_UID, state_names=user_side.STATE_NAMES,
+        shared_state="item-model", legacy_shared_states=(LEGACY_CATALOG_STATE,),
+        max_records=cfg.job.batch_max_records, max_delay_ms=cfg.job.batch_max_delay_ms,
+        state_ttl_ms=cfg.profile.inactive_user_ttl_ms,
+        side_outputs=("profiles", "dlq", "pairs", "activity"))
+    io.sink_to(users, io.kafka_sink(cfg, t.recommendations, "recommendations",
+                                    sinks["recommendations"]),
+               "sink:recommendations", "sink-recommendations")
+    io.sink_to(user_out["profiles"], io.kafka_sink(cfg, t.user_profiles, "profiles",
+                                                   sinks["user_profiles"]),
+               "sink:user-profiles", "sink-user-profiles")
+    io.sink_to(user_out["dlq"], io.kafka_sink(cfg, t.events_dlq, "dlq", sinks["events_dlq"]),
+               "sink:events-dlq", "sink-events-dlq")
 
-    profiles = (user_inputs
-                .key_by(lambda r: r[1], key_type=Types.STRING())  # InputRecord.key
-                .connect(items.broadcast(CATALOG_STATE))
-                .process(ProfileOperator(cfg), output_type=PICKLED)
-                .name("profiles").uid("profiles"))
-
-    triggers = (profiles.process(SplitProfileOutput(), output_type=PICKLED)
-                .name("split-profile-output").uid("split-profile-output"))
-    activity = profiles.get_side_output(ACTIVITY_TAG)
-    neighbor_updates = (profiles.get_side_output(PAIRS_TAG)
-                        .key_by(lambda b: b[0], key_type=Types.INT())  # PairShardBatch.shard
-                        .connect(activity.broadcast(OCCURRENCE_STATE))
-                        .process(SimilarityOperator(cfg), output_type=PICKLED)
-                        .name("item-similarity").uid("item-similarity"))
-
-    model_updates = (items.map(lambda r: ModelUpdate("item", r), output_type=PICKLED)
-                     .union(activity.map(lambda a: ModelUpdate("activity", a), output_type=PICKLED),
-                            neighbor_updates.map(lambda n: ModelUpdate("neighbors", n),
-                                                 output_type=PICKLED)))
-    recommendations = (triggers
-                       .key_by(lambda trig: trig[0], key_type=Types.STRING())  # .user_id
-                       .connect(model_updates.broadcast(MODEL_STATE))
-                       .process(RecommendOperator(cfg), output_type=io.KAFKA_RECORD)
-                       .name("recommendations").uid("recommendations"))
-
-    recommendations.sink_to(io.kafka_sink(cfg, t.recommendations, "recommendations")) \
-        .name("sink:recommendations").uid("sink-recommendations")
-    triggers.get_side_output(PROFILE_TAG).sink_to(io.kafka_sink(cfg, t.user_profiles, "profiles")) \
-        .name("sink:user-profiles").uid("sink-user-profiles")
-    (neighbor_updates.map(similarity_message, output_type=io.KAFKA_RECORD)
-     .sink_to(io.kafka_sink(cfg, t.item_similarity, "similarity"))
-     .name("sink:item-similarity").uid("sink-item-similarity"))
-    (dlq_events.union(dlq_attributes, dlq_items, dlq_requests, dlq_privacy,
-                      profiles.get_side_output(DLQ_TAG))
-     .sink_to(io.kafka_sink(cfg, t.events_dlq, "dlq"))
-     .name("sink:events-dlq").uid("sink-events-dlq"))
+    items, item_out = io.micro_batch(
+        env, io.keyed(user_out["pairs"]), user_out["activity"], BatchFunction(cfg, ROLE_ITEM),
+        name="item operator", uid=ITEM_OPERATOR_UID, state_names=item_side.STATE_NAMES,
+        shared_state="item-stats", legacy_shared_states=(),
+        max_records=cfg.job.batch_max_records, max_delay_ms=cfg.similarity.flush_interval_ms,
+        state_ttl_ms=0, side_outputs=("model",))
+    io.sink_to(items, io.kafka_sink(cfg, t.item_similarity, "similarity",
+                                    sinks["item_similarity"]),
+               "sink:item-similarity", "sink-item-similarity")
+    # Model updates are idempotent (they set rows and values), so at-least-once is exact
+    # enough and makes them visible to the user operator without waiting for a checkpoint.
+    io.sink_to(item_out["model"], io.kafka_sink(cfg, t.item_model, "model", "at-least-once"),
+               "sink:item-model-updates", "sink-item-model-updates")
 
 
 def run(cfg: EngineConfig, detached: bool = False):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recsys.config import ConfigError, EngineConfig, load_config
+from state_schemas.config import ConfigError, EngineConfig, load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

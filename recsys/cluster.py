@@ -618,7 +618,7 @@ def submit_job(jobmanager: str = f"{HOST}:{DEFAULT_REST_PORT}", config_file: str
     while shipped code is extracted per attempt and deleted when the attempt ends, so a restart
     in the same TaskManager fails with ModuleNotFoundError (seen with PyFlink 2.3).
     """
-    from recsys.config import load_config
+    from state_schemas.config import load_config
 
     overrides = list(overrides)
     if parallelism:
@@ -905,7 +905,7 @@ def _print_cluster(info: ClusterInfo) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``recsys cluster ...`` or ``recsys job submit|list|cancel|savepoint`` from parsed args."""
-    from recsys.config import ConfigError
+    from state_schemas.config import ConfigError
 
     try:
         if args.command == "cluster":

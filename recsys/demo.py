@@ -15,7 +15,7 @@ import time
 from kafka import KafkaConsumer
 
 from recsys import kafka_local, sample_stream, topics
-from recsys.config import EngineConfig
+from state_schemas.config import EngineConfig
 from recsys.job_process import start_job_process, stop_job_process
 from recsys.paths import VAR_DIR
 

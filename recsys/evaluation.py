@@ -59,7 +59,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from recsys import movielens
-from recsys.config import EngineConfig, TopicNames, load_config
+from state_schemas.config import EngineConfig, TopicNames, load_config
 from recsys.paths import PROJECT_ROOT
 from udfs.metrics import hit_and_rr, rank_of, ranking_metrics
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.serializer import Serializer
 
-from recsys.config import KafkaConfig
+from state_schemas.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 

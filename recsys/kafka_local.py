@@ -563,7 +563,7 @@ def _sasl_metadata_error(bootstrap: str, timeout_s: float,
     from kafka.errors import (IllegalSaslStateError, SaslAuthenticationFailedError,
                               UnsupportedSaslMechanismError)
 
-    from recsys.config import KafkaConfig
+    from state_schemas.config import KafkaConfig
     from recsys.kafka_io import KafkaUnavailable, check_connection
 
     cfg = KafkaConfig(bootstrap_servers=bootstrap,

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from recsys.config import EngineConfig
+from state_schemas.config import EngineConfig
 
 Record = dict[str, Any]
 

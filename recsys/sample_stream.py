@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from recsys.paths import SAMPLE_DATA_DIR
 
 if TYPE_CHECKING:  # keep `import recsys.sample_stream` free of the Kafka client
-    from recsys.config import EngineConfig
+    from state_schemas.config import EngineConfig
 
 Record = dict[str, Any]
 

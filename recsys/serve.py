@@ -39,7 +39,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from recsys import kafka_io
-from recsys.config import EngineConfig
+from state_schemas.config import EngineConfig
 from recsys.paths import PROJECT_ROOT
 from state_schemas import load_schema
 from udfs.validation import KIND_EVENT, KIND_REQUEST, DeadLetter, parse_input

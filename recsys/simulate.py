@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from recsys.config import EngineConfig, load_config
+from state_schemas.config import EngineConfig, load_config
 from state_schemas.state import ItemInfo, RecentItem, UserProfileState
 from udfs import profile as prof
 from udfs.ab import assign_variant

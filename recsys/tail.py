@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from kafka.errors import KafkaError
 
-from recsys.config import EngineConfig, TopicNames
+from state_schemas.config import EngineConfig, TopicNames
 from recsys.kafka_io import Record, client_kwargs, open_consumer, poll_records
 
 POLL_S = 0.5

@@ -15,11 +15,12 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from recsys.config import DAY_MS, EngineConfig, TopicNames
+from state_schemas.config import DAY_MS, EngineConfig, TopicNames
 from recsys.kafka_io import client_kwargs
 
 REPLICATION_FACTOR = 1  # the local broker is a single node
 DLQ_RETENTION_MS = 7 * DAY_MS  # long enough to inspect and replay bad input after a weekend
+MODEL_RETENTION_MS = 7 * DAY_MS
 CREATE_TIMEOUT_MS = 30_000
 BOOTSTRAP_TIMEOUT_MS = 10_000  # a stopped broker should fail `topics create` quickly
 
@@ -40,6 +41,11 @@ def topic_configs(topic: str, names: TopicNames) -> dict[str, str]:
         return {"cleanup.policy": "compact", **append_time}
     if topic == names.events_dlq:
         return {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS), **append_time}
+    if topic == names.item_model:
+        # Replayed from the user operator's checkpointed offset after a restore; kept longer
+        # than any checkpoint interval, and in one partition so updates stay in order.
+        return {"cleanup.policy": "delete", "retention.ms": str(MODEL_RETENTION_MS),
+                **append_time}
     return {}
 
 
@@ -47,7 +53,8 @@ def topic_specs(names: TopicNames, partitions: int) -> dict[str, dict[str, Any]]
     """kafka-python's dict form of CreateTopics: {name: {num_partitions, replication_factor, configs}}."""
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    return {topic: {"num_partitions": partitions, "replication_factor": REPLICATION_FACTOR,
+    return {topic: {"num_partitions": 1 if topic == names.item_model else partitions,
+                    "replication_factor": REPLICATION_FACTOR,
                     "configs": topic_configs(topic, names)}
             for topic in dict.fromkeys(names.all_topics())}
 

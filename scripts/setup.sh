@@ -41,7 +41,10 @@ extras_stamp=$(stamp deploy/java/pom.xml $(find deploy/java/src -type f | sort))
 if [ "$(cat .cache/jars/extras/.stamp 2>/dev/null)" != "$extras_stamp" ]; then
   echo "setup: building the job's Java extras (deploy/java)"
   rm -rf .cache/jars/extras deploy/java/target
-  mvn -q -B -f deploy/java/pom.xml package -DskipTests
+  pyflink_dir=$(.venv/bin/python -c 'import pathlib, pyflink; print(pathlib.Path(pyflink.__file__).parent)')
+  connector_jar=$(ls "$ROOT"/.cache/jars/connector/flink-sql-connector-kafka-*.jar | head -n 1)
+  mvn -q -B -f deploy/java/pom.xml package -DskipTests \
+    -Dpyflink.dir="$pyflink_dir" -Dkafka.connector.jar="$connector_jar"
   mkdir -p .cache/jars/extras
   cp deploy/java/target/recsys-flink-extras.jar .cache/jars/extras/
   rm -rf deploy/java/target

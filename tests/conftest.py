@@ -28,7 +28,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="(read|open)_text is deprecated", category=DeprecationWarning)
     import kafka  # noqa: F401
 
-from recsys.config import EngineConfig, TopicNames, load_config
+from state_schemas.config import EngineConfig, TopicNames, load_config
 from recsys.kafka_local import free_port_pair  # noqa: F401  (re-exported for tests)
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"

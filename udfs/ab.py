@@ -8,7 +8,7 @@ Assignment
     (``recommend.experiment_salt``) reshuffles everybody. Variants with ``traffic == 0`` get nobody.
 
 Attribution
-    Per user, an ``ImpressionLog`` remembers which items were recommended recently (bounded,
+    Per user, an ``ImpressionLog`` (``state_schemas/profile_state.py``) remembers which items were recommended recently (bounded,
     oldest recording evicted first), under which variant and when. A later event on one of those
     items counts for that variant if it happened within ``window_ms`` after the item was shown:
 
@@ -29,12 +29,12 @@ Attribution
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Collection, Iterable, Mapping
+from typing import Collection, Mapping, Sequence
 
-from recsys.config import VariantConfig
+import numpy as np
 
-IMPRESSION_LOG_STATE_VERSION = 1
+from state_schemas.config import VariantConfig
+from state_schemas.profile_state import ImpressionLog
 
 CLICK_EVENT_TYPES: frozenset[str] = frozenset({"click", "like", "share", "comment", "add_to_cart"})
 PURCHASE_EVENT_TYPES: frozenset[str] = frozenset({"purchase"})
@@ -69,36 +69,20 @@ def assign_variant(user_id: str, salt: str, variants: Mapping[str, VariantConfig
 
 
 # ------------------------------------------------------------------------------ attribution
-@dataclass
-class ImpressionLog:
-    """One user's recently recommended items.
-
-    ``entries``: item_id -> (first_shown_ts, last_shown_ts, variant, kinds already attributed),
-    in recording order (oldest first; the first entry is evicted first).
-    """
-    entries: dict[str, tuple[int, int, str, tuple[str, ...]]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def to_state(self) -> dict[str, Any]:
-        return {"v": IMPRESSION_LOG_STATE_VERSION,
-                "entries": [(item, first, last, variant, list(kinds))
-                            for item, (first, last, variant, kinds) in self.entries.items()]}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "ImpressionLog":
-        version = state.get("v") if isinstance(state, dict) else None
-        if version != IMPRESSION_LOG_STATE_VERSION:
-            raise ValueError(f"impression log state version {version!r} is not supported "
-                             f"(this code reads {IMPRESSION_LOG_STATE_VERSION})")
-        return cls({item: (int(first), int(last), variant, tuple(kinds))
-                    for item, first, last, variant, kinds in state["entries"]})
+_KIND_BIT = {"click": 1, "purchase": 2}
 
 
-def record_impressions(log: ImpressionLog, items: Iterable[str], variant: str, ts: int,
+def _variant_code(log: ImpressionLog, variant: str) -> int:
+    try:
+        return log.variants.index(variant)
+    except ValueError:
+        log.variants.append(variant)
+        return len(log.variants) - 1
+
+
+def record_impressions(log: ImpressionLog, item_hashes: Sequence[int], variant: str, ts: int,
                        max_items: int, *, window_ms: int | None = None) -> int:
-    """Remember that ``items`` were recommended to the user at ``ts`` under ``variant``.
+    """Remember that the items (by hash) were recommended at ``ts`` under ``variant``.
 
     An item already in the log under the same variant is refreshed (its attribution window now
     runs from this showing) and keeps its attributed kinds; it counts as a *new* impression only
@@ -108,21 +92,36 @@ def record_impressions(log: ImpressionLog, items: Iterable[str], variant: str, t
     """
     if max_items < 1:
         raise ValueError("max_items must be >= 1")
-    entries = log.entries
+    code = _variant_code(log, variant)
+    items, first, last = list(log.items.tolist()), log.first.tolist(), log.last.tolist()
+    var, kinds = log.variant.tolist(), log.kinds.tolist()
     new = 0
-    for item in dict.fromkeys(items):
-        old = entries.pop(item, None)
-        if old is not None and ts < old[1]:
-            entries[item] = old  # a late, older recording: keep the newer showing
-            continue
-        if (old is None or old[2] != variant
-                or (window_ms is not None and ts - old[1] > window_ms)):
-            entries[item] = (ts, ts, variant, ())
-            new += 1
+    for h in dict.fromkeys(int(x) for x in item_hashes):
+        old = items.index(h) if h in items else -1
+        entry = (ts, ts, code, 0)
+        if old >= 0:
+            o_first, o_last, o_var, o_kinds = first[old], last[old], var[old], kinds[old]
+            for column in (items, first, last, var, kinds):
+                del column[old]
+            if ts < o_last:  # a late, older recording: keep the newer showing
+                entry = (o_first, o_last, o_var, o_kinds)
+            elif o_var != code or (window_ms is not None and ts - o_last > window_ms):
+                new += 1
+            else:
+                entry = (o_first, ts, code, o_kinds)
         else:
-            entries[item] = (old[0], ts, variant, old[3])
-    while len(entries) > max_items:
-        del entries[next(iter(entries))]
+            new += 1
+        items.append(h)
+        first.append(entry[0])
+        last.append(entry[1])
+        var.append(entry[2])
+        kinds.append(entry[3])
+    drop = max(0, len(items) - max_items)
+    log.items = np.array(items[drop:], dtype=np.uint64)
+    log.first = np.array(first[drop:], dtype=np.int64)
+    log.last = np.array(last[drop:], dtype=np.int64)
+    log.variant = np.array(var[drop:], dtype=np.uint8)
+    log.kinds = np.array(kinds[drop:], dtype=np.uint8)
     return new
 
 
@@ -136,35 +135,36 @@ def feedback_kind(event_type: str, *, click_types: Collection[str] = CLICK_EVENT
     return None
 
 
-def attribute_feedback(log: ImpressionLog, item_id: str, event_type: str, ts: int,
-                       window_ms: int, *, click_types: Collection[str] = CLICK_EVENT_TYPES,
-                       purchase_types: Collection[str] = PURCHASE_EVENT_TYPES
-                       ) -> tuple[str, str] | None:
+def attribute_feedback(log: ImpressionLog, item_hash: int, event_type: str, ts: int,
+                       window_ms: int) -> tuple[str, str] | None:
     """``(variant, kind)`` if this event is feedback on a recommendation, else None.
 
-    It is, when ``item_id`` was recommended at or before ``ts`` and at most ``window_ms`` before
-    it (counting from the latest showing), and that impression has not been credited with this
-    kind yet. Marks the impression as credited.
+    It is, when the item was recommended at or before ``ts`` and at most ``window_ms`` before it
+    (counting from the latest showing), and that impression has not been credited with this kind
+    yet. Marks the impression as credited.
     """
-    entry = log.entries.get(item_id)
-    if entry is None:
+    kind = feedback_kind(event_type)
+    if kind is None or not len(log):
         return None
-    kind = feedback_kind(event_type, click_types=click_types, purchase_types=purchase_types)
-    if kind is None:
+    at = np.flatnonzero(log.items == np.uint64(item_hash))
+    if not len(at):
         return None
-    first, last, variant, kinds = entry
-    if ts < first or ts - last > window_ms or kind in kinds:
+    i = int(at[0])
+    bit = _KIND_BIT[kind]
+    if ts < log.first[i] or ts - log.last[i] > window_ms or log.kinds[i] & bit:
         return None
-    log.entries[item_id] = (first, last, variant, kinds + (kind,))
-    return variant, kind
+    log.kinds[i] |= bit
+    return log.variants[int(log.variant[i])], kind
 
 
 def expire_impressions(log: ImpressionLog, now: int, window_ms: int) -> int:
     """Drop entries whose latest showing is more than ``window_ms`` before ``now``."""
-    stale = [item for item, (_, last, _, _) in log.entries.items() if now - last > window_ms]
-    for item in stale:
-        del log.entries[item]
-    return len(stale)
+    keep = now - log.last <= window_ms
+    dropped = int((~keep).sum())
+    if dropped:
+        for name in ("items", "first", "last", "variant", "kinds"):
+            setattr(log, name, getattr(log, name)[keep])
+    return dropped
 
 
 def ctr(impressions: float, clicks: float) -> float:

@@ -28,3 +28,43 @@ def cumulative_buckets(value: float, bounds: tuple[float, ...] = LATENCY_BUCKETS
     """The ``le`` labels whose counters an observation of ``value`` increments."""
     first = bisect_left(bounds, value)
     return [bucket_label(b) for b in bounds[first:]] + ["+Inf"]
+
+
+class MetricDeltas:
+    """Metric updates of one micro-batch, aggregated in Python and handed to Java once.
+
+    Counters add up within the batch; gauges keep their last value. ``drain`` returns the flat
+    list the operator host applies (``flink_jobs/batch_host.py``): group path ("k=v,k=v", the
+    Flink metric groups in order), name, kind (0 counter increment, 1 gauge), value.
+    """
+
+    __slots__ = ("counters", "gauges")
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, str], float] = {}
+        self.gauges: dict[tuple[str, str], float] = {}
+
+    @staticmethod
+    def path(labels: tuple[tuple[str, str], ...]) -> str:
+        return ",".join(f"{k}={v}" for k, v in labels)
+
+    def inc(self, name: str, n: float = 1, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        key = (self.path(labels), name)
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def set(self, name: str, value: float, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        self.gauges[(self.path(labels), name)] = float(value)
+
+    def observe_latency(self, latency_ms: float) -> None:
+        """One observation of the event -> recommendation latency histogram."""
+        for le in cumulative_buckets(latency_ms):
+            self.inc("recommendation_latency_ms_bucket", 1, (("le", le),))
+        self.inc("recommendation_latency_ms_sum", latency_ms)
+        self.inc("recommendation_latency_ms_count", 1)
+
+    def drain(self) -> list[tuple[str, str, int, float]]:
+        out = [(p, n, 0, v) for (p, n), v in self.counters.items()]
+        out += [(p, n, 1, v) for (p, n), v in self.gauges.items()]
+        self.counters = {}
+        self.gauges = {}
+        return out

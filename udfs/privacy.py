@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from recsys.config import ConfigError, PrivacyConfig
+from state_schemas.config import ConfigError, PrivacyConfig
 
 
 def load_pseudonym_key(cfg: PrivacyConfig, environ: Mapping[str, str] | None = None) -> bytes:

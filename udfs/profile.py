@@ -1,158 +1,40 @@
-"""Pure user-profile updates: decay, interests, counters, recent items, segments, snapshots.
+"""The profile step: every rule that folds a user's records into their profile.
 
-The profile operator in ``flink_jobs`` reads a ``UserProfileState`` from keyed state, calls these
-functions, and writes it back; nothing here knows about Flink.
+:class:`ProfileStep` works on a :class:`state_schemas.profile_state.UserProfile` (decoded from
+keyed state by the caller) and returns what the event changed for the rest of the engine: the
+item activity (popularity, occurrence) and the co-occurrence pair updates. It owns the dedup
+window, counters, interest decay (``udfs/decay.py``), recent/consumed/"not interested" items,
+segments, the sticky A/B variant, the snapshot rate limit and the snapshot message. Nothing here
+knows about Flink.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping, Sequence
 
-from recsys.config import DAY_MS, ProfileConfig, SimilarityConfig
-from state_schemas.state import ItemInfo, RecentItem, UserProfileState
+import numpy as np
 
-LN2 = math.log(2.0)
+from state_schemas.config import DAY_MS, EVENT_TYPES, EngineConfig
+from state_schemas.ids import id_hash
+from state_schemas.profile_state import N_TYPES, TYPE_CODE, UserProfile
+from udfs.ab import assign_variant
+from udfs.decay import decay_factor
+from udfs.model import item_features
+from udfs.recommend import UserView
 
-
-def decay_factor(elapsed_ms: float, half_life_ms: float) -> float:
-    """2^(-elapsed/half_life): the weight left of a signal ``elapsed_ms`` old (1 if no decay)."""
-    if half_life_ms <= 0 or elapsed_ms == 0:
-        return 1.0
-    return math.exp(-LN2 * elapsed_ms / half_life_ms)
-
-
-def event_weight(event_type: str, value: float | None, cfg: ProfileConfig) -> float:
-    """How strongly one event speaks for (positive) or against (negative) its item.
-
-    A rating becomes ``rate_weight_scale * (rating - rate_neutral)``: with the defaults a 5 is
-    +5, a 3 is +1 and a 1 is -3, so a poor rating pushes interests away like "not interested".
-    """
-    if event_type == "rate":
-        return cfg.rate_weight_scale * ((value or 0.0) - cfg.rate_neutral)
-    return cfg.event_weights.get(event_type, 0.0)
-
-
-def update_interest_vector(interests: dict[str, float], interests_ts: int, features: Iterable[str],
-                           weight: float, ts: int, half_life_ms: int,
-                           max_features: int) -> tuple[dict[str, float], int]:
-    """Add ``weight`` to each feature at time ``ts``, keeping every weight decayed to one time.
-
-    The whole vector is stored decayed to ``interests_ts``; a newer event first decays the vector
-    forward, an older (out-of-order) event is added already decayed, so arrival order does not
-    change the result. Beyond ``max_features`` the feature with the smallest |weight| is evicted.
-    """
-    features = list(features)
-    if not features or weight == 0.0:
-        return interests, interests_ts
-    if ts > interests_ts:
-        factor = decay_factor(ts - interests_ts, half_life_ms)
-        if factor != 1.0:
-            interests = {f: w * factor for f, w in interests.items()}
-        interests_ts = ts
-        added = weight
-    else:
-        added = weight * decay_factor(interests_ts - ts, half_life_ms)
-    per_feature = added / math.sqrt(len(features))  # an item with many tags does not dominate
-    for f in features:
-        interests[f] = interests.get(f, 0.0) + per_feature
-    if len(interests) > max_features:
-        keep = sorted(interests.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:max_features]
-        interests = dict(keep)
-    return interests, interests_ts
-
-
-def interests_at(interests: Mapping[str, float], interests_ts: int, now_ms: int,
-                 half_life_ms: int) -> dict[str, float]:
-    """The interest vector decayed to ``now_ms`` (never decays backwards)."""
-    factor = decay_factor(max(0, now_ms - interests_ts), half_life_ms)
-    return {f: w * factor for f, w in interests.items()}
-
-
-def day_start(ts: int) -> int:
-    return ts - ts % DAY_MS
-
-
-def update_counters(counts_all_time: dict[str, int], counts_by_day: dict[int, dict[str, int]],
-                    event_type: str, ts: int, window_ms: int) -> None:
-    """Count one event all-time and in its day bucket; drop buckets older than the window."""
-    counts_all_time[event_type] = counts_all_time.get(event_type, 0) + 1
-    bucket = counts_by_day.setdefault(day_start(ts), {})
-    bucket[event_type] = bucket.get(event_type, 0) + 1
-    newest = max(counts_by_day)
-    for day in [d for d in counts_by_day if d <= newest - window_ms]:
-        del counts_by_day[day]
-
-
-def recent_counts(counts_by_day: Mapping[int, Mapping[str, int]], now_ms: int,
-                  window_ms: int) -> dict[str, int]:
-    """Events per type in the day buckets that overlap ``(now - window, now]``."""
-    out: dict[str, int] = {}
-    for day, bucket in counts_by_day.items():
-        if day > now_ms - window_ms:
-            for t, n in bucket.items():
-                out[t] = out.get(t, 0) + n
-    return out
-
-
-def update_recent_items(recent: list[RecentItem], item_id: str, event_type: str, weight: float,
-                        ts: int, max_items: int) -> tuple[list[RecentItem], float]:
-    """Move ``item_id`` to the front, keeping its strongest action; return (list, old weight).
-
-    The stored weight is the user's "rating" of the item (the max action weight so far), which
-    the similarity updates use to count each user once per item (see ``pair_updates``).
-    """
-    old_weight, old_type, old_ts = 0.0, event_type, ts
-    rest = []
-    for r in recent:
-        if r.item_id == item_id:
-            old_weight, old_type, old_ts = r.weight, r.event_type, r.ts
-        else:
-            rest.append(r)
-    latest = max(ts, old_ts)
-    if weight > old_weight:
-        entry = RecentItem(item_id, event_type, latest, weight)
-    else:
-        entry = RecentItem(item_id, old_type, latest, old_weight)
-    return ([entry] + rest)[:max_items], old_weight
+MINUTE_MS = 60_000
+_HASH_MASK = np.uint64(0xFFFFFFFFFFFF0000)
+_OFFSET_MASK = np.uint64(0xFFFF)
 
 
 @dataclass(slots=True)
-class PairUpdate:
-    row: str
-    col: str
-    weight: float
-    ts: int
-
-
-def pair_updates(history: list[RecentItem], item_id: str, old_weight: float, new_weight: float,
-                 ts: int, cfg: SimilarityConfig) -> tuple[float, list[PairUpdate]]:
-    """Occurrence and co-occurrence increments caused by one interaction (TencentRec style).
-
-    A user's rating of an item is its strongest action weight r. Item occurrence is
-    N(i) = sum_u r_ui and co-occurrence C(i,j) = sum_u min(r_ui, r_uj), so when the rating of
-    ``item_id`` rises from ``old_weight`` to ``new_weight`` the increments are exactly
-    new - old and min(new, r_h) - min(old, r_h) for each history item h. Only the newest
-    ``cfg.history_max_items`` items within ``cfg.history_window_ms`` pair up (hot-user bound:
-    at most 2 * history_max_items pair updates per event). Both directions are emitted.
-    """
-    if new_weight <= old_weight or new_weight <= 0:
-        return 0.0, []
-    occurrence_delta = new_weight - max(old_weight, 0.0)
-    updates: list[PairUpdate] = []
-    taken = 0
-    for h in history:
-        if taken >= cfg.history_max_items:
-            break
-        if h.item_id == item_id or h.weight <= 0 or ts - h.ts > cfg.history_window_ms:
-            continue
-        taken += 1
-        delta = min(new_weight, h.weight) - min(max(old_weight, 0.0), h.weight)
-        if delta > 0:
-            updates.append(PairUpdate(item_id, h.item_id, delta, ts))
-            updates.append(PairUpdate(h.item_id, item_id, delta, ts))
-    return occurrence_delta, updates
+class EventOutcome:
+    """What one accepted event changed, for the item side of the engine."""
+    weight: float = 0.0            # action weight (<= 0: no popularity, no pairs)
+    occurrence_delta: float = 0.0  # increase of the user's rating of the item
+    pairs: list[tuple[str, str, float]] = field(default_factory=list)  # (row, col, delta)
 
 
 def age_band(age: Any) -> str | None:
@@ -176,141 +58,318 @@ def demographic_segment(attributes: Mapping[str, Any]) -> str:
     return "|".join(parts)
 
 
-def activity_level(recent_total: int, cfg: ProfileConfig) -> str:
-    if recent_total >= cfg.active_events_per_week:
-        return "high"
-    if recent_total >= cfg.casual_events_per_week:
-        return "medium"
-    return "low"
+class ProfileStep:
+    """The rules of the profile, configured once (see the module docstring)."""
 
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        p = cfg.profile
+        self.p = p
+        self.sim = cfg.similarity
+        self.type_weight = [p.event_weights.get(t, 0.0) for t in EVENT_TYPES]
+        self.consumed_types = {TYPE_CODE[t] for t in p.consumed_event_types if t in TYPE_CODE}
+        self.rate = TYPE_CODE["rate"]
+        self.purchase = TYPE_CODE["purchase"]
+        self.dedup_window_min = -(-cfg.validation.dedup_window_ms // MINUTE_MS)
 
-def price_level(amount_sum: float, priced_count: int, bounds: list[float]) -> str:
-    """budget / mid / premium from the average price of purchases ('unknown' without any)."""
-    if priced_count <= 0:
-        return "unknown"
-    avg = amount_sum / priced_count
-    if avg < bounds[0]:
-        return "budget"
-    if avg < bounds[1]:
-        return "mid"
-    return "premium"
+    # ------------------------------------------------------------------------ dedup
+    def remember_event_id(self, u: UserProfile, event_id: str, ts: int) -> bool:
+        """Record ``event_id``; False when it was already seen within the dedup window.
 
+        Entries pack a 48-bit hash of the id with the minutes between the event and the newest
+        one remembered (minute resolution: an id is remembered up to a minute longer than the
+        window).
+        """
+        h = np.uint64((id_hash(event_id) >> 16) << 16)
+        minute = ts // MINUTE_MS
+        d = u.dedup
+        at = int(np.searchsorted(d, h))
+        if at < len(d) and (d[at] & _HASH_MASK) == h:
+            return False
+        base = u.dedup_base_minute
+        if minute > base:
+            if len(d):
+                shift = np.uint64(min(minute - base, 0xFFFF))
+                offsets = np.minimum((d & _OFFSET_MASK) + shift, _OFFSET_MASK)
+                d = (d & _HASH_MASK) | offsets
+            base = minute
+        entry = h | np.uint64(min(base - minute, 0xFFFF))
+        d = np.insert(d, at, entry)
+        offsets = d & _OFFSET_MASK
+        keep = offsets <= np.uint64(self.dedup_window_min)
+        if not keep.all():
+            d = d[keep]
+            offsets = offsets[keep]
+        limit = self.cfg.validation.dedup_max_ids_per_user
+        if len(d) > limit:  # the oldest go first
+            order = np.argsort(offsets, kind="stable")[:limit]
+            d = np.sort(d[order])
+        u.dedup = d
+        u.dedup_base_minute = base
+        return True
 
-def lifecycle(first_seen: int | None, last_seen: int | None, now_ms: int, cfg: ProfileConfig) -> str:
-    if first_seen is None or last_seen is None:
-        return "new"
-    if now_ms - last_seen > cfg.dormant_after_ms:
-        return "dormant"
-    if now_ms - first_seen <= cfg.new_user_age_ms:
-        return "new"
-    return "active"
+    # ------------------------------------------------------------------------ events
+    def event_weight(self, type_code: int, value: float | None) -> float:
+        """How strongly one event speaks for (positive) or against (negative) its item: a rating
+        ``r`` weighs ``rate_weight_scale * (r - rate_neutral)``."""
+        if type_code == self.rate:
+            return self.p.rate_weight_scale * ((value or 0.0) - self.p.rate_neutral)
+        return self.type_weight[type_code]
 
+    def apply_event(self, u: UserProfile, event: Mapping[str, Any],
+                    item: tuple[Sequence[str], Sequence[str], float | None] | None
+                    ) -> EventOutcome:
+        """Fold one validated, deduplicated event into the profile.
 
-@dataclass(slots=True)
-class EventOutcome:
-    """What one accepted event changed, for the operator to emit downstream."""
-    duplicate: bool = False
-    weight: float = 0.0
-    occurrence_delta: float = 0.0
-    pairs: list[PairUpdate] = field(default_factory=list)
-
-
-def remember_event_id(p: UserProfileState, event_id: str, ts: int, window_ms: int,
-                      max_ids: int) -> bool:
-    """Record ``event_id``; False when it was already seen within the dedup window."""
-    if event_id in p.seen_event_ids:
-        return False
-    p.seen_event_ids[event_id] = ts
-    if len(p.seen_event_ids) > max_ids or (len(p.seen_event_ids) % 64 == 0):
-        newest = max(p.seen_event_ids.values())
-        kept = {e: t for e, t in p.seen_event_ids.items() if t > newest - window_ms}
-        if len(kept) > max_ids:
-            kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-max_ids:])
-        p.seen_event_ids = kept
-    return True
-
-
-def apply_event(p: UserProfileState, event: Mapping[str, Any], item: ItemInfo | None,
-                cfg: ProfileConfig, sim_cfg: SimilarityConfig) -> EventOutcome:
-    """Fold one validated user event into the profile (dedup is the caller's job)."""
-    ts = event["ts"]
-    etype = event["event_type"]
-    item_id = event["item_id"]
-    weight = event_weight(etype, event.get("value"), cfg)
-    update_counters(p.counts_all_time, p.counts_by_day, etype, ts, cfg.recent_window_ms)
-    p.first_seen = ts if p.first_seen is None else min(p.first_seen, ts)
-    p.last_seen = ts if p.last_seen is None else max(p.last_seen, ts)
-    if item is not None:
-        p.interests, p.interests_ts = update_interest_vector(
-            p.interests, p.interests_ts, item.features(), weight, ts, cfg.interest_half_life_ms,
-            cfg.interests_max)
-    outcome = EventOutcome(weight=weight)
-    if weight < 0:
-        if item_id in p.not_interested:
-            p.not_interested.remove(item_id)
-        p.not_interested.insert(0, item_id)
-        del p.not_interested[cfg.not_interested_max:]
-        p.recent_items = [r for r in p.recent_items if r.item_id != item_id]
+        ``item`` is the catalogue's (categories, tags, price) of the event's item, or None.
+        """
+        p = self.p
+        ts = event["ts"]
+        t = TYPE_CODE[event["event_type"]]
+        item_id = event["item_id"]
+        weight = self.event_weight(t, event.get("value"))
+        self._count(u, t, ts)
+        u.first_seen = ts if u.first_seen is None else min(u.first_seen, ts)
+        u.last_seen = ts if u.last_seen is None else max(u.last_seen, ts)
+        if item is not None:
+            self._update_interests(u, item_features(item[0], item[1]), weight, ts)
+        outcome = EventOutcome(weight=weight)
+        if weight < 0:
+            if item_id in u.not_interested:
+                u.not_interested.remove(item_id)
+            u.not_interested.insert(0, item_id)
+            del u.not_interested[p.not_interested_max:]
+            if item_id in u.recent_ids:
+                self._drop_recent(u, u.recent_ids.index(item_id))
+            return outcome
+        if t == self.purchase and item is not None and item[2] is not None:
+            u.purchase_amount_sum += item[2]
+            u.purchase_priced_count += 1
+        if t in self.consumed_types:
+            self._consume(u, item_id)
+        old_weight = self._update_recent(u, item_id, t, weight, ts)
+        outcome.occurrence_delta, outcome.pairs = self._pairs(u, item_id, old_weight, weight, ts)
         return outcome
-    if etype == "purchase" and item is not None and item.price is not None:
-        p.purchase_amount_sum += item.price
-        p.purchase_priced_count += 1
-    if etype in cfg.consumed_event_types:
-        p.consumed[item_id] = ts
-        if len(p.consumed) > cfg.consumed_max:
-            oldest = min(p.consumed, key=p.consumed.__getitem__)
-            del p.consumed[oldest]
-    history = p.recent_items
-    p.recent_items, old_weight = update_recent_items(history, item_id, etype, weight, ts,
-                                                     cfg.recent_items_max)
-    outcome.occurrence_delta, outcome.pairs = pair_updates(
-        history, item_id, old_weight, weight, ts, sim_cfg)
-    return outcome
 
+    def _count(self, u: UserProfile, t: int, ts: int) -> None:
+        u.counts_all_time[t] += 1
+        day = ts // DAY_MS
+        bucket = u.counts_by_day.get(day)
+        if bucket is None:
+            bucket = u.counts_by_day[day] = [0] * N_TYPES
+        bucket[t] += 1
+        limit = max(u.counts_by_day) * DAY_MS - self.p.recent_window_ms
+        for d in [d for d in u.counts_by_day if d * DAY_MS <= limit]:
+            del u.counts_by_day[d]
 
-def apply_attributes(p: UserProfileState, attributes: Mapping[str, Any], ts: int) -> bool:
-    """Merge newer attributes (a null value removes the attribute); False if ``ts`` is older."""
-    if ts < p.attributes_ts:
-        return False
-    merged = dict(p.attributes)
-    for k, v in attributes.items():
-        if v is None:
-            merged.pop(k, None)
+    def _update_interests(self, u: UserProfile, features: tuple[str, ...], weight: float,
+                          ts: int) -> None:
+        """Add ``weight`` to each feature at ``ts``, the vector kept decayed to one time: a newer
+        event decays the vector forward first, an older one is added already decayed, so arrival
+        order does not matter. Beyond ``interests_max`` the smallest |weight| is evicted."""
+        if not features or weight == 0.0:
+            return
+        half_life = self.p.interest_half_life_ms
+        interests = u.interests
+        if ts > u.interests_ts:
+            factor = decay_factor(ts - u.interests_ts, half_life)
+            if factor != 1.0:
+                interests = {f: w * factor for f, w in interests.items()}
+            u.interests_ts = ts
+            added = weight
         else:
-            merged[k] = v
-    p.attributes = merged
-    p.attributes_ts = ts
-    return True
+            added = weight * decay_factor(u.interests_ts - ts, half_life)
+        per_feature = added / math.sqrt(len(features))  # many tags do not dominate
+        for f in features:
+            interests[f] = interests.get(f, 0.0) + per_feature
+        if len(interests) > self.p.interests_max:
+            keep = sorted(interests.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+            interests = dict(keep[:self.p.interests_max])
+        u.interests = interests
 
+    def _consume(self, u: UserProfile, item_id: str) -> None:
+        h = np.uint64(id_hash(item_id))
+        at = int(np.searchsorted(u.consumed, h))
+        seq = np.uint32(u.consumed_next)
+        u.consumed_next += 1
+        if at < len(u.consumed) and u.consumed[at] == h:
+            u.consumed_seq[at] = seq
+            return
+        u.consumed = np.insert(u.consumed, at, h)
+        u.consumed_seq = np.insert(u.consumed_seq, at, seq)
+        if len(u.consumed) > self.p.consumed_max:  # the least recently consumed goes
+            oldest = int(np.argmin(u.consumed_seq))
+            u.consumed = np.delete(u.consumed, oldest)
+            u.consumed_seq = np.delete(u.consumed_seq, oldest)
 
-def profile_snapshot(p: UserProfileState, now_ms: int, cfg: ProfileConfig,
-                     variant: str | None = None) -> dict[str, Any]:
-    """The ``user-profiles`` message (state_schemas/json/user-profile.v1.json) at ``now_ms``.
+    def _drop_recent(self, u: UserProfile, i: int) -> None:
+        del u.recent_ids[i], u.recent_types[i], u.recent_ts[i], u.recent_weights[i]
 
-    ``now_ms`` is event time (the newest event seen), so replays produce the same snapshots.
-    """
-    recent = recent_counts(p.counts_by_day, now_ms, cfg.recent_window_ms)
-    interests = interests_at(p.interests, p.interests_ts, now_ms, cfg.interest_half_life_ms)
-    snapshot = {
-        "schema_version": 1,
-        "user_id": p.user_id,
-        "updated_at": now_ms,
-        "attributes": dict(p.attributes),
-        "counters": {"all_time": dict(p.counts_all_time), "recent": recent},
-        "interests": {f: round(w, 6) for f, w in sorted(interests.items(), key=lambda kv: -kv[1])},
-        "recent_items": [{"item_id": r.item_id, "event_type": r.event_type, "ts": r.ts}
-                         for r in p.recent_items],
-        "not_interested": list(p.not_interested),
-        "first_seen": p.first_seen,
-        "last_seen": p.last_seen,
-        "segments": {
-            "activity": activity_level(sum(recent.values()), cfg),
-            "price_level": price_level(p.purchase_amount_sum, p.purchase_priced_count,
-                                       cfg.price_level_bounds),
-            "lifecycle": lifecycle(p.first_seen, p.last_seen, now_ms, cfg),
-            "demographic": demographic_segment(p.attributes),
-        },
-    }
-    if variant is not None:
-        snapshot["variant"] = variant
-    return snapshot
+    def _update_recent(self, u: UserProfile, item_id: str, t: int, weight: float,
+                       ts: int) -> float:
+        """Move the item to the front keeping its strongest action; the old weight (0 if new).
+
+        The stored weight is the user's "rating" of the item (max action weight so far)."""
+        old_weight, old_type, old_ts = 0.0, t, ts
+        if item_id in u.recent_ids:
+            i = u.recent_ids.index(item_id)
+            old_weight, old_type, old_ts = u.recent_weights[i], u.recent_types[i], u.recent_ts[i]
+            self._drop_recent(u, i)
+        latest = max(ts, old_ts)
+        if weight > old_weight:
+            entry_type, entry_weight = t, weight
+        else:
+            entry_type, entry_weight = old_type, old_weight
+        u.recent_ids.insert(0, item_id)
+        u.recent_types.insert(0, entry_type)
+        u.recent_ts.insert(0, latest)
+        u.recent_weights.insert(0, entry_weight)
+        n = self.p.recent_items_max
+        if len(u.recent_ids) > n:
+            del u.recent_ids[n:], u.recent_types[n:], u.recent_ts[n:], u.recent_weights[n:]
+        return old_weight
+
+    def _pairs(self, u: UserProfile, item_id: str, old_weight: float, new_weight: float,
+               ts: int) -> tuple[float, list[tuple[str, str, float]]]:
+        """Occurrence and co-occurrence increments of one interaction (TencentRec counting).
+
+        A user's rating of an item is its strongest action weight r; N(i) = sum_u r_ui and
+        C(i, j) = sum_u min(r_ui, r_uj), so when the rating of ``item_id`` rises from old to new
+        the increments are new - old and min(new, r_h) - min(old, r_h) for each history item h:
+        the user's newest ``history_max_items`` other items within ``history_window_ms`` (the
+        hot-user bound). Both directions are returned.
+        """
+        if new_weight <= old_weight or new_weight <= 0:
+            return 0.0, []
+        old = max(old_weight, 0.0)
+        pairs: list[tuple[str, str, float]] = []
+        taken = 0
+        window = self.sim.history_window_ms
+        limit = self.sim.history_max_items
+        for h_id, h_ts, h_w in zip(u.recent_ids, u.recent_ts, u.recent_weights):
+            if taken >= limit:
+                break
+            if h_id == item_id or h_w <= 0 or ts - h_ts > window:
+                continue
+            taken += 1
+            delta = min(new_weight, h_w) - min(old, h_w)
+            if delta > 0:
+                pairs.append((item_id, h_id, delta))
+                pairs.append((h_id, item_id, delta))
+        return new_weight - old, pairs
+
+    # ------------------------------------------------------------------------ attributes
+    @staticmethod
+    def apply_attributes(u: UserProfile, attributes: Mapping[str, Any], ts: int) -> bool:
+        """Merge newer attributes (a null value removes one); False if ``ts`` is older."""
+        if ts < u.attributes_ts:
+            return False
+        merged = dict(u.attributes)
+        for k, v in attributes.items():
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        u.attributes = merged
+        u.attributes_ts = ts
+        return True
+
+    # ------------------------------------------------------------------------ A/B, views
+    def variant(self, u: UserProfile) -> str:
+        """The user's A/B variant: assigned once and kept while the experiment salt stays."""
+        rc = self.cfg.recommend
+        if u.variant_salt != rc.experiment_salt or u.variant not in rc.variants:
+            u.variant = assign_variant(u.user_id, rc.experiment_salt, rc.variants)
+            u.variant_salt = rc.experiment_salt
+        return u.variant
+
+    def view(self, u: UserProfile, variant: str) -> UserView:
+        """What the recommender needs of the profile (interests at any common scale)."""
+        return UserView(u.user_id, u.recent_ids, u.recent_types, u.recent_ts, u.recent_weights,
+                        u.interests, u.consumed, u.not_interested,
+                        demographic_segment(u.attributes), variant)
+
+    # ------------------------------------------------------------------------ snapshots
+    def snapshot_due(self, u: UserProfile, proc_now: int) -> int | None:
+        """Rate limit of ``user-profiles`` records: None to emit now (and the profile records
+        it), else the processing time of the trailing snapshot to schedule (only once)."""
+        interval = self.p.snapshot_min_interval_ms
+        if proc_now - u.last_snapshot_at >= interval:
+            u.last_snapshot_at = proc_now
+            u.snapshot_pending = False
+            return None
+        if u.snapshot_pending:
+            return -1  # a trailing snapshot is already scheduled
+        u.snapshot_pending = True
+        return u.last_snapshot_at + interval
+
+    def snapshot(self, u: UserProfile, variant: str | None = None) -> dict[str, Any]:
+        """The ``user-profiles`` message (``user-profile.v1.json``) at the profile's own time
+        (the newest event or attributes seen), so replays produce the same snapshots."""
+        p = self.p
+        now = max(u.last_seen or 0, u.attributes_ts)
+        recent = self.recent_counts(u, now)
+        factor = decay_factor(max(0, now - u.interests_ts), p.interest_half_life_ms)
+        interests = sorted(((f, w * factor) for f, w in u.interests.items()),
+                           key=lambda kv: -kv[1])
+        snapshot = {
+            "schema_version": 1,
+            "user_id": u.user_id,
+            "updated_at": now,
+            "attributes": dict(u.attributes),
+            "counters": {"all_time": {EVENT_TYPES[t]: n for t, n in enumerate(u.counts_all_time)
+                                      if n},
+                         "recent": recent},
+            "interests": {f: round(w, 6) for f, w in interests},
+            "recent_items": [{"item_id": i, "event_type": EVENT_TYPES[t], "ts": ts}
+                             for i, t, ts in zip(u.recent_ids, u.recent_types, u.recent_ts)],
+            "not_interested": list(u.not_interested),
+            "first_seen": u.first_seen,
+            "last_seen": u.last_seen,
+            "segments": {
+                "activity": self.activity_level(sum(recent.values())),
+                "price_level": self.price_level(u),
+                "lifecycle": self.lifecycle(u, now),
+                "demographic": demographic_segment(u.attributes),
+            },
+        }
+        if variant is not None:
+            snapshot["variant"] = variant
+        return snapshot
+
+    def recent_counts(self, u: UserProfile, now_ms: int) -> dict[str, int]:
+        """Events per type in the day buckets that overlap ``(now - window, now]``."""
+        totals = [0] * N_TYPES
+        for day, bucket in u.counts_by_day.items():
+            if day * DAY_MS > now_ms - self.p.recent_window_ms:
+                for t, n in enumerate(bucket):
+                    totals[t] += n
+        return {EVENT_TYPES[t]: n for t, n in enumerate(totals) if n}
+
+    def activity_level(self, recent_total: int) -> str:
+        if recent_total >= self.p.active_events_per_week:
+            return "high"
+        if recent_total >= self.p.casual_events_per_week:
+            return "medium"
+        return "low"
+
+    def price_level(self, u: UserProfile) -> str:
+        """budget / mid / premium from the average purchase price ('unknown' without any)."""
+        if u.purchase_priced_count <= 0:
+            return "unknown"
+        avg = u.purchase_amount_sum / u.purchase_priced_count
+        bounds = self.p.price_level_bounds
+        if avg < bounds[0]:
+            return "budget"
+        if avg < bounds[1]:
+            return "mid"
+        return "premium"
+
+    def lifecycle(self, u: UserProfile, now_ms: int) -> str:
+        if u.first_seen is None or u.last_seen is None:
+            return "new"
+        if now_ms - u.last_seen > self.p.dormant_after_ms:
+            return "dormant"
+        if now_ms - u.first_seen <= self.p.new_user_age_ms:
+            return "new"
+        return "active"

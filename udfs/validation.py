@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from recsys.config import ProfileConfig, ValidationConfig
+from state_schemas.config import ProfileConfig, ValidationConfig
 from state_schemas import validator
 
 # Logical input kinds and the schema each is validated against.

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from recsys import kafka_io
-from recsys.config import TopicNames
+from state_schemas.config import TopicNames
 from recsys.job_process import log_tail, start_job_process, stop_job_process
 from recsys.topics import ensure_topics
 from tests.conftest import unique_topic_names

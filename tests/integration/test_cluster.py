@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from recsys import cluster, kafka_io
-from recsys.config import TopicNames
+from state_schemas.config import TopicNames
 from recsys.paths import PROJECT_ROOT
 from tests.integration.conftest import FAST_SETTINGS
 

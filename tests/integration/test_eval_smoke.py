@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from recsys import movielens
-from recsys.config import load_config
+from state_schemas.config import load_config
 from recsys.evaluation import DEFAULT_CONFIG, K, PipelineRunner, load_data, pipeline_protocol_a
 from recsys.paths import PROJECT_ROOT
 from recsys.simulate import popularity_baseline, run_protocol_a

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from recsys.config import EngineConfig
+from state_schemas.config import EngineConfig
 from state_schemas import validator
 from tests.integration.conftest import start_running_job
 from recsys.job_process import stop_job_process

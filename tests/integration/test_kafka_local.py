@@ -13,7 +13,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from recsys import cli, kafka_local, topics
 from recsys import tail as tail_module
-from recsys.config import EngineConfig, TopicNames, load_config
+from state_schemas.config import EngineConfig, TopicNames, load_config
 from recsys.kafka_io import client_kwargs, consume, json_producer, produce_json
 from recsys.tail import tail
 from recsys.topics import DLQ_RETENTION_MS, create_topics

@@ -28,7 +28,7 @@ from typing import Iterator
 import pytest
 
 from recsys import cli, kafka_io, kafka_local
-from recsys.config import KafkaConfig, TopicNames, load_config
+from state_schemas.config import KafkaConfig, TopicNames, load_config
 from recsys.job_process import log_tail, start_job_process, stop_job_process
 from recsys.kafka_local import ScramCredentials
 from recsys.paths import PROJECT_ROOT, connector_jars

@@ -22,7 +22,7 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 
-from recsys.config import EngineConfig, load_config
+from state_schemas.config import EngineConfig, load_config
 from recsys.job_process import stop_job_process
 from recsys.paths import PROJECT_ROOT
 from recsys.serve import build_app

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from recsys.config import RecommendConfig, VariantConfig
+from state_schemas.config import RecommendConfig, VariantConfig
 from udfs.ab import (CLICK_EVENT_TYPES, ImpressionLog, assign_variant, attribute_feedback, ctr,
                      expire_impressions, feedback_kind, record_impressions, variant_bucket)
 

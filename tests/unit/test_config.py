@@ -1,4 +1,4 @@
-"""recsys.config: defaults, then TOML file, then RECSYS__ environment, then --set; strict types."""
+"""state_schemas.config: defaults, then TOML file, then RECSYS__ environment, then --set; strict types."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.config import (
+from state_schemas.config import (
     EVENT_TYPES,
     ConfigError,
     EngineConfig,

@@ -1,6 +1,6 @@
 import pytest
 
-from recsys.config import ConfigError, PrivacyConfig
+from state_schemas.config import ConfigError, PrivacyConfig
 from udfs.privacy import load_pseudonym_key, pseudonymize
 
 

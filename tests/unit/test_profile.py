@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from recsys.config import DAY_MS, EngineConfig
+from state_schemas.config import DAY_MS, EngineConfig
 from state_schemas import validator
 from state_schemas.state import (
     ItemInfo, RecentItem, UserProfileState, user_profile_from_state, user_profile_to_state,

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from recsys.config import DAY_MS, RecommendConfig, VariantConfig
+from state_schemas.config import DAY_MS, RecommendConfig, VariantConfig
 from state_schemas.state import ItemInfo, RecentItem
 from udfs.recommend import (Blended, ItemModel, ScoredItem, UserView, blend,
                             collaborative_candidates, content_scores, diversify, explain,

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from recsys.config import EVENT_TYPES
+from state_schemas.config import EVENT_TYPES
 from recsys.paths import SAMPLE_DATA_DIR
 from recsys.sample_stream import (
     SAMPLE_FILES, SampleData, _merge_in_time_order, _next_round, _TickingClock, generate_sample, load_sample,
@@ -249,7 +249,7 @@ def test_produce_sends_catalogue_and_users_first_then_the_stream_in_time_order(
         fake_kafka: type[_FakeProducer], sample: SampleData, capsys: pytest.CaptureFixture[str]) -> None:
     import time
 
-    from recsys.config import EngineConfig
+    from state_schemas.config import EngineConfig
     from recsys.sample_stream import produce
 
     cfg = EngineConfig()
@@ -278,7 +278,7 @@ def test_produce_sends_catalogue_and_users_first_then_the_stream_in_time_order(
 
 def test_produce_loop_repeats_with_fresh_ids(fake_kafka: type[_FakeProducer], sample: SampleData,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from recsys.config import EngineConfig
+    from state_schemas.config import EngineConfig
     from recsys.sample_stream import produce
 
     original_init = _FakeProducer.__init__
@@ -302,7 +302,7 @@ def test_produce_throttles_and_ends_when_told_to_stop(fake_kafka: type[_FakeProd
     import threading
     import time
 
-    from recsys.config import EngineConfig
+    from state_schemas.config import EngineConfig
     from recsys.sample_stream import produce
 
     stop = threading.Event()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.config import SimilarityConfig
+from state_schemas.config import SimilarityConfig
 from state_schemas.state import StateVersionError
 from udfs.similarity import (
     ID_TABLE, MAX_DECAY_EXPONENT, IdTable, ItemRow, PairBatch, aggregate_pairs, apply_pair_updates,

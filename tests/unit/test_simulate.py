@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from recsys.config import load_config
+from state_schemas.config import load_config
 from recsys.evaluation import protocol_b_cases, summarise_b
 from recsys.simulate import (
     EngineSimulator, popularity_baseline, request_records, run_protocol_a, run_protocol_b)

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from recsys.config import EngineConfig
+from state_schemas.config import EngineConfig
 from udfs.validation import (
     KIND_ATTRIBUTES, KIND_EVENT, KIND_ITEM, KIND_PRIVACY, KIND_REQUEST, DeadLetter, parse_input)
 

@@ -1,10 +1,12 @@
 package io.github.recsys.flink;
 
+import java.nio.charset.StandardCharsets;
+
 import org.apache.flink.api.common.serialization.SerializationSchema;
 import org.apache.flink.types.Row;
 
 /**
- * One byte[] field of a Row as a Kafka key or value, with a null field kept null.
+ * One field of a Row as a Kafka key or value: byte[] as is, a String as UTF-8, null kept null.
  *
  * <p>Flink's RowFieldExtractorSchema writes an empty array for a null field; a compacted topic
  * needs a real tombstone (null value) to delete a key, e.g. when a user asks to be forgotten.
@@ -26,10 +28,13 @@ public class NullableRowFieldSchema implements SerializationSchema<Row> {
         if (field == null) {
             return null;
         }
-        if (!(field instanceof byte[])) {
-            throw new IllegalArgumentException(
-                    "field " + fieldIndex + " must be byte[], got " + field.getClass().getName());
+        if (field instanceof byte[]) {
+            return (byte[]) field;
         }
-        return (byte[]) field;
+        if (field instanceof String) {
+            return ((String) field).getBytes(StandardCharsets.UTF_8);
+        }
+        throw new IllegalArgumentException(
+                "field " + fieldIndex + " must be byte[] or String, got " + field.getClass().getName());
     }
 }

@@ -39,6 +39,10 @@ class TopicNames:
     user_profiles: str = "user-profiles"
     item_similarity: str = "item-similarity"
     events_dlq: str = "events-dlq"
+    # Internal: the item operator's model updates (neighbour rows, popularity), read back by the
+    # user operator. A topic rather than an edge because the user operator feeds the item
+    # operator, and a Flink job graph has no cycles.
+    item_model: str = "item-model-updates"
 
     def input_topics(self) -> list[str]:
         return [self.user_events, self.user_attributes, self.item_catalog,
@@ -49,7 +53,7 @@ class TopicNames:
 
     def all_topics(self) -> list[str]:
         return self.input_topics() + [self.recommendations, self.user_profiles,
-                                      self.item_similarity, self.events_dlq]
+                                      self.item_similarity, self.events_dlq, self.item_model]
 
 
 @dataclass
@@ -63,7 +67,15 @@ class KafkaConfig:
     # Exactly-once sinks write in Kafka transactions; the timeout must exceed the checkpoint
     # interval plus the longest expected outage, and stay <= the broker's
     # transaction.max.timeout.ms (15 min by default).
-    delivery_guarantee: str = "exactly-once"  # exactly-once | at-least-once | none
+    # Per sink (keys: the output topics' fields in [topics]): exactly-once | at-least-once | none.
+    # Exactly-once output is visible to read_committed consumers at each checkpoint; at-least-once
+    # output at once. Recommendations default to at-least-once: a consumer sees them within
+    # milliseconds, and a duplicate after a failure carries the same trigger_event_id or
+    # request_id, so it is harmless on the compacted topic. State and the other sinks stay
+    # exactly-once.
+    delivery_guarantees: dict[str, str] = field(default_factory=lambda: {
+        "recommendations": "at-least-once", "user_profiles": "exactly-once",
+        "item_similarity": "exactly-once", "events_dlq": "exactly-once"})
     transaction_timeout_ms: int = 600_000
     transactional_id_prefix: str = "recsys"
     # Extra client properties passed to every Kafka source and sink (security.protocol,
@@ -81,6 +93,12 @@ class JobConfig:
     # Exactly-once sinks make output visible to read_committed consumers at each checkpoint, so
     # this interval bounds the event -> recommendation latency seen downstream.
     checkpoint_interval_ms: int = 1_000
+    # The user operator calls Python once per micro-batch of records, not once per record: a
+    # batch is processed when it holds batch_max_records records, when its oldest record has
+    # waited batch_max_delay_ms, and always before a checkpoint barrier (exactly-once). The delay
+    # is the price in latency of the batching (see docs/scaling.md).
+    batch_max_records: int = 1_000
+    batch_max_delay_ms: int = 5
     # How long a partly filled network buffer may wait before it is sent, paid at each of the
     # job's keyed exchanges. Flink's default, 100 ms, put ~140 ms into the event ->
     # recommendation time at low rates; 10 ms costs little (full buffers go at once anyway).
@@ -110,7 +128,6 @@ class ValidationConfig:
     min_ts_ms: int = 946_684_800_000
     max_future_skew_ms: int = DAY_MS
     max_id_length: int = 256
-    max_list_items: int = 64
     dedup_window_ms: int = DAY_MS
     dedup_max_ids_per_user: int = 1_000
 
@@ -158,22 +175,14 @@ class SimilarityConfig:
     history_max_items: int = 20  # the recent items a new interaction pairs with
     history_window_ms: int = 30 * DAY_MS
     half_life_ms: int = 30 * DAY_MS
-    flush_interval_ms: int = 200  # pair updates are buffered and applied in vectorised batches
-    flush_max_batch: int = 2_048
+    # The item operator's micro-batch: pair updates and item activity are applied, and changed
+    # rows published, at most this long after they arrive (and before every checkpoint).
+    flush_interval_ms: int = 200
     emit_min_interval_ms: int = 5_000  # rate limit of item-similarity records per item
     min_cooccurrence: float = 0.0
-    # Pair updates are routed to shards (stable hash of the item id); each shard key batches its
-    # updates for the vectorised kernel. More shards than the maximum parallelism is pointless.
-    # 16 serves a similarity operator parallelism up to 16 with ~4x fewer, larger kernel calls
-    # than 64 at parallelism 1 (docs/scaling.md). Part of the state layout: rows are keyed by
-    # shard, so the job refuses a savepoint written with another count (it names the value).
-    shards: int = 16
     # > 0: events at or after this event time no longer update occurrence, co-occurrence,
     # neighbours or popularity (profiles still do). The evaluation's "frozen model" baseline.
     freeze_item_model_at_ms: int = 0
-    # Forward-decay landmark shared by co-occurrence and occurrence counts. Values are scaled by
-    # 2^((ts - landmark) / half_life); keep (ts - landmark) / half_life within about +-900.
-    decay_landmark_ms: int = 1_704_067_200_000  # 2024-01-01
     hoeffding_delta: float = 0.05
     hoeffding_min_obs: int = 5
 
@@ -204,7 +213,15 @@ class RecommendConfig:
     feedback_window_ms: int = HOUR_MS
     impressions_max: int = 100  # recommended items remembered per user for feedback attribution
     recency_half_life_ms: int = 3 * DAY_MS  # how fast a recent item's pull on neighbours fades
-    trending_snapshot_every: int = 1_000  # activity records between trending checkpoints
+    # Ranked trending arrays (overall, per category, per segment) are rebuilt from the item
+    # popularity at most this often (processing time), not on every activity record.
+    trending_refresh_ms: int = 200
+    # Items the recommender's columnar model holds (interned item codes); beyond it the items
+    # touched longest ago are evicted (they come back with their next update).
+    model_max_items: int = 1_000_000
+    max_interest_categories: int = 3  # favourite categories searched for content candidates
+    max_reasons: int = 3  # reasons per recommended item
+    min_reason_share: float = 0.1  # a source is a reason when it gives this share of the score
 
 
 @dataclass
@@ -273,9 +290,29 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+# Settings of earlier releases that no longer exist, with what to do instead: an old config file
+# fails with this explanation rather than a bare "unknown setting".
+REMOVED_SETTINGS: dict[str, str] = {
+    "similarity.shards": "the item operator is keyed by item since the micro-batch engine; "
+                         "remove the setting (its parallelism is job.parallelism)",
+    "similarity.flush_max_batch": "it was never read; remove it (similarity.flush_interval_ms "
+                                  "bounds the item operator's batches)",
+    "recommend.trending_snapshot_every": "trending is part of the checkpointed item model now; "
+                                         "remove the setting",
+    "kafka.delivery_guarantee": "set kafka.delivery_guarantees.<sink> per sink instead "
+                                "(recommendations, user_profiles, item_similarity, events_dlq)",
+    "similarity.decay_landmark_ms": "the forward-decay landmark is chosen from the data and "
+                                    "moved forward automatically; remove the setting",
+    "validation.max_list_items": "it was never read; list lengths are bounded by the JSON "
+                                 "Schemas and validation.max_record_bytes",
+}
+
+
 def _apply(obj: Any, values: Mapping[str, Any], where: str, merge_variants: bool = False) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        if f"{where}{key}" in REMOVED_SETTINGS:
+            raise ConfigError(f"setting {where}{key} was removed: {REMOVED_SETTINGS[where + key]}")
         if key not in fields:
             raise ConfigError(f"unknown setting {where}{key} (known: {', '.join(sorted(fields))})")
         current = getattr(obj, key)
@@ -303,6 +340,12 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str, merge_variants: bool
                     raise ConfigError(f"{where}{key}: unknown event type {et!r}")
                 merged[et] = _coerce(w, 0.0, f"{where}{key}.{et}")
             obj.event_weights = merged
+        elif key == "delivery_guarantees" and isinstance(obj, KafkaConfig):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key}: expected a table of sink = guarantee")
+            merged = dict(current)
+            merged.update({str(k): _coerce(v, "", f"{where}{key}.{k}") for k, v in value.items()})
+            obj.delivery_guarantees = merged
         elif key == "client_properties" and isinstance(obj, KafkaConfig):
             # Java client property names contain dots; a dotted --set key arrives nested.
             # Values may be secrets (sasl.jaas.config): errors name keys, never values.
@@ -381,8 +424,25 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("job.execution_mode must be 'thread' or 'process'")
     if cfg.job.state_backend not in ("hashmap", "rocksdb"):
         problems.append("job.state_backend must be 'hashmap' or 'rocksdb'")
-    if cfg.kafka.delivery_guarantee not in ("exactly-once", "at-least-once", "none"):
-        problems.append("kafka.delivery_guarantee must be exactly-once, at-least-once or none")
+    sinks = {"recommendations", "user_profiles", "item_similarity", "events_dlq"}
+    for sink, guarantee in cfg.kafka.delivery_guarantees.items():
+        if sink not in sinks:
+            problems.append(f"kafka.delivery_guarantees: unknown sink {sink!r} "
+                            f"(known: {', '.join(sorted(sinks))})")
+        elif guarantee not in ("exactly-once", "at-least-once", "none"):
+            problems.append(f"kafka.delivery_guarantees.{sink} must be exactly-once, "
+                            f"at-least-once or none")
+    if not 0 < cfg.validation.dedup_window_ms <= 45 * DAY_MS:
+        problems.append("validation.dedup_window_ms must be within (0, 45 days] (the dedup "
+                        "window keeps minute offsets in 16 bits)")
+    if cfg.job.batch_max_records < 1:
+        problems.append("job.batch_max_records must be >= 1")
+    if cfg.job.batch_max_delay_ms < 0:
+        problems.append("job.batch_max_delay_ms must be >= 0")
+    if cfg.similarity.flush_interval_ms < 0:
+        problems.append("similarity.flush_interval_ms must be >= 0")
+    if cfg.recommend.model_max_items < 16:
+        problems.append("recommend.model_max_items must be >= 16")
     if cfg.kafka.starting_offsets not in ("earliest", "latest", "committed"):
         problems.append("kafka.starting_offsets must be earliest, latest or committed")
     if cfg.similarity.metric not in ("cosine", "jaccard", "popularity_penalised"):
@@ -393,7 +453,7 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("similarity.hoeffding_min_obs must be >= 1")
     if not 0.0 <= cfg.similarity.popularity_alpha <= 1.0:
         problems.append("similarity.popularity_alpha must be within [0, 1]")
-    for name in ("top_k", "max_pairs_per_item", "history_max_items", "flush_max_batch"):
+    for name in ("top_k", "max_pairs_per_item", "history_max_items"):
         if getattr(cfg.similarity, name) <= 0:
             problems.append(f"similarity.{name} must be positive")
     if cfg.similarity.max_pairs_per_item < cfg.similarity.top_k:

@@ -1,0 +1,91 @@
+"""Records between the job's operators: kinds, output tags and payload codecs (version 1).
+
+Every record inside the job is an engine record ``(key, kind, ts, ingest_ms, payload)``
+(``deploy/java/.../EngineRecords.java``). Input records carry the raw Kafka value as payload
+(``kind`` says which topic it came from); the others carry one of the payloads below. Records
+between operators are never persisted (checkpoints are aligned and hold no in-flight data), so a
+release may change these without migrating state; the version is in each payload all the same,
+so a mismatch between the two sides of a running job fails loudly instead of misreading.
+
+Kinds::
+
+    1-4  user inputs, keyed by user id (events, attributes, recommendation requests, privacy)
+    5    catalogue record, broadcast to the user operator (raw item-catalog value)
+    6    model update: item operator -> user operator (broadcast)
+    7    item activity: user operator -> item operator (broadcast)
+    8    pair updates of one similarity row: user operator -> item operator (keyed by row item)
+    -1   a fired keyed timer (made by the operator host, never sent)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import orjson
+
+from state_schemas.profile_state import StateVersionError
+
+KIND_TIMER = -1
+KIND_EVENT = 1
+KIND_ATTRIBUTES = 2
+KIND_REQUEST = 3
+KIND_PRIVACY = 4
+KIND_CATALOG = 5
+KIND_MODEL_UPDATE = 6
+KIND_ACTIVITY = 7
+KIND_PAIRS = 8
+
+# Output tags of the user operator (0 is the main output).
+USER_OUT_RECOMMENDATIONS = 0
+USER_OUT_PROFILES = 1
+USER_OUT_DLQ = 2
+USER_OUT_PAIRS = 3
+USER_OUT_ACTIVITY = 4
+# Output tags of the item operator.
+ITEM_OUT_SIMILARITY = 0
+ITEM_OUT_MODEL = 1
+
+PAYLOAD_VERSION = 1
+
+
+def _check(version: Any, what: str) -> None:
+    if version != PAYLOAD_VERSION:
+        raise StateVersionError(f"{what} payload version {version!r} is not supported "
+                                f"(this code reads {PAYLOAD_VERSION})")
+
+
+def encode_activity(ids: Sequence[str], weights: Sequence[float], occ_deltas: Sequence[float],
+                    ts: Sequence[int], segments: Sequence[str]) -> bytes:
+    """The item activity of one user-operator batch: accepted positive interactions."""
+    return orjson.dumps([PAYLOAD_VERSION, list(ids), list(weights), list(occ_deltas), list(ts),
+                         list(segments)])
+
+
+def decode_activity(payload: bytes) -> tuple[list, list, list, list, list]:
+    version, ids, weights, deltas, ts, segments = orjson.loads(payload)
+    _check(version, "item activity")
+    return ids, weights, deltas, ts, segments
+
+
+def encode_pairs(cols: Sequence[str], deltas: Sequence[float], ts: Sequence[int]) -> bytes:
+    """Co-occurrence increments of one row (the record's key): C(key, col) += delta at ts."""
+    return orjson.dumps([PAYLOAD_VERSION, list(cols), list(deltas), list(ts)])
+
+
+def decode_pairs(payload: bytes) -> tuple[list, list, list]:
+    version, cols, deltas, ts = orjson.loads(payload)
+    _check(version, "pair updates")
+    return cols, deltas, ts
+
+
+def encode_model_update(rows: Sequence[tuple[str, list[str], list[float]]],
+                        popularity: dict[str, Any] | None) -> bytes:
+    """Neighbour rows (item, neighbour ids, scores) and the popularity of changed items
+    (``udfs.similarity.ItemStats.popularity_update``)."""
+    return orjson.dumps({"v": PAYLOAD_VERSION, "rows": rows, "popularity": popularity})
+
+
+def decode_model_update(payload: bytes) -> tuple[list, dict[str, Any] | None]:
+    msg = orjson.loads(payload)
+    _check(msg.get("v") if isinstance(msg, dict) else None, "model update")
+    return msg["rows"], msg["popularity"]

@@ -1,0 +1,108 @@
+"""The item operator's engine: item activity and pair updates in, similarity rows out.
+
+:class:`ItemSide` is one subtask of the item operator (keyed by item). Per micro-batch it
+
+* counts the item activity broadcast by the user operator into the replicated counters
+  (:class:`udfs.similarity.ItemStats`: occurrence N and popularity, for *all* items);
+* applies the pair updates of its own rows in one kernel call
+  (:class:`udfs.similarity.SimilarityShard`);
+* publishes changed neighbour rows, at most once per ``emit_min_interval_ms`` per item (a timer
+  sends a row that changed again too soon), to ``item-similarity`` and, with the popularity of
+  the items changed in the batch (subtask 0 only: every subtask holds the same counters), as one
+  model update for the user operator.
+
+Rows live in memory between checkpoints and go back to keyed state at each checkpoint; the
+counters go to replicated state. Callers: ``flink_jobs/batch_host.py``, the simulator, the
+benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import orjson
+
+from state_schemas import records as rec
+from state_schemas.config import EngineConfig
+from udfs.observability import MetricDeltas
+from udfs.similarity import Emission, ItemStats, SimilarityShard
+from udfs.user_side import BatchResult, Record
+
+STATE_ROW = 0
+STATE_NAMES = ("similarity-row",)
+STATS_KEY = "item-stats"
+
+
+def similarity_message(e: Emission) -> bytes:
+    """The ``item-similarity`` record of one row (``item-similarity.v1.json``)."""
+    return orjson.dumps({"schema_version": 1, "item_id": e.item_id, "updated_at": e.updated_at,
+                         "neighbors": [{"item_id": j, "score": round(s, 6)}
+                                       for j, s in zip(e.neighbor_ids, e.scores)]})
+
+
+class ItemSide:
+    """One item-operator subtask's engine (see the module docstring)."""
+
+    def __init__(self, cfg: EngineConfig, *, subtask: int = 0) -> None:
+        self.cfg = cfg
+        self.subtask = subtask
+        self.stats = ItemStats(cfg)
+        self.shard = SimilarityShard(cfg, self.stats)
+        self.metrics = MetricDeltas()
+
+    def restore(self, shared: dict[str, bytes]) -> None:
+        if STATS_KEY in shared:
+            self.stats.restore(shared[STATS_KEY])
+
+    def process(self, keys: Sequence[str], states: Sequence[Sequence[bytes | None]],
+                records: Sequence[Record], proc_now: int,
+                checkpoint: bool = False) -> BatchResult:
+        out = BatchResult()
+        self.stats.items.tick()
+        timer_items: list[str] = []
+        pair_records = 0
+        for r in records:
+            if r.kind == rec.KIND_ACTIVITY:
+                ids, weights, deltas, ts, segments = rec.decode_activity(r.payload)
+                self.stats.apply_activity(
+                    ids, np.asarray(weights, dtype=np.float64),
+                    np.asarray(deltas, dtype=np.float64), np.asarray(ts, dtype=np.int64),
+                    segments)
+            elif r.kind == rec.KIND_PAIRS:
+                item = keys[r.key]
+                self.shard.load(item, states[r.key][STATE_ROW])
+                cols, deltas, ts = rec.decode_pairs(r.payload)
+                self.shard.on_pairs([item] * len(cols), cols, np.asarray(deltas, dtype=np.float64),
+                                    np.asarray(ts, dtype=np.int64))
+                pair_records += len(cols)
+            elif r.kind == rec.KIND_TIMER:
+                item = keys[r.key]
+                self.shard.load(item, states[r.key][STATE_ROW])
+                timer_items.append(item)
+        emitted, timers = self.shard.flush(proc_now)
+        for item in timer_items:
+            now_due, later = self.shard.on_timer(item, proc_now)
+            emitted += now_due
+            timers += later
+        if pair_records:
+            self.metrics.inc("similarity_pair_updates", pair_records)
+            self.metrics.inc("similarity_batches")
+        for e in emitted:
+            out.outputs.emit(rec.ITEM_OUT_SIMILARITY, 0, e.item_id, similarity_message(e))
+        self.metrics.inc("similarity_updates_emitted", len(emitted))
+        popularity = self.stats.popularity_update()
+        if self.subtask != 0:  # every subtask counts the same; one publishes
+            popularity = None
+        if emitted or popularity is not None:
+            out.outputs.emit(rec.ITEM_OUT_MODEL, rec.KIND_MODEL_UPDATE, "", rec.encode_model_update(
+                [(e.item_id, e.neighbor_ids, e.scores) for e in emitted], popularity))
+        out.timers.extend(timers)
+        if checkpoint:
+            for item, blob in self.shard.dirty_rows():
+                out.state_updates.append((item, STATE_ROW, blob))
+            out.shared[STATS_KEY] = self.stats.snapshot()
+            self.metrics.set("similarity_rows_resident", len(self.shard))
+            self.metrics.set("similarity_items_with_occurrence", len(self.stats.items))
+        out.metrics = self.metrics.drain()
+        return out

@@ -1,0 +1,398 @@
+"""The user operator's engine: one micro-batch of records in, state changes and outputs out.
+
+:class:`UserSide` holds everything one subtask of the user operator knows besides keyed state:
+the item model (fed by the catalogue and the item operator's model updates), the recommender and
+the profile rules. :meth:`UserSide.process` takes the records of one batch in arrival order, with
+the keyed state of every user in it, and returns what changed. The Flink operator
+(``flink_jobs/batch_host.py``), the simulator and the benchmarks all call it; none of the rules
+below exist anywhere else.
+
+Per record kind:
+
+* user event — edge validation (dead letter with a reason on failure), routing-key check, dedup
+  window, profile step, item activity and pair updates for the item operator (unless the item
+  model is frozen), a rate-limited profile snapshot, feedback attribution, a recommendation;
+* attributes — merged into the profile (snapshot when they changed);
+* recommendation request — a recommendation for the profile as it is (nothing is stored);
+* privacy "forget" — both keyed states cleared, tombstones on the compacted topics;
+* timer — the trailing profile snapshot of the rate limit;
+* catalogue record (broadcast) — validated (subtask 0 dead-letters), applied to the model;
+* model update (broadcast) — neighbour rows and popularity applied to the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import orjson
+
+from state_schemas import records as rec
+from state_schemas.config import EngineConfig
+from state_schemas.ids import id_hash
+from state_schemas.legacy import LEGACY_CATALOG_STATE, legacy_catalog_record
+from state_schemas.profile_state import (
+    ImpressionLog, UserProfile, decode_impressions, decode_profile, encode_impressions,
+    encode_profile)
+from udfs import validation as edge
+from udfs.ab import attribute_feedback, record_impressions
+from udfs.model import ItemModel
+from udfs.observability import MetricDeltas
+from udfs.privacy import pseudonymize
+from udfs.profile import ProfileStep, demographic_segment
+from udfs.recommend import Recommender, ScoredItem
+
+STATE_PROFILE = 0
+STATE_IMPRESSIONS = 1
+STATE_NAMES = ("user-profile", "impressions")
+
+_SCHEMA_KIND = {rec.KIND_EVENT: edge.KIND_EVENT, rec.KIND_ATTRIBUTES: edge.KIND_ATTRIBUTES,
+                rec.KIND_REQUEST: edge.KIND_REQUEST, rec.KIND_PRIVACY: edge.KIND_PRIVACY,
+                rec.KIND_CATALOG: edge.KIND_ITEM}
+
+
+@dataclass(slots=True)
+class Record:
+    """One record of a batch (``state_schemas/records.py``); ``key`` indexes the batch's keys
+    (-1 for broadcast records)."""
+    kind: int
+    key: int
+    ts: int
+    ingest_ms: int
+    payload: bytes
+
+
+class Outputs:
+    """Output records grouped by (tag, kind): the host emits each group in one go."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[int, int], tuple[list[str], list[bytes | None]]] = {}
+
+    def emit(self, tag: int, kind: int, key: str, value: bytes | None) -> None:
+        group = self.groups.get((tag, kind))
+        if group is None:
+            group = self.groups[(tag, kind)] = ([], [])
+        group[0].append(key)
+        group[1].append(value)
+
+    def of(self, tag: int, kind: int = 0) -> list[tuple[str, bytes | None]]:
+        keys, values = self.groups.get((tag, kind), ([], []))
+        return list(zip(keys, values))
+
+
+@dataclass(slots=True)
+class BatchResult:
+    state_updates: list[tuple[int | str, int, bytes | None]] = field(default_factory=list)
+    outputs: Outputs = field(default_factory=Outputs)
+    timers: list[tuple[int | str, int]] = field(default_factory=list)
+    shared: dict[str, bytes | None] = field(default_factory=dict)
+    metrics: list[tuple[str, str, int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _UserSlot:
+    """A user's state within one batch: decoded on first use, encoded once at the end."""
+    profile: UserProfile | None
+    impressions: ImpressionLog | None
+    profile_blob: bytes | None
+    impressions_blob: bytes | None
+    profile_dirty: bool = False
+    impressions_dirty: bool = False
+    stored: bool = False  # a profile existed in state before this batch
+    cleared: bool = False
+
+
+class UserSide:
+    """One user-operator subtask's engine (see the module docstring)."""
+
+    def __init__(self, cfg: EngineConfig, *, subtask: int = 0,
+                 pseudonym_key: bytes | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.subtask = subtask
+        self.pseudonym_key = pseudonym_key
+        self.clock = clock
+        self.model = ItemModel(cfg)
+        self.recommender = Recommender(self.model, cfg.recommend)
+        self.step = ProfileStep(cfg)
+        self.metrics = MetricDeltas()
+        self.topic_of = {rec.KIND_EVENT: cfg.topics.user_events,
+                         rec.KIND_ATTRIBUTES: cfg.topics.user_attributes,
+                         rec.KIND_REQUEST: cfg.topics.recommendation_requests,
+                         rec.KIND_PRIVACY: cfg.topics.privacy_requests,
+                         rec.KIND_CATALOG: cfg.topics.item_catalog}
+        # Registered at 0 before the first recommendation: Prometheus' increase() cannot see
+        # the growth of a series whose first scrape already holds its value.
+        for variant in cfg.recommend.variants:
+            for trigger in ("event", "request"):
+                self.metrics.inc("recommendations_emitted", 0,
+                                 (("variant", variant), ("trigger", trigger)))
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # ------------------------------------------------------------------------ restore
+    def restore(self, shared: dict[str, bytes], legacy: dict[str, dict[str, bytes]]) -> None:
+        """Load the replicated model; migrate the catalogue of an earlier release."""
+        self.model.restore(shared)
+        for value in legacy.get(LEGACY_CATALOG_STATE, {}).values():
+            self.model.upsert_item(legacy_catalog_record(value))
+
+    # ------------------------------------------------------------------------ the batch
+    def process(self, keys: Sequence[str], states: Sequence[Sequence[bytes | None]],
+                records: Sequence[Record], proc_now: int, watermark: int,
+                checkpoint: bool = False) -> BatchResult:
+        out = BatchResult()
+        self.model.items.tick()
+        self.model.refresh(proc_now)
+        users: dict[int, _UserSlot] = {}
+        activity: tuple[list, list, list, list, list] = ([], [], [], [], [])
+        pairs: dict[str, tuple[list, list, list]] = {}
+        for r in records:
+            kind = r.kind
+            if kind == rec.KIND_TIMER:
+                self._on_timer(users, keys, states, r, proc_now, out)
+            elif kind == rec.KIND_CATALOG:
+                self._on_catalog(r, out)
+            elif kind == rec.KIND_MODEL_UPDATE:
+                rows, popularity = rec.decode_model_update(r.payload)
+                self._apply_model_update(rows, popularity)
+            else:
+                self._on_user_record(users, keys, states, r, proc_now, watermark, out,
+                                     activity, pairs)
+        for k, slot in users.items():
+            if slot.cleared:
+                continue
+            if slot.profile_dirty:
+                if not slot.stored:
+                    self.metrics.inc("profiles_created")
+                out.state_updates.append((k, STATE_PROFILE, encode_profile(slot.profile)))
+            if slot.impressions_dirty:
+                out.state_updates.append((k, STATE_IMPRESSIONS,
+                                          encode_impressions(slot.impressions)))
+        if activity[0]:
+            out.outputs.emit(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY, "",
+                             rec.encode_activity(*activity))
+        for row, (cols, deltas, ts) in pairs.items():
+            out.outputs.emit(rec.USER_OUT_PAIRS, rec.KIND_PAIRS, row,
+                             rec.encode_pairs(cols, deltas, ts))
+        if checkpoint:
+            out.shared.update(self.model.snapshot())
+            for name, value in self.model.sizes().items():
+                self.metrics.set(name, value)
+        out.metrics = self.metrics.drain()
+        return out
+
+    # ------------------------------------------------------------------------ records
+    def _parse(self, r: Record, out: BatchResult, dead_letter: bool = True) -> dict | None:
+        topic = self.topic_of[r.kind]
+        parsed = edge.parse_input(bytes(r.payload), _SCHEMA_KIND[r.kind], topic, self.now_ms(),
+                                  self.cfg.validation, self.cfg.profile,
+                                  self.cfg.recommend.default_k, self.cfg.recommend.max_k)
+        if isinstance(parsed, edge.DeadLetter):
+            if dead_letter:
+                self._dead_letter(parsed, out)
+            return None
+        self.metrics.inc("records_accepted", 1, (("source_topic", topic),))
+        return parsed
+
+    def _dead_letter(self, letter: edge.DeadLetter, out: BatchResult) -> None:
+        self.metrics.inc("dlq_records", 1, (("source_topic", letter.source_topic),
+                                            ("reason", letter.reason)))
+        out.outputs.emit(rec.USER_OUT_DLQ, 0, letter.source_topic,
+                         orjson.dumps(letter.to_message()))
+
+    def _slot(self, users: dict[int, _UserSlot], states, k: int) -> _UserSlot:
+        slot = users.get(k)
+        if slot is None:
+            profile_blob, impressions_blob = states[k]
+            slot = users[k] = _UserSlot(None, None, profile_blob, impressions_blob,
+                                        stored=profile_blob is not None)
+        return slot
+
+    def _profile(self, slot: _UserSlot, user_id: str) -> UserProfile:
+        if slot.profile is None:
+            slot.profile = (decode_profile(slot.profile_blob) if slot.profile_blob is not None
+                            else UserProfile(user_id))
+            if slot.profile_blob is not None and slot.profile_blob[:1] == b"\x80":
+                slot.profile_dirty = True  # migrated from an earlier release: store as v3
+        return slot.profile
+
+    def _impressions(self, slot: _UserSlot) -> ImpressionLog:
+        if slot.impressions is None:
+            slot.impressions = (decode_impressions(slot.impressions_blob)
+                                if slot.impressions_blob is not None and
+                                slot.impressions_blob[:2] == b"IL" else ImpressionLog())
+        return slot.impressions
+
+    def _on_user_record(self, users, keys, states, r: Record, proc_now: int, watermark: int,
+                        out: BatchResult, activity, pairs) -> None:
+        parsed = self._parse(r, out)
+        if parsed is None:
+            return
+        user_id = parsed["user_id"]
+        if self.pseudonym_key is not None:
+            user_id = parsed["user_id"] = pseudonymize(user_id, self.pseudonym_key,
+                                                       self.cfg.privacy.pseudonym_hex_chars)
+        if r.key < 0 or user_id != keys[r.key]:
+            # The routing key (read in Java) is not the user id parsed here: a JSON object that
+            # names user_id twice. Processing it would touch another user's state.
+            self._dead_letter(edge.dead_letter(
+                r.payload, self.topic_of[r.kind], "invalid_field",
+                "user_id is ambiguous (the record names it more than once)", self.now_ms(),
+                self.cfg.validation), out)
+            return
+        slot = self._slot(users, states, r.key)
+        if r.kind == rec.KIND_EVENT:
+            self._on_event(slot, parsed, r, proc_now, watermark, out, activity, pairs)
+        elif r.kind == rec.KIND_ATTRIBUTES:
+            u = self._profile(slot, user_id)
+            if slot.cleared:
+                slot.cleared = False
+            if self.step.apply_attributes(u, parsed["attributes"], parsed["ts"]):
+                self.metrics.inc("profiles_updated")
+                slot.profile_dirty = True
+                self._maybe_snapshot(slot, r.key, proc_now, out)
+        elif r.kind == rec.KIND_REQUEST:
+            u = self._profile(slot, user_id)
+            self._recommend(slot, u, parsed["ts"], parsed["k"], out, r.ingest_ms,
+                            request_id=parsed["request_id"])
+        elif r.kind == rec.KIND_PRIVACY:
+            self._forget(slot, r.key, user_id, out)
+
+    def _on_event(self, slot: _UserSlot, event: dict, r: Record, proc_now: int, watermark: int,
+                  out: BatchResult, activity, pairs) -> None:
+        cfg = self.cfg
+        u = self._profile(slot, event["user_id"])
+        slot.cleared = False
+        if not self.step.remember_event_id(u, event["event_id"], event["ts"]):
+            self._dead_letter(edge.dead_letter(
+                orjson.dumps(event), cfg.topics.user_events, "duplicate_event",
+                f"event_id {event['event_id']!r} was already processed within "
+                f"{cfg.validation.dedup_window_ms} ms", self.now_ms(), cfg.validation), out)
+            return
+        self.metrics.inc("events_in", 1, (("event_type", event["event_type"]),))
+        if event["ts"] < watermark:
+            self.metrics.inc("late_events")
+        item_id = event["item_id"]
+        info = self.model.info(item_id)
+        outcome = self.step.apply_event(u, event, info)
+        self.metrics.inc("profiles_updated")
+        slot.profile_dirty = True
+        frozen = 0 < cfg.similarity.freeze_item_model_at_ms <= event["ts"]
+        if not frozen:
+            if outcome.weight > 0:
+                activity[0].append(item_id)
+                activity[1].append(outcome.weight)
+                activity[2].append(outcome.occurrence_delta)
+                activity[3].append(event["ts"])
+                activity[4].append(demographic_segment(u.attributes))
+            for row, col, delta in outcome.pairs:
+                entry = pairs.get(row)
+                if entry is None:
+                    entry = pairs[row] = ([], [], [])
+                entry[0].append(col)
+                entry[1].append(delta)
+                entry[2].append(event["ts"])
+        self._maybe_snapshot(slot, r.key, proc_now, out)
+        log = self._impressions(slot)
+        hit = attribute_feedback(log, id_hash(item_id), event["event_type"], event["ts"],
+                                 cfg.recommend.feedback_window_ms)
+        if hit is not None:
+            slot.impressions_dirty = True
+            self.metrics.inc("feedback_events", 1, (("variant", hit[0]), ("kind", hit[1])))
+        self._recommend(slot, u, event["ts"], cfg.recommend.default_k, out, r.ingest_ms,
+                        trigger_event_id=event["event_id"])
+
+    def _maybe_snapshot(self, slot: _UserSlot, key: int, proc_now: int, out: BatchResult) -> None:
+        """A user-profiles record now, or at most once per interval (a timer sends the last)."""
+        u = slot.profile
+        due = self.step.snapshot_due(u, proc_now)
+        if due is None:
+            out.outputs.emit(rec.USER_OUT_PROFILES, 0, u.user_id,
+                             orjson.dumps(self.step.snapshot(u, self.step.variant(u))))
+        elif due >= 0:
+            out.timers.append((key, due))
+
+    def _on_timer(self, users, keys, states, r: Record, proc_now: int, out: BatchResult) -> None:
+        slot = self._slot(users, states, r.key)
+        if slot.profile is None and slot.profile_blob is None:
+            return
+        u = self._profile(slot, keys[r.key])
+        if u.snapshot_pending:
+            u.last_snapshot_at = r.ts
+            u.snapshot_pending = False
+            slot.profile_dirty = True
+            out.outputs.emit(rec.USER_OUT_PROFILES, 0, u.user_id,
+                             orjson.dumps(self.step.snapshot(u, self.step.variant(u))))
+
+    def _forget(self, slot: _UserSlot, key: int, user_id: str, out: BatchResult) -> None:
+        """Right to be forgotten: drop both states, tombstone the compacted topics."""
+        slot.profile = UserProfile(user_id)
+        slot.impressions = ImpressionLog()
+        slot.profile_blob = slot.impressions_blob = None
+        slot.profile_dirty = slot.impressions_dirty = False
+        slot.stored = False
+        slot.cleared = True
+        out.state_updates.append((key, STATE_PROFILE, None))
+        out.state_updates.append((key, STATE_IMPRESSIONS, None))
+        self.metrics.inc("users_forgotten")
+        out.outputs.emit(rec.USER_OUT_PROFILES, 0, user_id, None)
+        out.outputs.emit(rec.USER_OUT_RECOMMENDATIONS, 0, user_id, None)
+
+    def _recommend(self, slot: _UserSlot, u: UserProfile, event_ts: int, k: int,
+                   out: BatchResult, ingest_ms: int, *, trigger_event_id: str | None = None,
+                   request_id: str | None = None) -> None:
+        cfg = self.cfg.recommend
+        variant = self.step.variant(u)
+        weights = cfg.variants.get(variant) or next(iter(cfg.variants.values()))
+        now = max(event_ts, 0)
+        items = self.recommend(u, variant, weights, k, now)
+        if items:
+            log = self._impressions(slot)
+            shown = record_impressions(log, [id_hash(s.item_id) for s in items], variant, now,
+                                       cfg.impressions_max, window_ms=cfg.feedback_window_ms)
+            slot.impressions_dirty = True
+            if shown:
+                self.metrics.inc("impressions", shown, (("variant", variant), ("kind", "new")))
+        trigger = "request" if request_id is not None else "event"
+        self.metrics.inc("recommendations_emitted", 1, (("variant", variant),
+                                                        ("trigger", trigger)))
+        emitted_at = self.now_ms()
+        if ingest_ms:
+            self.metrics.observe_latency(max(0, emitted_at - ingest_ms))
+        if trigger_event_id is not None:
+            self.metrics.set("event_time_lag_ms", emitted_at - event_ts)
+        out.outputs.emit(rec.USER_OUT_RECOMMENDATIONS, 0, u.user_id, orjson.dumps({
+            "schema_version": 1, "user_id": u.user_id, "request_id": request_id,
+            "trigger_event_id": trigger_event_id, "generated_at": emitted_at,
+            "event_ts": event_ts, "variant": variant,
+            "items": [{"item_id": s.item_id, "score": round(float(s.score), 6),
+                       "reasons": s.reasons} for s in items]}))
+
+    def recommend(self, u: UserProfile, variant: str, weights, k: int,
+                  now: int) -> list[ScoredItem]:
+        self.model.ready()
+        return self.recommender.recommend(self.step.view(u, variant), weights, k, now)
+
+    # ------------------------------------------------------------------------ broadcasts
+    def _on_catalog(self, r: Record, out: BatchResult) -> None:
+        # Every subtask sees every catalogue record; one of them speaks for the rejects.
+        parsed = self._parse(r, out, dead_letter=self.subtask == 0)
+        if parsed is not None:
+            self.model.upsert_item(parsed)
+
+    def _apply_model_update(self, rows: list, popularity: dict[str, Any] | None) -> None:
+        import numpy as np
+
+        for item_id, neighbor_ids, scores in rows:
+            self.model.set_neighbors(item_id, neighbor_ids, scores)
+        if popularity is not None:
+            self.model.apply_popularity(
+                popularity["landmark"], popularity["newest_ts"], popularity["ids"],
+                np.asarray(popularity["pop"], dtype=np.float64), popularity["seg"],
+                np.asarray(popularity["seg_item"], dtype=np.int64),
+                np.asarray(popularity["seg_pop"], dtype=np.float64))

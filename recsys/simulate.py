@@ -1,38 +1,33 @@
-"""The engine in one process, without Flink or Kafka: for tuning and for what-if variants.
+"""The engine in one process, without Flink or Kafka: for evaluation, tuning and what-ifs.
 
-:class:`EngineSimulator` applies the *same pure functions in the same order* as the job's
-operators (``flink_jobs/operators.py``), on the same records:
+:class:`EngineSimulator` is a loop over the job's own engine classes — the user operator's
+:class:`udfs.user_side.UserSide` and the item operator's :class:`udfs.item_side.ItemSide` — with
+in-memory keyed state and a virtual clock. Nothing of the per-record logic is written here:
 
 =====================================  ==================================================
-operator (flink_jobs/operators.py)     here
+the job                                here
 =====================================  ==================================================
-``ParseInput``                         ``udfs.validation.parse_input`` (same config)
-``ProfileOperator._on_event``          ``remember_event_id`` -> ``apply_event`` ->
-                                       activity (if weight > 0) -> pair updates ->
-                                       trigger (``_trigger``)
-``SimilarityOperator`` broadcast side  occurrence N(i) += delta * 2^((ts - L) / half_life)
-``SimilarityOperator.on_timer``        buffered pairs flushed on processing-time timers
-                                       aligned to ``flush_interval_ms``, one
-                                       ``apply_pair_updates`` call; changed rows are emitted
-                                       at most once per ``emit_min_interval_ms`` per item
-``RecommendOperator`` broadcast side   ``TrendingModel.record``; neighbour rows; catalogue
-``RecommendOperator.process_element``  ``udfs.recommend.recommend`` on the trigger's view
+Kafka sources, Java keying             records handed in one at a time, keyed by user
+user operator micro-batch              ``UserSide.process`` on each record (a batch of one)
+item operator micro-batch              ``ItemSide.process`` on the pair updates and item
+                                       activity gathered since the first one arrived, once
+                                       ``similarity.flush_interval_ms`` of virtual time
+                                       has passed (as the Java operator's batch delay)
+keyed processing-time timers           a heap of (time, operator, key), fired on the clock
+model updates via their Kafka topic    delivered to the user side as soon as they are made
 =====================================  ==================================================
 
-Processing time is virtual: every input record advances a clock by ``ms_per_event`` (the
-job's measured throughput, see ``recsys/evaluation.py``), and the timers of the similarity
-operator fire on that clock. That reproduces the two places where the job's output depends on
-processing time: how many events' pair updates are batched into one kernel call (rows are
-re-scored only when they receive an update), and how stale the neighbour rows seen by the
-recommender are (``emit_min_interval_ms``). The remaining differences from the job: all
-shards flush at the same instant (the job's shard timers are aligned to the same boundaries
-too, and rows are independent, so this is exact), broadcast records arrive with zero delay,
-and the activity of an event always reaches the recommender before the event's own trigger
-(in the job either may come first).
+Processing time is virtual: every input record advances the clock by ``ms_per_event`` (the
+job's measured throughput, see ``recsys/evaluation.py``). That reproduces the places where the
+job's output depends on processing time: how many events' pair updates share one flush (rows are
+re-scored only when they receive updates), how stale the neighbour rows a recommendation sees
+are (``emit_min_interval_ms``), and when trending lists are rebuilt (``trending_refresh_ms``).
+What differs: the job's model updates take a Kafka round trip (milliseconds), and its user
+operator batches several records per call (the same results, processed in the same order).
 
-``freeze_item_model()`` stops every update of the item model (occurrence, co-occurrence,
-neighbours, trending) while profiles keep updating: "a model trained once, served with live
-user history" — protocol B's comparison point.
+``freeze_item_model()`` stops every update of the item model (co-occurrence, neighbours,
+popularity) while profiles keep updating: protocol B's "trained once" comparison point (the
+job does the same from ``similarity.freeze_item_model_at_ms``).
 
 Command line: ``python -m recsys.simulate [--config FILE] [--set k=v ...] [--protocol A|B]``
 prints the metrics of one run; ``--sweep 'key=v1,v2,...'`` (repeatable) runs the grid.
@@ -41,6 +36,7 @@ prints the metrics of one run; ``--sweep 'key=v1,v2,...'`` (repeatable) runs the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import itertools
 import json
@@ -50,23 +46,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import orjson
 
+from state_schemas import records as rec
 from state_schemas.config import EngineConfig, load_config
-from state_schemas.state import ItemInfo, RecentItem, UserProfileState
-from udfs import profile as prof
-from udfs.ab import assign_variant
-from udfs.recommend import ItemModel, ScoredItem, UserView, recommend
-from udfs.similarity import ItemRow, PairBatch, apply_pair_updates, decay_factor
-from udfs.trending import TrendingModel
-from udfs.validation import (
-    KIND_ATTRIBUTES, KIND_EVENT, KIND_ITEM, KIND_REQUEST, DeadLetter, parse_input)
+from state_schemas.profile_state import UserProfile, decode_profile
+from udfs import item_side as item_mod
+from udfs import user_side as user_mod
+from udfs.item_side import ItemSide
+from udfs.user_side import BatchResult, UserSide
+from udfs.user_side import Record as BatchRecord
 
 Record = dict[str, Any]
 PROC_EPOCH_MS = 1_700_000_000_000  # where the virtual processing-time clock starts
-
-
-def _bytes(record: Record) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+_USER, _ITEM = 0, 1
 
 
 @dataclass
@@ -81,231 +74,245 @@ class SimStats:
     dlq_reasons: dict[str, int] = field(default_factory=dict)
 
 
-class EngineSimulator:
-    """The job's state machines in one process (see the module docstring)."""
+@dataclass
+class Recommendation:
+    """One recommendation the simulated job emitted."""
+    user_id: str
+    variant: str
+    items: list[str]
+    reasons: list[list[str]]
+    scores: list[float]
+    trigger_event_id: str | None = None
+    request_id: str | None = None
 
-    def __init__(self, cfg: EngineConfig, *, ms_per_event: float = 1.0, validate: bool = True,
-                 wall_now_ms: int | None = None):
+
+class EngineSimulator:
+    """The job's two operators in one process (see the module docstring)."""
+
+    def __init__(self, cfg: EngineConfig, *, ms_per_event: float = 1.0,
+                 wall_now_ms: int | None = None, recommend_on_events: bool = True):
         self.cfg = cfg
         self.ms_per_event = float(ms_per_event)
-        self.validate = validate
-        self.wall_now_ms = wall_now_ms if wall_now_ms is not None else int(time.time() * 1000)
-        # Wall-clock-like start, as in the job: an item never emitted is emitted at once.
         self.proc_ms = float(PROC_EPOCH_MS)
-        self.catalog: dict[str, ItemInfo] = {}
-        self.profiles: dict[str, UserProfileState] = {}
-        # similarity operator
-        self.occurrence: dict[str, float] = {}
-        self.rows: dict[str, ItemRow] = {}
-        self._pending: tuple[list[str], list[str], list[float], list[int]] = ([], [], [], [])
+        self._wall0 = wall_now_ms if wall_now_ms is not None else int(time.time() * 1000)
+        self.user = UserSide(cfg, clock=lambda: (self._wall0 + self.proc_ms - PROC_EPOCH_MS) / 1e3)
+        self.item = ItemSide(cfg)
+        self.recommend_on_events = recommend_on_events
+        self.user_state: dict[str, list[bytes | None]] = {}
+        self.item_state: dict[str, list[bytes | None]] = {}
+        self._inbox: list[tuple[str | None, int, bytes]] = []  # (key or None, kind, payload)
         self._flush_at: float | None = None
-        self._emitted: dict[str, tuple[float, bool]] = {}  # item -> (last emit, pending)
-        self._emit_timers: list[tuple[float, str]] = []
-        # recommendation operator
-        self.model = ItemModel(catalog=self.catalog, neighbors={},
-                               trending=TrendingModel(cfg.recommend.trending_half_life_ms,
-                                                      top_cache_size=cfg.recommend.trending_top_n))
+        self._timers: list[tuple[float, int, int, str]] = []
+        self._timer_seq = itertools.count()
         self.frozen = False
         self.stats = SimStats()
-        self._variants: dict[str, str] = {}
+        self.recommendations: list[Recommendation] = []
 
-    # ------------------------------------------------------------------ helpers
-    def variant(self, user_id: str) -> str:
-        v = self._variants.get(user_id)
-        if v is None:
-            v = self._variants[user_id] = assign_variant(
-                user_id, self.cfg.recommend.experiment_salt, self.cfg.recommend.variants)
-        return v
-
-    def _parse(self, record: Record, kind: str, topic: str) -> Record | None:
-        if not self.validate:
-            return dict(record)
-        out = parse_input(_bytes(record), kind, topic, self.wall_now_ms, self.cfg.validation,
-                          self.cfg.profile, self.cfg.recommend.default_k, self.cfg.recommend.max_k)
-        if isinstance(out, DeadLetter):
-            self.stats.dead_letters += 1
-            self.stats.dlq_reasons[out.reason] = self.stats.dlq_reasons.get(out.reason, 0) + 1
-            return None
-        return out
-
-    def _profile(self, user_id: str) -> UserProfileState:
-        p = self.profiles.get(user_id)
-        if p is None:
-            p = self.profiles[user_id] = UserProfileState(user_id)
-        return p
-
-    # ------------------------------------------------------------------ processing time
+    # ------------------------------------------------------------------ clock and timers
     def _advance(self) -> None:
-        """One input record's worth of processing time; fire the timers that came due."""
         self.proc_ms += self.ms_per_event
-        self._run_timers(self.proc_ms)
+        self._run_due(self.proc_ms)
 
-    def _run_timers(self, until: float) -> None:
+    def _run_due(self, until: float) -> None:
         while True:
-            nxt = self._flush_at
-            emit = self._emit_timers[0][0] if self._emit_timers else None
-            if emit is not None and (nxt is None or emit < nxt):
-                nxt = emit
+            nxt = self._timers[0][0] if self._timers else None
+            if self._flush_at is not None and (nxt is None or self._flush_at <= nxt):
+                nxt = self._flush_at
             if nxt is None or nxt > until:
                 return
-            while self._emit_timers and self._emit_timers[0][0] <= nxt:
-                heapq.heappop(self._emit_timers)
-            if self._flush_at is not None and self._flush_at <= nxt:
+            if self._flush_at is not None and nxt == self._flush_at:
                 self._flush_at = None
-                self._on_timer(nxt, flush=True)
+                self._flush_items(int(nxt))
+                continue
+            _, _, side, key = heapq.heappop(self._timers)
+            if side == _USER:
+                self._user_batch([(key, rec.KIND_TIMER, b"", int(nxt))], int(nxt))
             else:
-                self._on_timer(nxt, flush=False)
+                self._to_items(key, rec.KIND_TIMER, b"", int(nxt))
 
     def drain(self) -> None:
-        """Run every pending timer (flush buffered pairs, emit every pending row): the state a
-        request sees once the job has been idle for a few seconds."""
-        horizon = self.proc_ms + self.cfg.similarity.flush_interval_ms \
-            + self.cfg.similarity.emit_min_interval_ms + 1
-        self._run_timers(horizon)
-        self.proc_ms = max(self.proc_ms, horizon)
+        """Run every pending flush and timer: the state the job reaches once idle for a few
+        seconds (rows flushed and emitted, model updates applied, trending rebuilt)."""
+        sim = self.cfg.similarity
+        horizon = self.proc_ms + sim.flush_interval_ms + sim.emit_min_interval_ms + 1
+        while True:
+            self._run_due(horizon)
+            self.proc_ms = max(self.proc_ms, horizon)
+            if self._flush_at is None and not (self._timers and self._timers[0][0] <= horizon):
+                break
+            horizon += sim.flush_interval_ms + 1
+        self.proc_ms += self.cfg.recommend.trending_refresh_ms
+        self.user.model.refresh(self.proc_ms, force=True)
 
-    # ------------------------------------------------------------------ similarity operator
-    def _on_activity(self, item_id: str, occurrence_delta: float, ts: int) -> None:
-        if occurrence_delta <= 0:
+    # ------------------------------------------------------------------ the two operators
+    def _user_batch(self, items: list[tuple[str | None, int, bytes, int]],
+                    proc_now: int) -> BatchResult:
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        records = []
+        for key, kind, payload, ts in items:
+            k = -1
+            if key is not None:
+                k = index.get(key)
+                if k is None:
+                    k = index[key] = len(keys)
+                    keys.append(key)
+            records.append(BatchRecord(kind, k, ts, 0, payload))
+        states = [self.user_state.get(k, [None, None]) for k in keys]
+        result = self.user.process(keys, states, records, proc_now, -(1 << 63))
+        for key, s, value in result.state_updates:
+            name = keys[key] if isinstance(key, int) else key
+            self.user_state.setdefault(name, [None, None])[s] = value
+        for key, time_ in result.timers:
+            name = keys[key] if isinstance(key, int) else key
+            heapq.heappush(self._timers, (float(time_), next(self._timer_seq), _USER, name))
+        self._count(result.metrics)
+        for key, value in result.outputs.of(rec.USER_OUT_PAIRS, rec.KIND_PAIRS):
+            self._to_items(key, rec.KIND_PAIRS, value, proc_now)
+        for _, value in result.outputs.of(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY):
+            self._to_items(None, rec.KIND_ACTIVITY, value, proc_now)
+        return result
+
+    def _to_items(self, key: str | None, kind: int, payload: bytes, proc_now: int) -> None:
+        if self.frozen and kind != rec.KIND_TIMER:
             return
-        sim = self.cfg.similarity
-        f = float(decay_factor(np.array([ts]), sim.decay_landmark_ms, sim.half_life_ms)[0])
-        self.occurrence[item_id] = self.occurrence.get(item_id, 0.0) + occurrence_delta * f
+        if not self._inbox and self._flush_at is None:
+            self._flush_at = proc_now + self.cfg.similarity.flush_interval_ms
+        self._inbox.append((key, kind, payload))
 
-    def _on_pairs(self, pairs: Sequence[prof.PairUpdate], ts: int) -> None:
-        rows, cols, weights, tss = self._pending
-        for pu in pairs:
-            rows.append(pu.row)
-            cols.append(pu.col)
-            weights.append(pu.weight)
-            tss.append(ts)  # PairShardBatch carries the event's ts
-        self.stats.pair_updates += len(pairs)
-        interval = self.cfg.similarity.flush_interval_ms
-        at = (self.proc_ms // interval + 1) * interval
-        if self._flush_at is None or at < self._flush_at:
-            self._flush_at = at
+    def _flush_items(self, proc_now: int) -> None:
+        inbox, self._inbox = self._inbox, []
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        records = []
+        for key, kind, payload in inbox:
+            k = -1
+            if key is not None:
+                k = index.get(key)
+                if k is None:
+                    k = index[key] = len(keys)
+                    keys.append(key)
+            records.append(BatchRecord(kind, k, proc_now, 0, payload))
+        states = [self.item_state.get(k, [None]) for k in keys]
+        result = self.item.process(keys, states, records, proc_now)
+        self.stats.flushes += 1
+        for key, time_ in result.timers:
+            name = keys[key] if isinstance(key, int) else key
+            heapq.heappush(self._timers, (float(time_), next(self._timer_seq), _ITEM, name))
+        self._count(result.metrics)
+        updates = result.outputs.of(rec.ITEM_OUT_MODEL, rec.KIND_MODEL_UPDATE)
+        if updates:
+            self._user_batch([(None, rec.KIND_MODEL_UPDATE, v, proc_now) for _, v in updates],
+                             proc_now)
 
-    def _on_timer(self, timestamp: float, flush: bool) -> None:
-        sim = self.cfg.similarity
-        due: list[str] = []
-        rows, cols, weights, tss = self._pending
-        if flush and rows:
-            self._pending = ([], [], [], [])
-            self.stats.flushes += 1
-            batch = PairBatch.from_lists(rows, cols, weights, tss)
-            current = {i: self.rows[i] for i in set(rows) if i in self.rows}
-            updated = apply_pair_updates(current, batch, self.occurrence, sim,
-                                         sim.decay_landmark_ms, delta=sim.hoeffding_delta,
-                                         min_obs=sim.hoeffding_min_obs)
-            for item_id, row in updated.items():
-                old = current.get(item_id)
-                self.rows[item_id] = row.copy()  # kernel rows are slices of the batch arrays
-                if old is None or list(old.neighbors) != list(row.neighbors):
-                    due.append(item_id)
-        self._emit_due(due, timestamp)
-
-    def _emit_due(self, changed: list[str], proc_now: float) -> None:
-        interval = self.cfg.similarity.emit_min_interval_ms
-        for item_id in changed:
-            last, _ = self._emitted.get(item_id, (0.0, False))
-            self._emitted[item_id] = (last, True)
-        for item_id, (last, pending) in list(self._emitted.items()):
-            if not pending:
+    def _count(self, metrics: list[tuple[str, str, int, float]]) -> None:
+        s = self.stats
+        for path, name, kind, value in metrics:
+            if kind != 0:
                 continue
-            if proc_now - last >= interval:
-                self._emitted[item_id] = (proc_now, False)
-                self.stats.neighbor_emissions += 1
-                self.model.neighbors[item_id] = [(j, float(s))
-                                                 for j, s in self.rows[item_id].neighbors]
-            else:
-                heapq.heappush(self._emit_timers, (last + interval, item_id))
+            if name == "dlq_records":
+                reason = dict(p.split("=", 1) for p in path.split(","))["reason"]
+                if reason == "duplicate_event":
+                    s.duplicates += int(value)
+                else:
+                    s.dead_letters += int(value)
+                    s.dlq_reasons[reason] = s.dlq_reasons.get(reason, 0) + int(value)
+            elif name == "events_in":
+                s.events += int(value)
+            elif name == "similarity_pair_updates":
+                s.pair_updates += int(value)
+            elif name == "similarity_updates_emitted":
+                s.neighbor_emissions += int(value)
+            elif name == "recommendations_emitted":
+                s.recommendations += int(value)
 
     # ------------------------------------------------------------------ inputs
+    def _send(self, kind: int, key: str | None, record: Record) -> BatchResult:
+        self._advance()
+        ts = record.get("ts") if isinstance(record.get("ts"), int) else 0
+        return self._user_batch([(key, kind, orjson.dumps(record), ts)], int(self.proc_ms))
+
     def add_items(self, records: Iterable[Record]) -> None:
-        for rec in records:
-            out = self._parse(rec, KIND_ITEM, self.cfg.topics.item_catalog)
-            if out is None:
-                continue
-            info = ItemInfo(out["item_id"], out["title"], tuple(out["categories"]),
-                            tuple(out["tags"]), out["price"], out["available"], out["ts"])
-            current = self.catalog.get(info.item_id)
-            if current is None or current.updated_at <= info.updated_at:
-                self.catalog[info.item_id] = info
+        batch = [(None, rec.KIND_CATALOG, orjson.dumps(r), r.get("ts", 0)) for r in records]
+        self._user_batch(batch, int(self.proc_ms))
+        self.user.model.refresh(self.proc_ms, force=True)
 
     def add_attributes(self, records: Iterable[Record]) -> None:
-        for rec in records:
-            out = self._parse(rec, KIND_ATTRIBUTES, self.cfg.topics.user_attributes)
-            if out is not None:
-                prof.apply_attributes(self._profile(out["user_id"]), out["attributes"], out["ts"])
+        for r in records:
+            self._send(rec.KIND_ATTRIBUTES, str(r.get("user_id")), r)
 
     def freeze_item_model(self) -> None:
-        """From now on: no occurrence/co-occurrence/neighbour/trending updates."""
+        """From now on: no co-occurrence, neighbour or popularity updates."""
         self.drain()
-        self._pending = ([], [], [], [])
         self.frozen = True
 
+    def _recommendation(self, result: BatchResult) -> Recommendation | None:
+        got = result.outputs.of(rec.USER_OUT_RECOMMENDATIONS)
+        if not got or got[-1][1] is None:
+            return None
+        m = orjson.loads(got[-1][1])
+        r = Recommendation(m["user_id"], m["variant"], [i["item_id"] for i in m["items"]],
+                           [i["reasons"] for i in m["items"]], [i["score"] for i in m["items"]],
+                           m["trigger_event_id"], m["request_id"])
+        self.recommendations.append(r)
+        return r
+
     def process_event(self, record: Record, *, recommend_after: bool = True
-                      ) -> list[ScoredItem] | None:
-        """One ``user-events`` record; returns the recommendation it triggers (None when the
-        record is rejected, a duplicate, or ``recommend_after`` is False)."""
-        self._advance()
-        event = self._parse(record, KIND_EVENT, self.cfg.topics.user_events)
-        if event is None:
-            return None
-        cfg = self.cfg
-        p = self._profile(event["user_id"])
-        if not prof.remember_event_id(p, event["event_id"], event["ts"],
-                                      cfg.validation.dedup_window_ms,
-                                      cfg.validation.dedup_max_ids_per_user):
-            self.stats.duplicates += 1
-            return None
-        self.stats.events += 1
-        item = self.catalog.get(event["item_id"])
-        outcome = prof.apply_event(p, event, item, cfg.profile, cfg.similarity)
-        segment = prof.demographic_segment(p.attributes)
-        if not self.frozen:
-            if outcome.weight > 0:
-                self._on_activity(event["item_id"], outcome.occurrence_delta, event["ts"])
-                self.model.trending.record(event["item_id"], item.categories if item else (),
-                                           segment, outcome.weight, event["ts"])
-            if outcome.pairs:
-                self._on_pairs(outcome.pairs, event["ts"])
-        if not recommend_after:
-            return None
-        return self._recommend(p, event["ts"], cfg.recommend.default_k, segment)
+                      ) -> Recommendation | None:
+        """One ``user-events`` record; the recommendation it triggers (None when the record is
+        rejected or a duplicate, or when ``recommend_after`` is False)."""
+        self.user.recommend_on_events = recommend_after and self.recommend_on_events
+        result = self._send(rec.KIND_EVENT, str(record.get("user_id")), record)
+        return self._recommendation(result) if self.user.recommend_on_events else None
 
-    def request(self, record: Record) -> list[ScoredItem] | None:
+    def process_events(self, records: Sequence[Record], batch: int) -> list[Recommendation]:
+        """Events in micro-batches of ``batch`` records, as the job's user operator takes them
+        from a backlog (the clock still advances per record); the recommendations made."""
+        self.user.recommend_on_events = self.recommend_on_events
+        made: list[Recommendation] = []
+        for start in range(0, len(records), batch):
+            chunk = records[start:start + batch]
+            items = []
+            for r in chunk:
+                ts = r.get("ts") if isinstance(r.get("ts"), int) else 0
+                items.append((str(r.get("user_id")), rec.KIND_EVENT, orjson.dumps(r), ts))
+            self.proc_ms += self.ms_per_event * len(chunk)
+            result = self._user_batch(items, int(self.proc_ms))
+            for _, value in result.outputs.of(rec.USER_OUT_RECOMMENDATIONS):
+                if value is not None:
+                    m = orjson.loads(value)
+                    made.append(Recommendation(
+                        m["user_id"], m["variant"], [i["item_id"] for i in m["items"]],
+                        [i["reasons"] for i in m["items"]], [i["score"] for i in m["items"]],
+                        m["trigger_event_id"], m["request_id"]))
+            self._run_due(self.proc_ms)
+        self.recommendations.extend(made)
+        return made
+
+    def request(self, record: Record) -> Recommendation | None:
         """One ``recommendation-requests`` record (the user's profile as it is now)."""
-        self._advance()
-        req = self._parse(record, KIND_REQUEST, self.cfg.topics.recommendation_requests)
-        if req is None:
-            return None
-        p = self.profiles.get(req["user_id"]) or UserProfileState(req["user_id"])
-        return self._recommend(p, req["ts"], req["k"], None)
+        return self._recommendation(self._send(rec.KIND_REQUEST, str(record.get("user_id")),
+                                               record))
 
-    def _recommend(self, p: UserProfileState, event_ts: int, k: int,
-                   segment: str | None) -> list[ScoredItem]:
-        """``ProfileOperator._trigger`` then ``RecommendOperator.process_element``."""
-        cfg = self.cfg
-        now = max(event_ts, p.last_seen or 0)
-        interests = prof.interests_at(p.interests, p.interests_ts, now,
-                                      cfg.profile.interest_half_life_ms)
-        variant = self.variant(p.user_id)
-        view = UserView(
-            user_id=p.user_id,
-            recent_items=[RecentItem(r.item_id, r.event_type, r.ts, r.weight)
-                          for r in p.recent_items],
-            interests=interests,
-            exclude=set(p.consumed),
-            not_interested=set(p.not_interested),
-            segment=segment if segment is not None else prof.demographic_segment(p.attributes),
-            variant=variant,
-            attributes=dict(p.attributes),
-        )
-        weights = cfg.recommend.variants.get(variant) or next(iter(cfg.recommend.variants.values()))
-        self.stats.recommendations += 1
-        return recommend(view, self.model, weights, cfg.recommend, k, max(event_ts, 0),
-                         recency_half_life_ms=cfg.recommend.recency_half_life_ms)
+    # ------------------------------------------------------------------ inspection
+    def profile(self, user_id: str) -> UserProfile | None:
+        slot = self.user.cache.get(user_id)
+        if slot is not None and (slot.profile is not None or slot.profile_blob is not None):
+            return self.user._profile(slot, user_id)
+        blob = self.user_state.get(user_id, [None])[0]
+        return decode_profile(blob) if blob is not None else None
+
+    def variant(self, user_id: str) -> str:
+        p = self.profile(user_id) or UserProfile(user_id)
+        return self.user.step.variant(p)
+
+    def neighbors(self, item_id: str) -> list[tuple[str, float]]:
+        """The neighbour row the recommender sees for ``item_id``."""
+        return self.user.model.neighbors_of(item_id)
+
+    def occurrence(self, item_id: str) -> float:
+        c = self.item.stats.items.get(item_id)
+        return float(self.item.stats.occ[c]) if c >= 0 else 0.0
 
 
 # ---------------------------------------------------------------------------- protocols
@@ -333,13 +340,13 @@ def request_records(train_events: Sequence[Record], users: Iterable[str], k: int
 
 def run_protocol_a(cfg: EngineConfig, catalog: Sequence[Record], attributes: Sequence[Record],
                    train_events: Sequence[Record], test: Mapping[str, set[str]], *, k: int = 10,
-                   ms_per_event: float = 1.0, validate: bool = True,
+                   ms_per_event: float = 1.0,
                    progress: Callable[[int], None] | None = None) -> ProtocolAResult:
     """Replay ``train_events`` (event-time order), then one request per test user."""
     from udfs.metrics import ranking_metrics
 
     t0 = time.perf_counter()
-    sim = EngineSimulator(cfg, ms_per_event=ms_per_event, validate=validate)
+    sim = EngineSimulator(cfg, ms_per_event=ms_per_event)
     sim.add_items(catalog)
     sim.add_attributes(attributes)
     for n, e in enumerate(train_events):
@@ -350,7 +357,7 @@ def run_protocol_a(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
     recs: dict[str, list[str]] = {}
     for req in request_records(train_events, sorted(test), k):
         out = sim.request(req)
-        recs[req["user_id"]] = [s.item_id for s in (out or [])]
+        recs[req["user_id"]] = out.items if out is not None else []
     result = ranking_metrics(recs, test, k)
     per_variant: dict[str, dict[str, float]] = {}
     for v in sorted(set(sim.variant(u) for u in recs)):
@@ -378,7 +385,6 @@ class ProtocolBResult:
 def run_protocol_b(cfg: EngineConfig, catalog: Sequence[Record], attributes: Sequence[Record],
                    events: Sequence[Record], *, k: int = 10, ms_per_event: float = 1.0,
                    freeze_after_ms: int | None = None, users: set[str] | None = None,
-                   validate: bool = True,
                    progress: Callable[[int], None] | None = None) -> ProtocolBResult:
     """Prequential: before each event, is its item in the user's latest top-k (the list the
     user's previous event triggered)? ``freeze_after_ms``: freeze the item model at the first
@@ -387,16 +393,15 @@ def run_protocol_b(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
     from udfs.metrics import rank_of
 
     t0 = time.perf_counter()
-    if freeze_after_ms is None and cfg.similarity.freeze_item_model_at_ms > 0:
-        freeze_after_ms = cfg.similarity.freeze_item_model_at_ms  # as the job does
-    sim = EngineSimulator(cfg, ms_per_event=ms_per_event, validate=validate)
+    if freeze_after_ms is not None:  # the job's own switch
+        cfg = dataclasses.replace(cfg, similarity=dataclasses.replace(
+            cfg.similarity, freeze_item_model_at_ms=freeze_after_ms))
+    sim = EngineSimulator(cfg, ms_per_event=ms_per_event)
     sim.add_items(catalog)
     sim.add_attributes(attributes)
     latest: dict[str, list[str]] = {}
     cases: list[PrequentialCase] = []
     for n, e in enumerate(events):
-        if freeze_after_ms is not None and not sim.frozen and e["ts"] >= freeze_after_ms:
-            sim.freeze_item_model()
         u = e["user_id"]
         wanted = users is None or u in users
         if wanted and u in latest:
@@ -404,7 +409,7 @@ def run_protocol_b(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
                                          rank_of(e["item_id"], latest[u], k)))
         out = sim.process_event(e, recommend_after=wanted)
         if out is not None:
-            latest[u] = [s.item_id for s in out]
+            latest[u] = out.items
         if progress is not None and n % 5000 == 0:
             progress(n)
     return ProtocolBResult(cases, time.perf_counter() - t0, sim.stats)
@@ -487,7 +492,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ms-per-event", type=float, default=1.0)
     parser.add_argument("--b-user-fraction", type=float, default=0.25,
                         help="protocol B: share of users whose lists are computed")
-    parser.add_argument("--no-validate", action="store_true")
     parser.add_argument("--split-seed", type=int, default=42,
                         help="seed of the per-user split (42: the evaluation's)")
     args = parser.parse_args(argv)
@@ -502,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, list(args.overrides) + combo, environ={})
         if args.protocol == "A":
             res = run_protocol_a(cfg, catalog, attributes, ml_mod.events(train), test,
-                                 ms_per_event=args.ms_per_event, validate=not args.no_validate)
+                                 ms_per_event=args.ms_per_event)
             m = res.metrics
             print(json.dumps({"set": combo, "ndcg@10": round(m["ndcg@10"], 4),
                               "precision@10": round(m["precision@10"], 4),
@@ -518,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen = set(rng.choice(users, max(1, int(len(users) * args.b_user_fraction)),
                                     replace=False).tolist())
             res = run_protocol_b(cfg, catalog, attributes, everyone, users=chosen,
-                                 ms_per_event=args.ms_per_event, validate=not args.no_validate)
+                                 ms_per_event=args.ms_per_event)
             hr, mrr = hit_and_rr(np.array([c.rank for c in res.cases]))
             print(json.dumps({"set": combo, "hit_rate@10": round(hr, 4), "mrr@10": round(mrr, 4),
                               "cases": len(res.cases), "seconds": round(res.seconds, 1)}),

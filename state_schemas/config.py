@@ -164,6 +164,10 @@ class ProfileConfig:
         "phone_number", "mobile", "address", "street", "ssn", "passport", "ip", "ip_address",
     ])
     inactive_user_ttl_ms: int = 0  # 0: keep forever; otherwise state TTL for idle users
+    # Users whose decoded state a user-operator subtask keeps in memory (least recently seen
+    # evicted): keyed state is written at checkpoints, so a hot user is decoded and encoded
+    # once per checkpoint interval, not once per event. ~2-10 KB of memory each.
+    state_cache_users: int = 20_000
 
 
 @dataclass
@@ -441,6 +445,8 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("job.batch_max_delay_ms must be >= 0")
     if cfg.similarity.flush_interval_ms < 0:
         problems.append("similarity.flush_interval_ms must be >= 0")
+    if cfg.profile.state_cache_users < 1:
+        problems.append("profile.state_cache_users must be >= 1")
     if cfg.recommend.model_max_items < 16:
         problems.append("recommend.model_max_items must be >= 16")
     if cfg.kafka.starting_offsets not in ("earliest", "latest", "committed"):

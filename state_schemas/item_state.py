@@ -12,12 +12,10 @@ releases before the micro-batch engine, and is not read: rows rebuild from new e
     u64[n] column hashes  f64[n] C  i32[n] observations
     u64[k] neighbour hashes  f64[k] scores (best first)
 
-Counters (replicated state ``item-stats``, version 1)::
-
-    "IS" u8 version u8 flags  i64 occurrence landmark  i64 popularity landmark  i64 newest ts
-    u32 n_items  u16 n_segments
-    f64[n] occurrence  f64[n] popularity  f64[n_segments, n] popularity per segment
-    orjson [item ids, segment names]
+Counters (replicated state, version 1), one entry per item so that a checkpoint writes only
+what changed: ``n:<item id>`` -> orjson ``[version, occurrence N, popularity, {segment:
+popularity}]`` (forward-decayed values), and ``counters:meta`` -> orjson ``[version, occurrence
+landmark, popularity landmark, newest event ts]``.
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ from state_schemas.profile_state import StateVersionError
 ROW_STATE_VERSION = 2
 STATS_STATE_VERSION = 1
 _ROW = struct.Struct("<2sBBqqHH")
-_STATS = struct.Struct("<2sBBqqqIH")
-_NONE = -(1 << 63)
+STATS_PREFIX = "n:"
+STATS_META_KEY = "counters:meta"
 
 
 @dataclass(slots=True)
@@ -82,34 +80,26 @@ def decode_row(blob: bytes) -> RowState:
                     bool(flags & 1))
 
 
-def encode_stats(ids: list[str], occ: np.ndarray, pop: np.ndarray,
-                 pop_seg: dict[str, np.ndarray], occ_landmark: int | None,
-                 pop_landmark: int | None, newest_ts: int | None) -> bytes:
-    segs = sorted(pop_seg)
-    seg_block = (np.stack([pop_seg[s] for s in segs]).astype("<f8").tobytes() if segs else b"")
-    return b"".join([
-        _STATS.pack(b"IS", STATS_STATE_VERSION, 0,
-                    _NONE if occ_landmark is None else occ_landmark,
-                    _NONE if pop_landmark is None else pop_landmark,
-                    _NONE if newest_ts is None else newest_ts, len(ids), len(segs)),
-        np.asarray(occ, dtype="<f8").tobytes(), np.asarray(pop, dtype="<f8").tobytes(),
-        seg_block, orjson.dumps([ids, segs])])
+def encode_counters(occurrence: float, popularity: float, segments: dict[str, float]) -> bytes:
+    return orjson.dumps([STATS_STATE_VERSION, occurrence, popularity, segments])
 
 
-def decode_stats(blob: bytes):
-    """(ids, occurrence, popularity, {segment: popularity}, occurrence landmark, popularity
-    landmark, newest ts)."""
-    if blob[:2] != b"IS":
-        raise StateVersionError("not an item counters state value")
-    if blob[2] != STATS_STATE_VERSION:
-        raise StateVersionError(f"item counters state version {blob[2]} is not supported "
+def decode_counters(blob: bytes) -> tuple[float, float, dict[str, float]]:
+    version, occurrence, popularity, segments = orjson.loads(blob)
+    if version != STATS_STATE_VERSION:
+        raise StateVersionError(f"item counters state version {version!r} is not supported "
                                 f"(this code reads {STATS_STATE_VERSION})")
-    _, _, _, occ_l, pop_l, newest, n, n_seg = _STATS.unpack_from(blob)
-    at = _STATS.size
-    occ = np.frombuffer(blob, dtype="<f8", count=n, offset=at)
-    pop = np.frombuffer(blob, dtype="<f8", count=n, offset=at + 8 * n)
-    seg = np.frombuffer(blob, dtype="<f8", count=n * n_seg, offset=at + 16 * n).reshape(n_seg, n)
-    ids, segs = orjson.loads(memoryview(blob)[at + 16 * n + 8 * n * n_seg:])
-    return (ids, occ, pop, {s: seg[i] for i, s in enumerate(segs)},
-            None if occ_l == _NONE else occ_l, None if pop_l == _NONE else pop_l,
-            None if newest == _NONE else newest)
+    return occurrence, popularity, segments
+
+
+def encode_counters_meta(occ_landmark: int | None, pop_landmark: int | None,
+                         newest_ts: int | None) -> bytes:
+    return orjson.dumps([STATS_STATE_VERSION, occ_landmark, pop_landmark, newest_ts])
+
+
+def decode_counters_meta(blob: bytes) -> tuple[int | None, int | None, int | None]:
+    version, occ_landmark, pop_landmark, newest = orjson.loads(blob)
+    if version != STATS_STATE_VERSION:
+        raise StateVersionError(f"item counters state version {version!r} is not supported "
+                                f"(this code reads {STATS_STATE_VERSION})")
+    return occ_landmark, pop_landmark, newest

@@ -17,8 +17,6 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-import numpy as np
-
 from state_schemas.config import DAY_MS, EVENT_TYPES
 
 LEGACY_PROFILE_VERSION = 2
@@ -55,28 +53,23 @@ def profile_from_v2(state: dict[str, Any]):
 
     recent = [tuple(r) for r in state["recent_items"]]
     consumed = sorted(state["consumed"].items(), key=lambda kv: kv[1])  # oldest first
-    hashes = np.array([item_hash(i) for i, _ in consumed], dtype=np.uint64)
-    order = np.argsort(hashes, kind="stable")
     seen = state["seen_event_ids"]
     newest_minute = max(seen.values()) // 60_000 if seen else 0
-    dedup = np.array(sorted(((item_hash(e) >> 16) << 16) | min(0xFFFF, newest_minute - t // 60_000)
-                            for e, t in seen.items()), dtype=np.uint64)
+    dedup = {item_hash(e) >> 16: t // 60_000 for e, t in seen.items()}
     return UserProfile(
         user_id=state["user_id"],
         attributes=dict(state["attributes"]),
         attributes_ts=int(state["attributes_ts"]),
         counts_all_time=counts(state["counts_all_time"]),
         counts_by_day={int(day) // DAY_MS: counts(b) for day, b in state["counts_by_day"].items()},
-        interests=dict(state["interests"]),
-        interests_ts=int(state["interests_ts"]),
+        interests=dict(state["interests"]),  # decayed to interests_ts: the same as forward
+        interests_landmark=int(state["interests_ts"]),  # decay with it as the landmark
         recent_ids=[r[0] for r in recent],
         recent_types=[TYPE_CODE.get(r[1], 0) for r in recent],
         recent_ts=[int(r[2]) for r in recent],
         recent_weights=[float(r[3]) for r in recent],
         not_interested=list(state["not_interested"]),
-        consumed=hashes[order],
-        consumed_seq=np.arange(len(consumed), dtype=np.uint32)[order],
-        consumed_next=len(consumed),
+        consumed=dict.fromkeys(item_hash(i) for i, _ in consumed),
         first_seen=state["first_seen"],
         last_seen=state["last_seen"],
         purchase_amount_sum=float(state["purchase_amount_sum"]),

@@ -15,20 +15,19 @@ Versions:
 Layout of v3 (little-endian)::
 
     "UP" u8 version u8 flags
-    i64 attributes_ts, interests_ts, first_seen, last_seen, last_snapshot_at, base_ts,
+    i64 attributes_ts, interests_landmark, first_seen, last_seen, last_snapshot_at, base_ts,
         dedup_base_minute
-    f64 purchase_amount_sum   u32 purchase_priced_count   u32 consumed_next
+    f64 purchase_amount_sum   u32 purchase_priced_count   u32 (unused, 0)
     u16 n_days, n_interests, n_recent, n_consumed, n_dedup
     u32[EVENT_TYPES]      counts_all_time
     u32[n_days]           day index (ts // DAY_MS) of each recent-window bucket
     u32[n_days, types]    counts per bucket
-    f32[n_interests]      interest weights (decayed to interests_ts)
+    f32[n_interests]      interest weights (forward-decayed against interests_landmark)
     u8[n_recent]          strongest event type of each recent item (index into EVENT_TYPES)
     i32|i64[n_recent]     base_ts - ts (i64 when flags says "wide")
     f32[n_recent]         weight of the strongest action
-    u64[n_consumed]       consumed item hashes, sorted
-    u32[n_consumed]       consumption sequence (eviction order: smallest first)
-    u64[n_dedup]          (event id hash >> 16 << 16) | minutes before dedup_base_minute, sorted
+    u64[n_consumed]       consumed item hashes, least recently consumed first
+    u64[n_dedup]          (event id hash >> 16 << 16) | minutes before dedup_base_minute
     orjson [user_id, attributes, interest features, recent item ids, not-interested ids,
             variant, variant salt]
 """
@@ -73,29 +72,32 @@ class UserProfile:
     counts_all_time: list[int] = field(default_factory=lambda: [0] * N_TYPES)
     # Recent-window buckets: day index (ts // DAY_MS) -> counts per event type.
     counts_by_day: dict[int, list[int]] = field(default_factory=dict)
-    # Interest weights decayed to interests_ts (feature -> weight).
+    # Interest weights, forward-decayed (``udfs/decay.py``): an event at ts added
+    # w * 2^((ts - interests_landmark) / half_life), so no weight is rewritten as time passes.
     interests: dict[str, float] = field(default_factory=dict)
-    interests_ts: int = 0
+    interests_landmark: int = 0
     # Recent items, newest first, one entry per item: id, strongest type code, ts, weight.
     recent_ids: list[str] = field(default_factory=list)
     recent_types: list[int] = field(default_factory=list)
     recent_ts: list[int] = field(default_factory=list)
     recent_weights: list[float] = field(default_factory=list)
     not_interested: list[str] = field(default_factory=list)  # newest first, bounded
-    consumed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
-    consumed_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
-    consumed_next: int = 0
+    # Consumed item hashes, least recently consumed first (the first goes when full).
+    consumed: dict[int, None] = field(default_factory=dict)
     first_seen: int | None = None
     last_seen: int | None = None
     purchase_amount_sum: float = 0.0
     purchase_priced_count: int = 0
-    dedup: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
-    dedup_base_minute: int = 0
+    # Dedup window: 48-bit hash of each recent event id -> the event's minute (ts // 60 000).
+    dedup: dict[int, int] = field(default_factory=dict)
+    dedup_base_minute: int = 0  # the newest minute seen
     last_snapshot_at: int = 0  # processing time of the last user-profiles record
     snapshot_pending: bool = False
     # A/B assignment, kept while the experiment salt is unchanged.
     variant: str | None = None
     variant_salt: str | None = None
+    # Not stored: the consumed hashes sorted, for the recommender (rebuilt when consumed changes).
+    consumed_sorted: np.ndarray | None = None
 
 
 def _arr(buf: memoryview, at: int, dtype: str, n: int) -> tuple[np.ndarray, int]:
@@ -112,9 +114,9 @@ def encode_profile(p: UserProfile) -> bytes:
              | (_F_LAST_SEEN if p.last_seen is not None else 0))
     days = sorted(p.counts_by_day)
     header = _HEADER.pack(
-        _MAGIC, PROFILE_STATE_VERSION, flags, p.attributes_ts, p.interests_ts,
+        _MAGIC, PROFILE_STATE_VERSION, flags, p.attributes_ts, p.interests_landmark,
         p.first_seen if p.first_seen is not None else 0, base, p.last_snapshot_at, base,
-        p.dedup_base_minute, p.purchase_amount_sum, p.purchase_priced_count, p.consumed_next,
+        p.dedup_base_minute, p.purchase_amount_sum, p.purchase_priced_count, 0,
         len(days), len(p.interests), len(p.recent_ids), len(p.consumed), len(p.dedup))
     parts = [header,
              np.asarray(p.counts_all_time, dtype="<u4").tobytes(),
@@ -124,12 +126,28 @@ def encode_profile(p: UserProfile) -> bytes:
              np.asarray(p.recent_types, dtype="u1").tobytes(),
              np.asarray(offsets, dtype="<i8" if wide else "<i4").tobytes(),
              np.asarray(p.recent_weights, dtype="<f4").tobytes(),
-             p.consumed.astype("<u8", copy=False).tobytes(),
-             p.consumed_seq.astype("<u4", copy=False).tobytes(),
-             p.dedup.astype("<u8", copy=False).tobytes(),
+             np.fromiter(p.consumed, dtype="<u8", count=len(p.consumed)).tobytes(),
+             _pack_dedup(p.dedup, p.dedup_base_minute),
              orjson.dumps([p.user_id, p.attributes, list(p.interests), p.recent_ids,
                            p.not_interested, p.variant, p.variant_salt])]
     return b"".join(parts)
+
+
+def _pack_dedup(seen: dict[int, int], base_minute: int) -> bytes:
+    if not seen:
+        return b""
+    hashes = np.fromiter(seen.keys(), dtype=np.uint64, count=len(seen))
+    back = np.minimum(base_minute - np.fromiter(seen.values(), dtype=np.int64, count=len(seen)),
+                      0xFFFF)
+    return ((hashes << np.uint64(16)) | back.astype(np.uint64)).astype("<u8").tobytes()
+
+
+def _unpack_dedup(packed: np.ndarray, base_minute: int) -> dict[int, int]:
+    if not len(packed):
+        return {}
+    hashes = (packed >> np.uint64(16)).tolist()
+    minutes = (base_minute - (packed & np.uint64(0xFFFF)).astype(np.int64)).tolist()
+    return dict(zip(hashes, minutes))
 
 
 def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
@@ -143,8 +161,8 @@ def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
     if blob[2] != PROFILE_STATE_VERSION:
         raise StateVersionError(f"user profile state version {blob[2]} is not supported "
                                 f"(this code reads up to {PROFILE_STATE_VERSION})")
-    (_, _, flags, attributes_ts, interests_ts, first_seen, last_seen, last_snapshot_at, base,
-     dedup_base_minute, amount, priced, consumed_next, n_days, n_int, n_recent, n_consumed,
+    (_, _, flags, attributes_ts, landmark, first_seen, last_seen, last_snapshot_at, base,
+     dedup_base_minute, amount, priced, _, n_days, n_int, n_recent, n_consumed,
      n_dedup) = _HEADER.unpack_from(blob)
     buf = memoryview(blob)
     at = _HEADER.size
@@ -156,7 +174,6 @@ def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
     offsets, at = _arr(buf, at, "<i8" if flags & _F_WIDE_TS else "<i4", n_recent)
     recent_weights, at = _arr(buf, at, "<f4", n_recent)
     consumed, at = _arr(buf, at, "<u8", n_consumed)
-    consumed_seq, at = _arr(buf, at, "<u4", n_consumed)
     dedup, at = _arr(buf, at, "<u8", n_dedup)
     uid, attributes, features, recent_ids, not_interested, variant, salt = orjson.loads(buf[at:])
     day_rows = day_counts.reshape(n_days, N_TYPES).tolist()
@@ -164,15 +181,15 @@ def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
         user_id=uid, attributes=attributes, attributes_ts=attributes_ts,
         counts_all_time=all_time.tolist(),
         counts_by_day={int(d): row for d, row in zip(days.tolist(), day_rows)},
-        interests=dict(zip(features, weights.tolist())), interests_ts=interests_ts,
+        interests=dict(zip(features, weights.tolist())), interests_landmark=landmark,
         recent_ids=recent_ids, recent_types=types.tolist(),
         recent_ts=[base - o for o in offsets.tolist()],
         recent_weights=recent_weights.tolist(), not_interested=not_interested,
-        consumed=consumed.copy(), consumed_seq=consumed_seq.copy(), consumed_next=consumed_next,
+        consumed=dict.fromkeys(consumed.tolist()),
         first_seen=first_seen if flags & _F_FIRST_SEEN else None,
         last_seen=last_seen if flags & _F_LAST_SEEN else None,
         purchase_amount_sum=amount, purchase_priced_count=priced,
-        dedup=dedup.copy(), dedup_base_minute=dedup_base_minute,
+        dedup=_unpack_dedup(dedup, dedup_base_minute), dedup_base_minute=dedup_base_minute,
         last_snapshot_at=last_snapshot_at, snapshot_pending=bool(flags & _F_PENDING),
         variant=variant, variant_salt=salt)
 
@@ -182,35 +199,33 @@ def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
 class ImpressionLog:
     """One user's recently recommended items, for feedback attribution (``udfs/ab.py``).
 
-    Parallel arrays in recording order (oldest first; the oldest is evicted first): item hash,
-    first and last showing (event time, ms), variant, and the feedback kinds already credited
-    (bit 0 click, bit 1 purchase).
+    ``entries``: item hash -> [first showing, last showing (event time, ms), variant code,
+    feedback kinds already credited (bit 0 click, bit 1 purchase)], in recording order (the
+    oldest first, evicted first). ``variants``: variant code -> name.
     """
-    items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
-    first: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    last: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    variant: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
-    kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
-    variants: list[str] = field(default_factory=list)  # variant code -> name
+    entries: dict[int, list[int]] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.entries)
 
 
 _IHEADER = struct.Struct("<2sBBqI")
 
 
 def encode_impressions(log: ImpressionLog) -> bytes:
-    base = int(log.last.max()) if len(log) else 0
-    back = base - log.last
-    wide = bool(len(log)) and int(back.max()) > 0x7FFFFFFF
+    n = len(log.entries)
+    cols = np.array(list(log.entries.values()), dtype=np.int64).reshape(n, 4)
+    base = int(cols[:, 1].max()) if n else 0
+    back = base - cols[:, 1]
+    wide = bool(n) and int(back.max()) > 0x7FFFFFFF
     return b"".join([
-        _IHEADER.pack(_IMAGIC, IMPRESSION_STATE_VERSION, _F_WIDE_TS if wide else 0, base, len(log)),
-        log.items.astype("<u8", copy=False).tobytes(),
-        (base - log.first).astype("<i8").tobytes(),
+        _IHEADER.pack(_IMAGIC, IMPRESSION_STATE_VERSION, _F_WIDE_TS if wide else 0, base, n),
+        np.fromiter(log.entries, dtype="<u8", count=n).tobytes(),
+        (base - cols[:, 0]).astype("<i8").tobytes(),
         back.astype("<i8" if wide else "<i4").tobytes(),
-        log.variant.astype("u1", copy=False).tobytes(),
-        log.kinds.astype("u1", copy=False).tobytes(),
+        cols[:, 2].astype("u1").tobytes(),
+        cols[:, 3].astype("u1").tobytes(),
         orjson.dumps(log.variants)])
 
 
@@ -228,9 +243,9 @@ def decode_impressions(blob: bytes) -> ImpressionLog:
     last, at = _arr(buf, at, "<i8" if flags & _F_WIDE_TS else "<i4", n)
     variant, at = _arr(buf, at, "u1", n)
     kinds, at = _arr(buf, at, "u1", n)
-    return ImpressionLog(items.copy(), base - first.astype(np.int64),
-                         base - last.astype(np.int64), variant.copy(), kinds.copy(),
-                         orjson.loads(buf[at:]))
+    rows = np.stack([base - first, base - last.astype(np.int64), variant.astype(np.int64),
+                     kinds.astype(np.int64)], axis=1).tolist() if n else []
+    return ImpressionLog(dict(zip(items.tolist(), rows)), orjson.loads(buf[at:]))
 
 
 def day_index(ts: int) -> int:

@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 from typing import Collection, Mapping, Sequence
 
-import numpy as np
-
 from state_schemas.config import VariantConfig
 from state_schemas.profile_state import ImpressionLog
 
@@ -93,35 +91,23 @@ def record_impressions(log: ImpressionLog, item_hashes: Sequence[int], variant: 
     if max_items < 1:
         raise ValueError("max_items must be >= 1")
     code = _variant_code(log, variant)
-    items, first, last = list(log.items.tolist()), log.first.tolist(), log.last.tolist()
-    var, kinds = log.variant.tolist(), log.kinds.tolist()
+    entries = log.entries
     new = 0
-    for h in dict.fromkeys(int(x) for x in item_hashes):
-        old = items.index(h) if h in items else -1
-        entry = (ts, ts, code, 0)
-        if old >= 0:
-            o_first, o_last, o_var, o_kinds = first[old], last[old], var[old], kinds[old]
-            for column in (items, first, last, var, kinds):
-                del column[old]
-            if ts < o_last:  # a late, older recording: keep the newer showing
-                entry = (o_first, o_last, o_var, o_kinds)
-            elif o_var != code or (window_ms is not None and ts - o_last > window_ms):
-                new += 1
-            else:
-                entry = (o_first, ts, code, o_kinds)
-        else:
+    for h in dict.fromkeys(item_hashes):
+        old = entries.pop(h, None)
+        if old is None:
+            entries[h] = [ts, ts, code, 0]
             new += 1
-        items.append(h)
-        first.append(entry[0])
-        last.append(entry[1])
-        var.append(entry[2])
-        kinds.append(entry[3])
-    drop = max(0, len(items) - max_items)
-    log.items = np.array(items[drop:], dtype=np.uint64)
-    log.first = np.array(first[drop:], dtype=np.int64)
-    log.last = np.array(last[drop:], dtype=np.int64)
-    log.variant = np.array(var[drop:], dtype=np.uint8)
-    log.kinds = np.array(kinds[drop:], dtype=np.uint8)
+        elif ts < old[1]:  # a late, older recording: keep the newer showing
+            entries[h] = old
+        elif old[2] != code or (window_ms is not None and ts - old[1] > window_ms):
+            entries[h] = [ts, ts, code, 0]
+            new += 1
+        else:
+            old[1] = ts
+            entries[h] = old
+    while len(entries) > max_items:
+        del entries[next(iter(entries))]
     return new
 
 
@@ -143,28 +129,26 @@ def attribute_feedback(log: ImpressionLog, item_hash: int, event_type: str, ts: 
     (counting from the latest showing), and that impression has not been credited with this kind
     yet. Marks the impression as credited.
     """
+    entry = log.entries.get(item_hash)
+    if entry is None:
+        return None
     kind = feedback_kind(event_type)
-    if kind is None or not len(log):
+    if kind is None:
         return None
-    at = np.flatnonzero(log.items == np.uint64(item_hash))
-    if not len(at):
-        return None
-    i = int(at[0])
+    first, last, variant, kinds = entry
     bit = _KIND_BIT[kind]
-    if ts < log.first[i] or ts - log.last[i] > window_ms or log.kinds[i] & bit:
+    if ts < first or ts - last > window_ms or kinds & bit:
         return None
-    log.kinds[i] |= bit
-    return log.variants[int(log.variant[i])], kind
+    entry[3] = kinds | bit
+    return log.variants[variant], kind
 
 
 def expire_impressions(log: ImpressionLog, now: int, window_ms: int) -> int:
     """Drop entries whose latest showing is more than ``window_ms`` before ``now``."""
-    keep = now - log.last <= window_ms
-    dropped = int((~keep).sum())
-    if dropped:
-        for name in ("items", "first", "last", "variant", "kinds"):
-            setattr(log, name, getattr(log, name)[keep])
-    return dropped
+    stale = [h for h, (_, last, _, _) in log.entries.items() if now - last > window_ms]
+    for h in stale:
+        del log.entries[h]
+    return len(stale)
 
 
 def ctr(impressions: float, clicks: float) -> float:

@@ -1,7 +1,9 @@
 """Time decay, in one place: every half-life in the engine goes through these functions.
 
-* :func:`decay_factor` — how much of a signal is left after ``elapsed_ms`` (``2^(-t/h)``). Used
-  for interest weights, the recency of a user's items (collaborative votes) and snapshots.
+* :func:`decay_factors` — how much of a signal is left after ``elapsed_ms`` (``2^(-t/h)``): the
+  recency of a user's items (collaborative votes).
+* :func:`forward_exponent` — forward decay of one user's interest weights (each event adds
+  ``w * 2^((ts - L) / h)`` against the profile's landmark ``L``).
 * :class:`ForwardDecay` — forward decay (Cormode et al., 2009) for counters that must never be
   rewritten as time passes: an event at ``ts`` adds ``w * 2^((ts - L) / h)`` to its counter, so
   every counter stays comparable to every other at any read time. The landmark ``L`` moves
@@ -23,15 +25,14 @@ REBASE_AFTER = 64.0
 MAX_EXPONENT = 1000.0
 
 
-def decay_factor(elapsed_ms: float, half_life_ms: float) -> float:
-    """``2^(-elapsed/half_life)``; 1 for no decay (half-life <= 0) or elapsed <= 0."""
-    if half_life_ms <= 0 or elapsed_ms <= 0:
-        return 1.0
-    return 2.0 ** (-elapsed_ms / half_life_ms)
+def forward_exponent(ts: float, landmark: float, half_life_ms: float) -> float:
+    """``(ts - landmark) / half_life``: the log2 of an event's forward-decay multiplier."""
+    return (ts - landmark) / half_life_ms if half_life_ms > 0 else 0.0
 
 
 def decay_factors(elapsed_ms: np.ndarray, half_life_ms: float) -> np.ndarray:
-    """Vectorised :func:`decay_factor` (float64)."""
+    """``2^(-elapsed/half_life)`` of each element (float64); 1 for no decay (half-life <= 0)
+    or elapsed <= 0: decay never boosts."""
     elapsed = np.maximum(np.asarray(elapsed_ms, dtype=np.float64), 0.0)
     if half_life_ms <= 0:
         return np.ones_like(elapsed)

@@ -31,7 +31,6 @@ from udfs.user_side import BatchResult, Record
 
 STATE_ROW = 0
 STATE_NAMES = ("similarity-row",)
-STATS_KEY = "item-stats"
 
 
 def similarity_message(e: Emission) -> bytes:
@@ -52,8 +51,7 @@ class ItemSide:
         self.metrics = MetricDeltas()
 
     def restore(self, shared: dict[str, bytes]) -> None:
-        if STATS_KEY in shared:
-            self.stats.restore(shared[STATS_KEY])
+        self.stats.restore(shared)
 
     def process(self, keys: Sequence[str], states: Sequence[Sequence[bytes | None]],
                 records: Sequence[Record], proc_now: int,
@@ -101,7 +99,7 @@ class ItemSide:
         if checkpoint:
             for item, blob in self.shard.dirty_rows():
                 out.state_updates.append((item, STATE_ROW, blob))
-            out.shared[STATS_KEY] = self.stats.snapshot()
+            out.shared.update(self.stats.snapshot())
             self.metrics.set("similarity_rows_resident", len(self.shard))
             self.metrics.set("similarity_items_with_occurrence", len(self.stats.items))
         out.metrics = self.metrics.drain()

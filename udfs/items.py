@@ -100,7 +100,7 @@ class ItemTable:
     def lookup(self, ids: Sequence[str]) -> np.ndarray:
         """int32 codes of ``ids`` without interning (:data:`NO_CODE` for unknown ones)."""
         get = self._code.get
-        return np.fromiter((get(i, NO_CODE) for i in ids), dtype=np.int32, count=len(ids))
+        return np.array([get(i, NO_CODE) for i in ids], dtype=np.int32)
 
     def codes_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
         """Codes of items by hash (:data:`NO_CODE` where no current item has it)."""

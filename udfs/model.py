@@ -28,7 +28,8 @@ import numpy as np
 
 from state_schemas.config import EngineConfig
 from state_schemas.model_state import (
-    CATALOG_KEY, ITEMS_KEY, decode_catalog, decode_items, encode_catalog, encode_items)
+    CATALOG_PREFIX, ITEM_PREFIX, META_KEY, decode_catalog_entry, decode_item_entry, decode_meta,
+    encode_catalog_entry, encode_item_entry, encode_meta)
 from udfs.items import NO_CODE, FeatureTable, ItemTable
 
 _F64 = np.float64
@@ -66,6 +67,7 @@ class ItemModel:
         self.top_n = max(cfg.recommend.trending_top_n, cfg.recommend.candidates_per_source)
         self.items = ItemTable(cfg.recommend.model_max_items, on_evict=self._on_evict)
         self.features = FeatureTable()
+        self._feature_rank = np.zeros(1, dtype=np.int64)
         self.categories = FeatureTable()  # category names -> codes (primary category, lists)
         self.segments: dict[str, int] = {}
         cap = self.items.capacity
@@ -78,7 +80,7 @@ class ItemModel:
         self.titles: dict[int, str] = {}
         self.item_cats: dict[int, tuple[str, ...]] = {}
         self.item_tags: dict[int, tuple[str, ...]] = {}
-        self.item_feats: dict[int, np.ndarray] = {}  # code -> feature codes
+        self.item_feature_names: dict[int, tuple[str, ...]] = {}
         # neighbours
         self.nbr_codes = np.full((cap, self.top_k), NO_CODE, dtype=_I32)
         self.nbr_scores = np.zeros((cap, self.top_k), dtype=_F64)
@@ -90,19 +92,27 @@ class ItemModel:
         self.pop_landmark: int | None = None
         self.pop_newest_ts: int | None = None
         # derived, rebuilt lazily
-        self.feat_ptr = np.zeros(1, dtype=np.int64)
-        self.feat_idx = np.zeros(0, dtype=_I32)
+        # item features: codes in an append-only store, [feat_start, feat_start + feat_len) per
+        # item (an update appends; the store is compacted when mostly garbage)
+        self.feat_start = np.zeros(cap, dtype=np.int64)
+        self.feat_len = np.zeros(cap, dtype=_I32)
+        self.feat_store = np.zeros(1024, dtype=_I32)
+        self.feat_used = 0
         self.usable = np.zeros(cap, dtype=bool)  # in the catalogue and available
-        self.trend_global = np.zeros(0, dtype=_I32)
-        self.trend_cat_ptr = np.zeros(1, dtype=np.int64)
-        self.trend_cat = np.zeros(0, dtype=_I32)
-        self.trend_seg: dict[int, np.ndarray] = {}
-        self._catalog_dirty = True
+        self.list_bounds = np.zeros(2, dtype=np.int64)
+        self.list_bounds_list = [0, 0]
+        self.seg_range: dict[int, int] = {}
+        self.cat_range: dict[int, int] = {}
+        self.lst_codes = np.zeros(0, dtype=_I32)
+        self.lst_vals = np.zeros(0, dtype=_F64)
+        self.lst_hash = np.zeros(0, dtype=np.uint64)
+        self.lst_fptr = np.zeros(1, dtype=np.int64)
+        self.lst_fidx = np.zeros(0, dtype=_I32)
         self._trending_dirty = True
         self._trending_built_at = -math.inf
-        # what changed since the last snapshot (replicated state is rewritten only then)
-        self._catalog_changed = False
-        self._items_changed = False
+        # ids whose entries of the replicated state changed since the last snapshot
+        self._dirty_catalog: set[str] = set()
+        self._dirty_items: set[str] = set()
 
     # ------------------------------------------------------------------------ capacity
     def _ensure_capacity(self) -> None:
@@ -127,6 +137,8 @@ class ItemModel:
         self.pop = grow(self.pop, 0.0)
         self.pop_seg = {s: grow(a, 0.0) for s, a in self.pop_seg.items()}
         self.usable = grow(self.usable, False)
+        self.feat_start = grow(self.feat_start, 0)
+        self.feat_len = grow(self.feat_len, 0)
 
     def code(self, item_id: str) -> int:
         c = self.items.code(item_id)
@@ -148,7 +160,12 @@ class ItemModel:
             self.titles.pop(c, None)
             self.item_cats.pop(c, None)
             self.item_tags.pop(c, None)
-            self.item_feats.pop(c, None)
+            self.item_feature_names.pop(c, None)
+        self.feat_len[victims] = 0
+        for c in victims.tolist():
+            item = self.items.ids[c]
+            self._dirty_catalog.add(item)
+            self._dirty_items.add(item)
         self.neighbor_pairs -= int(self.nbr_len[victims].sum())
         self.nbr_len[victims] = 0
         self.nbr_codes[victims] = NO_CODE
@@ -158,7 +175,8 @@ class ItemModel:
             keep = ~hit[r, :self.nbr_len[r]]
             self._set_row(r, self.nbr_codes[r, :self.nbr_len[r]][keep],
                           self.nbr_scores[r, :self.nbr_len[r]][keep])
-        self._catalog_dirty = self._trending_dirty = True
+            self._dirty_items.add(self.items.ids[r])
+        self._trending_dirty = True
 
     # ------------------------------------------------------------------------ catalogue
     def upsert_item(self, rec: dict[str, Any]) -> bool:
@@ -177,10 +195,43 @@ class ItemModel:
         self.primary_cat[c] = self.categories.code(cats[0]) if cats else NO_CODE
         for cat in cats:
             self.categories.code(cat)
-        self.item_feats[c] = np.array([self.features.code(f) for f in item_features(cats, tags)],
-                                      dtype=_I32)
-        self._catalog_dirty = self._trending_dirty = self._catalog_changed = True
+        names = item_features(cats, tags)
+        self.item_feature_names[c] = names
+        self._store_features(c, np.array([self.features.code(f) for f in names], dtype=_I32))
+        self.usable[c] = self.available[c]
+        self._trending_dirty = True
+        self._dirty_catalog.add(rec["item_id"])
         return True
+
+    def _store_features(self, c: int, feats: np.ndarray) -> None:
+        n = len(feats)
+        if self.feat_used + n > len(self.feat_store):
+            live = int(self.feat_len.sum())
+            if live * 2 < self.feat_used:  # mostly superseded versions: compact
+                self._compact_features()
+            if self.feat_used + n > len(self.feat_store):
+                grown = np.zeros(max(2 * len(self.feat_store), self.feat_used + n), dtype=_I32)
+                grown[:self.feat_used] = self.feat_store[:self.feat_used]
+                self.feat_store = grown
+        self.feat_store[self.feat_used:self.feat_used + n] = feats
+        self.feat_start[c] = self.feat_used
+        self.feat_len[c] = n
+        self.feat_used += n
+
+    def _compact_features(self) -> None:
+        store = np.zeros(max(1024, 2 * int(self.feat_len.sum())), dtype=_I32)
+        at = 0
+        for c in np.flatnonzero(self.feat_len > 0).tolist():
+            n = int(self.feat_len[c])
+            store[at:at + n] = self.feat_store[self.feat_start[c]:self.feat_start[c] + n]
+            self.feat_start[c] = at
+            at += n
+        self.feat_store, self.feat_used = store, at
+
+    def item_features_of(self, code: int) -> np.ndarray:
+        """The feature codes of an item (empty when it is not in the catalogue)."""
+        a = int(self.feat_start[code])
+        return self.feat_store[a:a + int(self.feat_len[code])]
 
     def info(self, item_id: str) -> tuple[tuple[str, ...], tuple[str, ...], float | None] | None:
         """(categories, tags, price) of a catalogue item, or None."""
@@ -189,6 +240,21 @@ class ItemModel:
             return None
         price = float(self.price[c])
         return self.item_cats[c], self.item_tags[c], None if math.isnan(price) else price
+
+    def feature_rank(self) -> np.ndarray:
+        """Each feature code's position in the sorted feature names (ties between equally
+        liked features go to the name first in that order); plus one entry for "none"."""
+        if len(self._feature_rank) != len(self.features) + 1:
+            order = np.argsort(np.array(self.features.names, dtype=object), kind="stable")
+            rank = np.empty(len(self.features) + 1, dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            rank[-1] = len(order)
+            self._feature_rank = rank
+        return self._feature_rank
+
+    def feature_names(self, code: int) -> tuple[str, ...]:
+        """The interest features of a catalogue item (empty for others)."""
+        return self.item_feature_names.get(code, ())
 
     def title(self, code: int) -> str:
         t = self.titles.get(code)
@@ -203,7 +269,6 @@ class ItemModel:
         self.nbr_scores[c, :n] = scores[:n]
         self.nbr_scores[c, n:] = 0.0
         self.nbr_len[c] = n
-        self._items_changed = True
 
     def set_neighbors(self, item_id: str, neighbor_ids: Sequence[str],
                       scores: Sequence[float]) -> None:
@@ -212,6 +277,7 @@ class ItemModel:
         codes = self.items.codes(neighbor_ids) if len(neighbor_ids) else np.zeros(0, _I32)
         self._ensure_capacity()
         self._set_row(c, codes, np.asarray(scores, dtype=_F64))
+        self._dirty_items.add(item_id)
 
     def neighbors_of(self, item_id: str) -> list[tuple[str, float]]:
         c = self.items.get(item_id)
@@ -256,76 +322,80 @@ class ItemModel:
                     arr = self.pop_seg[s] = np.zeros(self.items.capacity, dtype=_F64)
                 sel = seg_codes == s
                 arr[codes[seg_item[sel]]] = seg_values[sel]
-        self._trending_dirty = self._items_changed = True
+        self._trending_dirty = True
+        self._dirty_items.update(ids)
 
     # ------------------------------------------------------------------------ derived arrays
     def refresh(self, proc_now: float, force: bool = False) -> None:
-        """Rebuild derived arrays that are stale: features CSR (when the catalogue changed),
-        ranked trending lists (at most every ``trending_refresh_ms``)."""
-        if self._catalog_dirty:
-            self._build_features()
+        """Rebuild the ranked trending lists when stale, at most every
+        ``trending_refresh_ms`` of processing time (unless ``force``)."""
         if self._trending_dirty and (force or proc_now - self._trending_built_at
                                      >= self.cfg.recommend.trending_refresh_ms):
             self._build_trending()
             self._trending_built_at = proc_now
 
     def ready(self) -> None:
-        """Make every array the scoring kernel reads cover the table's capacity (items interned
-        since the last refresh have no features and are not usable yet)."""
-        cap = self.items.capacity
-        if len(self.feat_ptr) < cap + 1:
-            ptr = np.full(cap + 1, self.feat_ptr[-1], dtype=np.int64)
-            ptr[:len(self.feat_ptr)] = self.feat_ptr
-            self.feat_ptr = ptr
+        """Make every array the scoring kernel reads cover the table's capacity."""
         self._ensure_capacity()
 
-    def _build_features(self) -> None:
-        cap = self.items.capacity
-        lengths = np.zeros(cap, dtype=np.int64)
-        for c, f in self.item_feats.items():
-            lengths[c] = len(f)
-        ptr = np.zeros(cap + 1, dtype=np.int64)
-        np.cumsum(lengths, out=ptr[1:])
-        idx = np.zeros(int(ptr[-1]), dtype=_I32)
-        for c, f in self.item_feats.items():
-            idx[ptr[c]:ptr[c + 1]] = f
-        self.feat_ptr, self.feat_idx = ptr, idx
-        self.usable = self.in_catalog & self.available
-        self._catalog_dirty = False
-        self._trending_dirty = True
-
     def _build_trending(self) -> None:
+        """The ranked lists, all in one structure of arrays (list after list): each entry's
+        code, popularity at build time, hash and features (CSR), so that the recommender walks
+        them reading memory in order. Only usable (catalogue, available) items with a positive
+        popularity, at most ``top_n`` per list."""
         n = self.top_n
         usable = np.flatnonzero(self.usable[:self.items.high_water]).astype(_I32)
-        self.trend_global = ranked_prefix(self.pop, usable, n)
-        self.trend_seg = {s: ranked_prefix(a, usable, n) for s, a in self.pop_seg.items()}
-        # per category: the usable items of each category, by popularity
+        lists: list[np.ndarray] = [ranked_prefix(self.pop, usable, n)]
+        values: list[np.ndarray] = [self.pop]
+        self.seg_range = {}
+        for s, a in self.pop_seg.items():
+            self.seg_range[s] = len(lists)
+            lists.append(ranked_prefix(a, usable, n))
+            values.append(a)
+        self.cat_range = {}
         ncat = len(self.categories)
-        lists: list[np.ndarray] = [np.zeros(0, dtype=_I32)] * ncat
         if ncat:
             by_cat: list[list[int]] = [[] for _ in range(ncat)]
             for c in usable.tolist():
                 for cat in dict.fromkeys(self.item_cats.get(c, ())):
                     by_cat[self.categories.get(cat)].append(c)
-            lists = [ranked_prefix(self.pop, np.asarray(m, dtype=_I32), n) for m in by_cat]
-        ptr = np.zeros(ncat + 1, dtype=np.int64)
-        np.cumsum([len(x) for x in lists], out=ptr[1:])
-        self.trend_cat_ptr = ptr
-        self.trend_cat = np.concatenate(lists).astype(_I32) if lists else np.zeros(0, _I32)
+            for k, members in enumerate(by_cat):
+                self.cat_range[k] = len(lists)
+                lists.append(ranked_prefix(self.pop, np.asarray(members, dtype=_I32), n))
+                values.append(self.pop)
+        bounds = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in lists], out=bounds[1:])
+        self.list_bounds = bounds
+        self.list_bounds_list = bounds.tolist()
+        codes = np.concatenate(lists).astype(_I32)
+        self.lst_codes = codes
+        self.lst_vals = np.concatenate([v[x] for v, x in zip(values, lists)]).astype(_F64)
+        self.lst_hash = self.items.hashes[codes]
+        counts = self.feat_len[codes].astype(np.int64)
+        fptr = np.zeros(len(codes) + 1, dtype=np.int64)
+        np.cumsum(counts, out=fptr[1:])
+        starts = np.repeat(self.feat_start[codes], counts)
+        offsets = np.arange(int(fptr[-1]), dtype=np.int64) - np.repeat(fptr[:-1], counts)
+        self.lst_fptr = fptr
+        self.lst_fidx = (self.feat_store[starts + offsets] if len(starts)
+                         else np.zeros(0, _I32))
         self._trending_dirty = False
 
-    def segment_arrays(self, segment: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ranked codes, stored popularity) of a segment; empty when it has no activity."""
+    def list_ranges(self, segment: str, categories: Sequence[str]) -> np.ndarray:
+        """(start, end) in the ``lst_*`` arrays of the lists a user's candidates come from:
+        overall, the segment's (empty when unknown), each category's (empty when unknown)."""
+        b = self.list_bounds_list
+        out = np.zeros((2 + len(categories), 2), dtype=np.int64)
+        out[0, 1] = b[1]
         s = self.segments.get(segment) if segment else None
-        if s is None or s not in self.pop_seg:
-            return np.zeros(0, dtype=_I32), self.pop
-        return self.trend_seg.get(s, np.zeros(0, dtype=_I32)), self.pop_seg[s]
-
-    def category_list(self, category: str) -> np.ndarray:
-        k = self.categories.get(category)
-        if k == NO_CODE or k + 1 >= len(self.trend_cat_ptr):  # not in the lists built last
-            return np.zeros(0, dtype=_I32)
-        return self.trend_cat[self.trend_cat_ptr[k]:self.trend_cat_ptr[k + 1]]
+        r = self.seg_range.get(s) if s is not None else None
+        if r is not None:
+            out[1] = b[r], b[r + 1]
+        for n, cat in enumerate(categories):
+            r = self.cat_range.get(self.categories.get(cat))
+            if r is not None:
+                out[n + 2] = b[r], b[r + 1]
+        return out
 
     # ------------------------------------------------------------------------ sizes
     def sizes(self) -> dict[str, float]:
@@ -334,61 +404,65 @@ class ItemModel:
                 "model_neighbor_pairs": float(self.neighbor_pairs),
                 "model_trending_items": float((self.pop[:self.items.high_water] > 0).sum())}
 
-    def catalog_records(self) -> Iterable[dict[str, Any]]:
-        """Every catalogue entry as an ``item-catalog`` record (snapshots, tests)."""
-        for c in np.flatnonzero(self.in_catalog).tolist():
-            price = float(self.price[c])
-            yield {"item_id": self.items.id_of(c), "ts": int(self.updated_at[c]),
-                   "title": self.titles[c], "categories": list(self.item_cats[c]),
-                   "tags": list(self.item_tags[c]),
-                   "price": None if math.isnan(price) else price,
-                   "available": bool(self.available[c])}
-
     # ------------------------------------------------------------------------ state
-    def snapshot(self) -> dict[str, bytes]:
-        """The replicated-state entries that changed since the last snapshot."""
-        out: dict[str, bytes] = {}
-        if self._catalog_changed:
-            out[CATALOG_KEY] = encode_catalog(list(self.catalog_records()))
-            self._catalog_changed = False
-        if self._items_changed:
-            codes = self.items.live_codes()
-            index = np.full(self.items.capacity, -1, dtype=np.int32)
-            index[codes] = np.arange(len(codes), dtype=np.int32)
-            nbr = self.nbr_codes[codes]
-            nbr_index = np.where(nbr >= 0, index[np.maximum(nbr, 0)], -1)
-            for r, n in enumerate(self.nbr_len[codes].tolist()):
-                nbr_index[r, n:] = -1
-            out[ITEMS_KEY] = encode_items(
-                [self.items.id_of(c) for c in codes.tolist()], nbr_index, self.nbr_scores[codes],
-                self.pop[codes], {s: a[codes] for s, a in self._segment_names().items()},
-                self.pop_landmark, self.pop_newest_ts)
-            self._items_changed = False
+    def snapshot(self) -> dict[str, bytes | None]:
+        """The replicated-state entries that changed since the last snapshot (None: delete)."""
+        out: dict[str, bytes | None] = {}
+        for item in self._dirty_catalog:
+            c = self.items.get(item)
+            out[CATALOG_PREFIX + item] = (encode_catalog_entry(self._catalog_record(c))
+                                          if c != NO_CODE and self.in_catalog[c] else None)
+        seg_names = {code: name for name, code in self.segments.items()}
+        for item in self._dirty_items:
+            c = self.items.get(item)
+            if c == NO_CODE:
+                out[ITEM_PREFIX + item] = None
+                continue
+            n = int(self.nbr_len[c])
+            segs = {seg_names[s]: float(a[c]) for s, a in self.pop_seg.items() if a[c] > 0}
+            out[ITEM_PREFIX + item] = encode_item_entry(
+                [self.items.ids[j] for j in self.nbr_codes[c, :n].tolist()],
+                self.nbr_scores[c, :n].tolist(), float(self.pop[c]), segs)
+        if self._dirty_items:
+            out[META_KEY] = encode_meta(self.pop_landmark, self.pop_newest_ts)
+        self._dirty_catalog = set()
+        self._dirty_items = set()
         return out
 
-    def _segment_names(self) -> dict[str, np.ndarray]:
-        names = {code: name for name, code in self.segments.items()}
-        return {names[s]: a for s, a in self.pop_seg.items()}
+    def _catalog_record(self, c: int) -> dict[str, Any]:
+        price = float(self.price[c])
+        return {"item_id": self.items.id_of(c), "ts": int(self.updated_at[c]),
+                "title": self.titles[c], "categories": list(self.item_cats[c]),
+                "tags": list(self.item_tags[c]), "price": None if math.isnan(price) else price,
+                "available": bool(self.available[c])}
+
+    def catalog_records(self) -> Iterable[dict[str, Any]]:
+        """Every catalogue entry as an ``item-catalog`` record (tests, tools)."""
+        for c in np.flatnonzero(self.in_catalog).tolist():
+            yield self._catalog_record(c)
 
     def restore(self, entries: dict[str, bytes]) -> None:
-        """Load what :meth:`snapshot` wrote (any subset of its keys)."""
-        if CATALOG_KEY in entries:
-            for rec in decode_catalog(entries[CATALOG_KEY]):
-                self.upsert_item(rec)
-        if ITEMS_KEY in entries:
-            ids, nbr, scores, pop, seg, landmark, newest = decode_items(entries[ITEMS_KEY])
-            codes = self.items.codes(ids)
-            self._ensure_capacity()
-            for r, c in enumerate(codes.tolist()):
-                row = nbr[r]
-                n = int((row >= 0).sum())
-                if n:
-                    self._set_row(c, codes[row[:n]], scores[r, :n])
-            self.pop[codes] = pop
-            for name, values in seg.items():
-                s = self.segment_code(name)
-                arr = self.pop_seg[s] = np.zeros(self.items.capacity, dtype=_F64)
-                arr[codes] = values
-            self.pop_landmark, self.pop_newest_ts = landmark, newest
-            self._trending_dirty = True
-        self._catalog_changed = self._items_changed = False
+        """Load what :meth:`snapshot` wrote."""
+        meta = entries.get(META_KEY)
+        if meta is not None:
+            self.pop_landmark, self.pop_newest_ts = decode_meta(meta)
+        for key, value in entries.items():
+            if key.startswith(CATALOG_PREFIX):
+                self.upsert_item(decode_catalog_entry(value))
+        for key, value in entries.items():
+            if key.startswith(ITEM_PREFIX):
+                item = key[len(ITEM_PREFIX):]
+                ids, scores, pop, segs = decode_item_entry(value)
+                c = self.code(item)
+                if ids:
+                    self.set_neighbors(item, ids, scores)
+                self.pop[c] = pop
+                for name, v in segs.items():
+                    s = self.segment_code(name)
+                    arr = self.pop_seg.get(s)
+                    if arr is None:
+                        arr = self.pop_seg[s] = np.zeros(self.items.capacity, dtype=_F64)
+                    arr[c] = v
+        self._trending_dirty = True
+        self._dirty_catalog = set()
+        self._dirty_items = set()

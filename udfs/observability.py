@@ -41,19 +41,19 @@ class MetricDeltas:
     __slots__ = ("counters", "gauges")
 
     def __init__(self) -> None:
-        self.counters: dict[tuple[str, str], float] = {}
-        self.gauges: dict[tuple[str, str], float] = {}
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
     @staticmethod
     def path(labels: tuple[tuple[str, str], ...]) -> str:
         return ",".join(f"{k}={v}" for k, v in labels)
 
     def inc(self, name: str, n: float = 1, labels: tuple[tuple[str, str], ...] = ()) -> None:
-        key = (self.path(labels), name)
+        key = (name, labels)
         self.counters[key] = self.counters.get(key, 0) + n
 
     def set(self, name: str, value: float, labels: tuple[tuple[str, str], ...] = ()) -> None:
-        self.gauges[(self.path(labels), name)] = float(value)
+        self.gauges[(name, labels)] = float(value)
 
     def observe_latency(self, latency_ms: float) -> None:
         """One observation of the event -> recommendation latency histogram."""
@@ -63,8 +63,9 @@ class MetricDeltas:
         self.inc("recommendation_latency_ms_count", 1)
 
     def drain(self) -> list[tuple[str, str, int, float]]:
-        out = [(p, n, 0, v) for (p, n), v in self.counters.items()]
-        out += [(p, n, 1, v) for (p, n), v in self.gauges.items()]
+        path = self.path
+        out = [(path(labels), n, 0, v) for (n, labels), v in self.counters.items()]
+        out += [(path(labels), n, 1, v) for (n, labels), v in self.gauges.items()]
         self.counters = {}
         self.gauges = {}
         return out

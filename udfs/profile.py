@@ -20,13 +20,11 @@ from state_schemas.config import DAY_MS, EVENT_TYPES, EngineConfig
 from state_schemas.ids import id_hash
 from state_schemas.profile_state import N_TYPES, TYPE_CODE, UserProfile
 from udfs.ab import assign_variant
-from udfs.decay import decay_factor
+from udfs.decay import MAX_EXPONENT, REBASE_AFTER, forward_exponent
 from udfs.model import item_features
 from udfs.recommend import UserView
 
 MINUTE_MS = 60_000
-_HASH_MASK = np.uint64(0xFFFFFFFFFFFF0000)
-_OFFSET_MASK = np.uint64(0xFFFF)
 
 
 @dataclass(slots=True)
@@ -76,36 +74,25 @@ class ProfileStep:
     def remember_event_id(self, u: UserProfile, event_id: str, ts: int) -> bool:
         """Record ``event_id``; False when it was already seen within the dedup window.
 
-        Entries pack a 48-bit hash of the id with the minutes between the event and the newest
-        one remembered (minute resolution: an id is remembered up to a minute longer than the
-        window).
+        Ids are remembered as 48-bit hashes with the minute of their event (an id is remembered
+        up to a minute longer than the window), at most ``dedup_max_ids_per_user`` of them.
         """
-        h = np.uint64((id_hash(event_id) >> 16) << 16)
+        h = id_hash(event_id) >> 16
         minute = ts // MINUTE_MS
-        d = u.dedup
-        at = int(np.searchsorted(d, h))
-        if at < len(d) and (d[at] & _HASH_MASK) == h:
+        seen = u.dedup
+        old = seen.get(h)
+        if old is not None and old >= u.dedup_base_minute - self.dedup_window_min:
             return False
-        base = u.dedup_base_minute
-        if minute > base:
-            if len(d):
-                shift = np.uint64(min(minute - base, 0xFFFF))
-                offsets = np.minimum((d & _OFFSET_MASK) + shift, _OFFSET_MASK)
-                d = (d & _HASH_MASK) | offsets
-            base = minute
-        entry = h | np.uint64(min(base - minute, 0xFFFF))
-        d = np.insert(d, at, entry)
-        offsets = d & _OFFSET_MASK
-        keep = offsets <= np.uint64(self.dedup_window_min)
-        if not keep.all():
-            d = d[keep]
-            offsets = offsets[keep]
+        seen[h] = minute
+        if minute > u.dedup_base_minute:
+            u.dedup_base_minute = minute
         limit = self.cfg.validation.dedup_max_ids_per_user
-        if len(d) > limit:  # the oldest go first
-            order = np.argsort(offsets, kind="stable")[:limit]
-            d = np.sort(d[order])
-        u.dedup = d
-        u.dedup_base_minute = base
+        if len(seen) > limit or not len(seen) & 63:
+            oldest = u.dedup_base_minute - self.dedup_window_min
+            kept = {e: m for e, m in seen.items() if m >= oldest}
+            if len(kept) > limit:  # the oldest go first
+                kept = dict(sorted(kept.items(), key=lambda em: em[1])[-limit:])
+            u.dedup = kept
         return True
 
     # ------------------------------------------------------------------------ events
@@ -164,43 +151,52 @@ class ProfileStep:
 
     def _update_interests(self, u: UserProfile, features: tuple[str, ...], weight: float,
                           ts: int) -> None:
-        """Add ``weight`` to each feature at ``ts``, the vector kept decayed to one time: a newer
-        event decays the vector forward first, an older one is added already decayed, so arrival
-        order does not matter. Beyond ``interests_max`` the smallest |weight| is evicted."""
+        """Add ``weight`` to each feature at ``ts``, forward-decayed: the event adds
+        ``weight * 2^((ts - landmark) / half_life)``, so no other weight changes and arrival order
+        does not matter. The landmark moves (every weight rescaled) before the numbers could
+        grow past 2^64. Beyond ``interests_max`` the smallest |weight| is evicted."""
         if not features or weight == 0.0:
             return
         half_life = self.p.interest_half_life_ms
         interests = u.interests
-        if ts > u.interests_ts:
-            factor = decay_factor(ts - u.interests_ts, half_life)
-            if factor != 1.0:
-                interests = {f: w * factor for f, w in interests.items()}
-            u.interests_ts = ts
-            added = weight
-        else:
-            added = weight * decay_factor(u.interests_ts - ts, half_life)
-        per_feature = added / math.sqrt(len(features))  # many tags do not dominate
+        if not interests:
+            u.interests_landmark = ts
+        exponent = forward_exponent(ts, u.interests_landmark, half_life)
+        if exponent > REBASE_AFTER:
+            factor = 2.0 ** -exponent
+            interests = u.interests = {f: w * factor for f, w in interests.items()}
+            u.interests_landmark = ts
+            exponent = 0.0
+        per_feature = weight * 2.0 ** max(exponent, -MAX_EXPONENT) / math.sqrt(len(features))
         for f in features:
             interests[f] = interests.get(f, 0.0) + per_feature
         if len(interests) > self.p.interests_max:
             keep = sorted(interests.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-            interests = dict(keep[:self.p.interests_max])
-        u.interests = interests
+            u.interests = dict(keep[:self.p.interests_max])
+
+    def interests_at(self, u: UserProfile, now_ms: int) -> dict[str, float]:
+        """The interest weights decayed to ``now_ms``."""
+        exponent = forward_exponent(now_ms, u.interests_landmark, self.p.interest_half_life_ms)
+        factor = 2.0 ** -min(max(exponent, -MAX_EXPONENT), MAX_EXPONENT)
+        return {f: w * factor for f, w in u.interests.items()}
 
     def _consume(self, u: UserProfile, item_id: str) -> None:
-        h = np.uint64(id_hash(item_id))
-        at = int(np.searchsorted(u.consumed, h))
-        seq = np.uint32(u.consumed_next)
-        u.consumed_next += 1
-        if at < len(u.consumed) and u.consumed[at] == h:
-            u.consumed_seq[at] = seq
-            return
-        u.consumed = np.insert(u.consumed, at, h)
-        u.consumed_seq = np.insert(u.consumed_seq, at, seq)
-        if len(u.consumed) > self.p.consumed_max:  # the least recently consumed goes
-            oldest = int(np.argmin(u.consumed_seq))
-            u.consumed = np.delete(u.consumed, oldest)
-            u.consumed_seq = np.delete(u.consumed_seq, oldest)
+        h = id_hash(item_id)
+        consumed = u.consumed
+        if h in consumed:
+            del consumed[h]  # re-inserted at the end: the most recently consumed
+        elif len(consumed) >= self.p.consumed_max:  # the least recently consumed goes
+            del consumed[next(iter(consumed))]
+        consumed[h] = None
+        u.consumed_sorted = None
+
+    def consumed_sorted(self, u: UserProfile) -> np.ndarray:
+        """The consumed item hashes, sorted (cached until they change)."""
+        if u.consumed_sorted is None:
+            a = np.fromiter(u.consumed, dtype=np.uint64, count=len(u.consumed))
+            a.sort()
+            u.consumed_sorted = a
+        return u.consumed_sorted
 
     def _drop_recent(self, u: UserProfile, i: int) -> None:
         del u.recent_ids[i], u.recent_types[i], u.recent_ts[i], u.recent_weights[i]
@@ -286,7 +282,7 @@ class ProfileStep:
     def view(self, u: UserProfile, variant: str) -> UserView:
         """What the recommender needs of the profile (interests at any common scale)."""
         return UserView(u.user_id, u.recent_ids, u.recent_types, u.recent_ts, u.recent_weights,
-                        u.interests, u.consumed, u.not_interested,
+                        u.interests, self.consumed_sorted(u), u.not_interested,
                         demographic_segment(u.attributes), variant)
 
     # ------------------------------------------------------------------------ snapshots
@@ -309,9 +305,7 @@ class ProfileStep:
         p = self.p
         now = max(u.last_seen or 0, u.attributes_ts)
         recent = self.recent_counts(u, now)
-        factor = decay_factor(max(0, now - u.interests_ts), p.interest_half_life_ms)
-        interests = sorted(((f, w * factor) for f, w in u.interests.items()),
-                           key=lambda kv: -kv[1])
+        interests = sorted(self.interests_at(u, now).items(), key=lambda kv: -kv[1])
         snapshot = {
             "schema_version": 1,
             "user_id": u.user_id,

@@ -13,7 +13,8 @@ Sources (each normalised to [0, 1] by its maximum before blending):
 * ``segment`` — the most popular among users of the user's demographic segment.
 
 Blend: ``score = w_collaborative*cf + w_content*content + w_trending*trending + w_segment*segment``
-with the variant's weights; items with score <= 0 are dropped; ties are broken by item id.
+with the variant's weights; items with score <= 0 are dropped; ties are broken by the items'
+stable 64-bit hashes (the same order in every process and release).
 
 Filters: consumed and "not interested" items, the user's recent items, and unavailable
 catalogue items never appear. Items unknown to the catalogue may come in through CF only.
@@ -36,10 +37,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from state_schemas.config import RecommendConfig, VariantConfig
+from state_schemas.config import EVENT_TYPES, RecommendConfig, VariantConfig
+from udfs.decay import decay_factors
 from udfs.items import NO_CODE
 from udfs.jit import kernel, lex_order
 from udfs.model import ItemModel
@@ -65,7 +68,7 @@ class UserView:
     """What the recommender needs to know about one user at trigger time."""
     user_id: str
     recent_ids: list[str]        # newest first
-    recent_types: list[str]      # strongest action per recent item
+    recent_types: list[int]      # strongest action per recent item (index in EVENT_TYPES)
     recent_ts: list[int]
     recent_weights: list[float]
     interests: dict[str, float]  # any scale: only directions matter (cosine)
@@ -76,10 +79,18 @@ class UserView:
 
 
 @dataclass(slots=True)
-class ScoredItem:
-    item_id: str
-    score: float
-    reasons: list[str]
+class Ranked:
+    """A top-k list: item ids best first, their scores, reasons and 64-bit hashes."""
+    ids: list[str]
+    scores: list[float]
+    reasons: list[list[str]]
+    hashes: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+NOTHING = Ranked([], [], [], [])
 
 
 # ---------------------------------------------------------------------------------- kernel
@@ -97,136 +108,194 @@ def sorted_contains(sorted_values, value):
 
 
 @kernel
-def score_candidates(recent_codes, recent_votes, consumed, blocked_codes,
-                     int_feats, int_weights, norm_p,
-                     global_list, seg_list, pop_seg, cat_lists, cat_ptr,
+def _slot_of(table, code):
+    """Open-addressing lookup in a power-of-two table of codes (-1 = empty): the slot holding
+    ``code``, or the empty slot where it would go."""
+    mask = len(table) - 1
+    s = (code * 2654435761) & mask
+    while table[s] != code and table[s] != -1:
+        s = (s + 1) & mask
+    return s
+
+
+@kernel
+def _hash_set(values):
+    """An open-addressing set of the non-negative ``values`` (uint64 hashes or codes): a table
+    of size a power of two, 0 marking an empty slot (values are stored plus one)."""
+    size = 16
+    while size < 2 * len(values) + 1:
+        size *= 2
+    table = np.zeros(size, dtype=np.uint64)
+    mask = np.uint64(size - 1)
+    for v in values:
+        key = np.uint64(v) + np.uint64(1)
+        s = (key * np.uint64(11400714819323198485)) >> np.uint64(40) & mask
+        while table[s] != 0 and table[s] != key:
+            s = (s + np.uint64(1)) & mask
+        table[s] = key
+    return table
+
+
+@kernel
+def _in_set(table, v):
+    mask = np.uint64(len(table) - 1)
+    key = np.uint64(v) + np.uint64(1)
+    s = (key * np.uint64(11400714819323198485)) >> np.uint64(40) & mask
+    while table[s] != 0:
+        if table[s] == key:
+            return True
+        s = (s + np.uint64(1)) & mask
+    return False
+
+
+@kernel
+def score_candidates(recent_codes, recent_votes, consumed, blocked,
+                     int_feats, int_weights, norm_p, ranges,
+                     lst_codes, lst_vals, lst_hash, lst_fptr, lst_fidx,
                      nbr_codes, nbr_scores, nbr_len, hashes, in_catalog, usable,
-                     feat_ptr, feat_idx, pop,
-                     limit, w_cf, w_ct, w_tr, w_sg,
-                     stamp, mark, pmark, cf, best_c, best_r, pool_idx, feat_w,
-                     out_codes, out_parts, out_score, out_because, out_cat):
-    """Score one user's candidates and write them, best first, into the ``out_*`` arrays:
-    code, normalised value of each source (``out_parts``, unweighted), blended score, the recent
-    item that contributed most to the CF score (index, -1), the favourite category whose list
-    brought a content candidate (index, -1).
+                     feat_start, feat_len, feat_idx, limit, w_cf, w_ct, w_tr, w_sg, feat_w,
+                     k, need, primary_cat, max_per_category, cat_count, min_share, feat_rank,
+                     out_codes, out_parts, out_score, out_because, out_cat, out_order,
+                     out_reasons, out_feature):
+    """Score one user's candidates into the ``out_*`` arrays (in no particular order): code,
+    normalised value of each source (``out_parts``, unweighted), blended score, the recent item
+    that contributed most to the CF score (index, -1), the favourite category whose list brought a
+    content candidate (index, -1). ``out_order`` lists the (at most ``k``) candidates picked,
+    best first; for each, ``out_reasons`` the sources to give as reasons, in order (-1 ends),
+    and ``out_feature`` the feature code behind its content reason (-1: none).
 
-    Returns ``(n, cold_start)``. Scratch arrays are per item code and never cleared: an entry is
-    valid only where ``mark`` (CF) or ``pmark`` (``stamp + 1`` blocked, ``stamp + 2`` in the
-    pool) holds this call's stamp, so the caller passes a stamp 4 larger each call. ``feat_w``
-    (per feature code) is zero on entry and left zero. Order: blended score descending, ties by
-    item hash (the caller re-orders runs of equal scores by item id).
+    ``consumed`` (item hashes) and ``blocked`` (item codes: recent and "not interested" items)
+    become hash sets. ``ranges`` are the (start, end) rows of the ranked lists in ``lst_*`` to walk:
+    trending overall, in the user's segment, then in each favourite category; the lists hold
+    each entry's code, popularity, hash and features (CSR), contiguous, so the walks read memory
+    in order. Candidates are kept in small hash tables, not in arrays as large as the catalogue.
+    ``feat_w`` (per feature code) and ``cat_count`` (per category code) are zero on entry and
+    left zero. Returns ``(n candidates, n picked, cold start)``.
     """
-    blocked = stamp + 1
-    in_pool = stamp + 2
-    for i in range(len(blocked_codes)):
-        if blocked_codes[i] >= 0:
-            pmark[blocked_codes[i]] = blocked
-
+    blocked_set = _hash_set(blocked)
+    consumed_set = _hash_set(consumed)
     # -- collaborative: scatter-add each recent item's vote over its neighbours --
-    n_touched = 0
-    touched = np.empty(64, dtype=np.int32)
+    size = 64
+    while size < 2 * (len(recent_codes) * nbr_codes.shape[1] + 1):
+        size *= 2
+    cf_table = np.full(size, -1, dtype=np.int64)
+    cf_sum = np.zeros(size, dtype=np.float64)
+    cf_best = np.full(size, -1.0, dtype=np.float64)
+    cf_r = np.full(size, -1, dtype=np.int32)
     for r in range(len(recent_codes)):
         rc = recent_codes[r]
         vote = recent_votes[r]
         if rc < 0 or not vote > 0:
             continue
-        for k in range(nbr_len[rc]):
-            j = nbr_codes[rc, k]
-            s = nbr_scores[rc, k]
-            if j < 0 or not s > 0:
+        for q in range(nbr_len[rc]):
+            j = nbr_codes[rc, q]
+            sc = nbr_scores[rc, q]
+            if j < 0 or not sc > 0:
                 continue
-            v = s * vote
-            if mark[j] != stamp:
-                mark[j] = stamp
-                cf[j] = 0.0
-                best_c[j] = -1.0
-                best_r[j] = -1
-                if n_touched == len(touched):
-                    grown = np.empty(2 * len(touched), dtype=np.int32)
-                    grown[:n_touched] = touched[:n_touched]
-                    touched = grown
-                touched[n_touched] = j
-                n_touched += 1
-            cf[j] += v
-            if v > best_c[j]:  # strictly: a tie keeps the newer recent item (lower r)
-                best_c[j] = v
-                best_r[j] = r
-    cand = np.empty(n_touched, dtype=np.int32)
+            v = sc * vote
+            s = _slot_of(cf_table, j)
+            cf_table[s] = j
+            cf_sum[s] += v
+            if v > cf_best[s]:  # strictly: a tie keeps the newer recent item (lower r)
+                cf_best[s] = v
+                cf_r[s] = r
+    n_touched = 0
+    for s in range(size):
+        if cf_table[s] >= 0:
+            n_touched += 1
+    cand = np.empty(n_touched, dtype=np.int64)
     n_cand = 0
-    for i in range(n_touched):
-        j = touched[i]
-        if pmark[j] == blocked or (in_catalog[j] and not usable[j]):
+    for s in range(size):
+        j = cf_table[s]
+        if j < 0:
             continue
-        if len(consumed) and sorted_contains(consumed, hashes[j]):
+        if in_catalog[j] and not usable[j]:
             continue
-        cand[n_cand] = j
+        if _in_set(blocked_set, j) or _in_set(consumed_set, hashes[j]):
+            continue
+        cand[n_cand] = s
         n_cand += 1
     if n_cand > limit:  # the best `limit` by CF score, ties by hash
         neg = np.empty(n_cand, dtype=np.float64)
         hk = np.empty(n_cand, dtype=np.uint64)
         for i in range(n_cand):
-            neg[i] = -cf[cand[i]]
-            hk[i] = hashes[cand[i]]
-        order = lex_order(neg, neg, hk)
-        cand = cand[order[:limit]]
+            neg[i] = -cf_sum[cand[i]]
+            hk[i] = hashes[cf_table[cand[i]]]
+        cand = cand[lex_order(neg, neg, hk)[:limit]]
         n_cand = limit
     else:
         cand = cand[:n_cand]
 
     # -- the pool: every candidate of every source, with its per-source values --
-    size = n_cand + (2 + len(cat_ptr)) * limit
-    pool = np.empty(size, dtype=np.int32)
-    p_cf = np.zeros(size, dtype=np.float64)
-    p_tr = np.zeros(size, dtype=np.float64)
-    p_sg = np.zeros(size, dtype=np.float64)
-    p_r = np.full(size, -1, dtype=np.int32)
-    p_cat = np.full(size, -1, dtype=np.int32)
+    cap = n_cand
+    for l in range(len(ranges)):
+        cap += min(limit, ranges[l, 1] - ranges[l, 0])
+    psize = 64
+    while psize < 2 * cap + 1:
+        psize *= 2
+    table = np.full(psize, -1, dtype=np.int64)
+    where = np.empty(psize, dtype=np.int64)
+    pool = np.empty(cap, dtype=np.int64)
+    p_cf = np.zeros(cap, dtype=np.float64)
+    p_tr = np.zeros(cap, dtype=np.float64)
+    p_sg = np.zeros(cap, dtype=np.float64)
+    p_r = np.full(cap, -1, dtype=np.int32)
+    p_cat = np.full(cap, -1, dtype=np.int32)
+    p_fa = np.zeros(cap, dtype=np.int64)  # features: [p_fa, p_fb) of lst_fidx, or of feat_idx
+    p_fb = np.zeros(cap, dtype=np.int64)  # when p_flist is False
+    p_flist = np.zeros(cap, dtype=np.bool_)
+    p_hash = np.zeros(cap, dtype=np.uint64)
     n_pool = 0
     cf_max = 0.0
     for i in range(n_cand):
-        j = cand[i]
-        pmark[j] = in_pool
-        pool_idx[j] = n_pool
+        s = cand[i]
+        j = cf_table[s]
+        t = _slot_of(table, j)
+        table[t] = j
+        where[t] = n_pool
         pool[n_pool] = j
-        p_cf[n_pool] = cf[j]
-        p_r[n_pool] = best_r[j]
-        if cf[j] > cf_max:
-            cf_max = cf[j]
+        p_hash[n_pool] = hashes[j]
+        p_cf[n_pool] = cf_sum[s]
+        p_r[n_pool] = cf_r[s]
+        if in_catalog[j]:
+            p_fa[n_pool] = feat_start[j]
+            p_fb[n_pool] = feat_start[j] + feat_len[j]
+        if cf_sum[s] > cf_max:
+            cf_max = cf_sum[s]
         n_pool += 1
 
     # -- trending overall, in the segment, in the favourite categories --
-    for source in range(2 + len(cat_ptr) - 1):
-        if source == 0:
-            lst, values, a, b = global_list, pop, 0, len(global_list)
-        elif source == 1:
-            lst, values, a, b = seg_list, pop_seg, 0, len(seg_list)
-        else:
-            lst, values, a, b = cat_lists, pop, cat_ptr[source - 2], cat_ptr[source - 1]
+    for l in range(len(ranges)):
         taken = 0
         top = 0.0
-        for i in range(a, b):
+        for i in range(ranges[l, 0], ranges[l, 1]):
             if taken >= limit:
                 break
-            j = lst[i]
-            if pmark[j] == blocked or not values[j] > 0:
-                continue
-            if len(consumed) and sorted_contains(consumed, hashes[j]):
+            j = lst_codes[i]
+            if not lst_vals[i] > 0:
+                break  # lists are sorted: nothing positive follows
+            if _in_set(blocked_set, j) or _in_set(consumed_set, lst_hash[i]):
                 continue
             if taken == 0:
-                top = values[j]
+                top = lst_vals[i]
             taken += 1
-            if pmark[j] != in_pool:
-                pmark[j] = in_pool
-                pool_idx[j] = n_pool
+            t = _slot_of(table, j)
+            if table[t] == -1:
+                table[t] = j
+                where[t] = n_pool
                 pool[n_pool] = j
+                p_hash[n_pool] = lst_hash[i]
+                p_fa[n_pool] = lst_fptr[i]
+                p_fb[n_pool] = lst_fptr[i + 1]
+                p_flist[n_pool] = True
                 n_pool += 1
-            q = pool_idx[j]
-            if source == 0:
-                p_tr[q] = values[j] / top
-            elif source == 1:
-                p_sg[q] = values[j] / top
+            q = where[t]
+            if l == 0:
+                p_tr[q] = lst_vals[i] / top
+            elif l == 1:
+                p_sg[q] = lst_vals[i] / top
             elif p_cat[q] < 0:
-                p_cat[q] = source - 2
+                p_cat[q] = l - 2
 
     # -- content: cosine between the positive interests and each pool item's features --
     for i in range(len(int_feats)):
@@ -235,196 +304,291 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked_codes,
     ct_max = 0.0
     if norm_p > 0:
         for q in range(n_pool):
-            j = pool[q]
-            fa, fb = feat_ptr[j], feat_ptr[j + 1]
-            if not in_catalog[j] or fb == fa:
+            fa, fb = p_fa[q], p_fb[q]
+            if fb == fa:
                 continue
             dot = 0.0
-            for f in range(fa, fb):
-                dot += feat_w[feat_idx[f]]
+            if p_flist[q]:
+                for f in range(fa, fb):
+                    dot += feat_w[lst_fidx[f]]
+            else:
+                for f in range(fa, fb):
+                    dot += feat_w[feat_idx[f]]
             if dot > 0:
                 p_ct[q] = dot / (norm_p * math.sqrt(fb - fa))
                 if p_ct[q] > ct_max:
                     ct_max = p_ct[q]
-    for i in range(len(int_feats)):
-        feat_w[int_feats[i]] = 0.0
 
     # -- blend: each source normalised by its maximum, weighted, summed --
     n_out = 0
+    out_hash = np.empty(n_pool, dtype=np.uint64)
+    out_pool = np.empty(n_pool, dtype=np.int64)
     for q in range(n_pool):
         has_ct = p_ct[q] > 0
         if not (p_cf[q] > 0 or has_ct or p_tr[q] > 0 or p_sg[q] > 0):
             continue  # found only in a category list, with no content match
-        j = pool[q]
-        out_codes[n_out] = j
-        out_parts[n_out, 0] = p_cf[q] / cf_max if p_cf[q] > 0 else 0.0
-        out_parts[n_out, 1] = p_ct[q] / ct_max if has_ct else 0.0
+        out_codes[n_out] = pool[q]
+        out_hash[n_out] = p_hash[q]
+        out_pool[n_out] = q
+        a_cf = p_cf[q] / cf_max if p_cf[q] > 0 else 0.0
+        a_ct = p_ct[q] / ct_max if has_ct else 0.0
+        out_parts[n_out, 0] = a_cf
+        out_parts[n_out, 1] = a_ct
         out_parts[n_out, 2] = p_tr[q]
         out_parts[n_out, 3] = p_sg[q]
-        out_score[n_out] = (w_cf * out_parts[n_out, 0] + w_ct * out_parts[n_out, 1]
-                            + w_tr * out_parts[n_out, 2] + w_sg * out_parts[n_out, 3])
+        out_score[n_out] = w_cf * a_cf + w_ct * a_ct + w_tr * p_tr[q] + w_sg * p_sg[q]
         out_because[n_out] = p_r[q] if p_cf[q] > 0 else -1
         out_cat[n_out] = p_cat[q] if has_ct else -1
         n_out += 1
-    neg = np.empty(n_out, dtype=np.float64)
-    hk = np.empty(n_out, dtype=np.uint64)
+    cold = n_cand == 0 and ct_max == 0.0
+
+    # -- order and pick: score descending, ties by item hash; on a cold start the segment's
+    #    candidates first; at most `max_per_category` per primary category; sorting only the
+    #    best `need` unless the category cap makes the walk run past them --
+    elig = np.empty(n_out, dtype=np.int64)
+    n_el = 0
     for i in range(n_out):
-        neg[i] = -out_score[i]
-        hk[i] = hashes[out_codes[i]]
-    order = lex_order(neg, neg, hk)
-    out_codes[:n_out] = out_codes[:n_out][order]
-    out_score[:n_out] = out_score[:n_out][order]
-    out_because[:n_out] = out_because[:n_out][order]
-    out_cat[:n_out] = out_cat[:n_out][order]
-    parts = out_parts[:n_out].copy()
-    for i in range(n_out):
-        for s in range(4):
-            out_parts[i, s] = parts[order[i], s]
-    return n_out, n_cand == 0 and ct_max == 0.0
+        if cold or out_score[i] > 0:
+            elig[n_el] = i
+            n_el += 1
+    k1 = np.empty(n_el, dtype=np.float64)
+    k2 = np.empty(n_el, dtype=np.float64)
+    k3 = np.empty(n_el, dtype=np.uint64)
+    for e in range(n_el):
+        i = elig[e]
+        k2[e] = -out_score[i]
+        k1[e] = (0.0 if out_parts[i, 3] > 0 else 1.0) if cold else k2[e]
+        k3[e] = out_hash[i]
+    cut = np.inf
+    if not cold and n_el > need:
+        cut = np.partition(k1, need - 1)[need - 1]
+    n_chosen = 0
+    for stage in range(2):
+        m = 0
+        for e in range(n_el):
+            if (k1[e] <= cut) if stage == 0 else (k1[e] > cut):
+                m += 1
+        part = np.empty(m, dtype=np.int64)
+        m = 0
+        for e in range(n_el):
+            if (k1[e] <= cut) if stage == 0 else (k1[e] > cut):
+                part[m] = e
+                m += 1
+        order = lex_order(k1[part], k2[part], k3[part])
+        for q in range(m):
+            if n_chosen >= k:
+                break
+            i = elig[part[order[q]]]
+            if max_per_category > 0:
+                c = primary_cat[out_codes[i]]
+                if c >= 0:
+                    if cat_count[c] >= max_per_category:
+                        continue
+                    cat_count[c] += 1
+            out_order[n_chosen] = i
+            n_chosen += 1
+        if n_chosen >= k or cut == np.inf:
+            break
+    if max_per_category > 0:
+        for q in range(n_chosen):
+            c = primary_cat[out_codes[out_order[q]]]
+            if c >= 0:
+                cat_count[c] = 0
+    # -- reasons of the picked: the sources giving at least min_share of the score, largest
+    #    first (ties in source order; on a cold start the list's own source first), and the
+    #    item's feature the user likes most (ties: the feature name first in sort order) --
+    for q in range(n_chosen):
+        i = out_order[q]
+        c0 = w_cf * out_parts[i, 0]
+        c1 = w_ct * out_parts[i, 1]
+        c2 = w_tr * out_parts[i, 2]
+        c3 = w_sg * out_parts[i, 3]
+        total = max(c0, 0.0) + max(c1, 0.0) + max(c2, 0.0) + max(c3, 0.0)
+        contrib = np.array([c0, c1, c2, c3])
+        n_src = 0
+        if cold:
+            first = 3 if out_parts[i, 3] > 0 else 2
+            out_reasons[q, 0] = first
+            n_src = 1
+        for _ in range(4):
+            best = -1
+            for s in range(4):
+                taken = False
+                for t in range(n_src):
+                    if out_reasons[q, t] == s:
+                        taken = True
+                if taken or not (contrib[s] > 0 and contrib[s] >= min_share * total):
+                    continue
+                if best < 0 or contrib[s] > contrib[best]:
+                    best = s
+            if best < 0:
+                break
+            out_reasons[q, n_src] = best
+            n_src += 1
+        for t in range(n_src, 4):
+            out_reasons[q, t] = -1
+        out_feature[q] = -1
+        if out_parts[i, 1] > 0:
+            pq = out_pool[i]
+            best_w = 0.0
+            for f in range(p_fa[pq], p_fb[pq]):
+                fc = lst_fidx[f] if p_flist[pq] else feat_idx[f]
+                fw = feat_w[fc]
+                if fw > 0 and (fw > best_w or (fw == best_w
+                                               and feat_rank[fc] < feat_rank[out_feature[q]])):
+                    best_w = fw
+                    out_feature[q] = fc
+    for i in range(len(int_feats)):
+        feat_w[int_feats[i]] = 0.0
+    return n_out, n_chosen, cold
 
 
 # ---------------------------------------------------------------------------------- Python side
 class Recommender:
     """Top-k lists for users of one operator instance, over that instance's :class:`ItemModel`.
 
-    Holds the kernel's scratch arrays (sized to the model, grown with it); not thread-safe, one
-    per operator instance.
+    Holds the kernel's output and scratch arrays; not thread-safe, one per operator instance.
     """
 
     def __init__(self, model: ItemModel, cfg: RecommendConfig) -> None:
         self.model = model
         self.cfg = cfg
-        self._stamp = 0
-        self._alloc(0, 0)
-
-    def _alloc(self, n_codes: int, n_features: int) -> None:
-        self.mark = np.zeros(n_codes, dtype=np.int64)
-        self.pmark = np.zeros(n_codes, dtype=np.int64)
-        self.cf = np.zeros(n_codes, dtype=np.float64)
-        self.best_c = np.zeros(n_codes, dtype=np.float64)
-        self.best_r = np.zeros(n_codes, dtype=np.int32)
-        self.pool_idx = np.zeros(n_codes, dtype=np.int32)
-        self.feat_w = np.zeros(max(1, n_features), dtype=np.float64)
+        self._out_size = 0
+        # Reason strings, made once: (event type, recent item) and feature -> words.
+        self._because_cache: dict[tuple[int, str], str] = {}
+        self._interest_cache: dict[int, str] = {}
+        self._feature_info: dict[str, tuple[int, str | None]] = {}
+        self.cat_count = np.zeros(16, dtype=np.int32)
+        self.feat_w = np.zeros(16, dtype=np.float64)
 
     def _scratch(self, out_size: int) -> None:
-        n_codes = self.model.items.capacity
         n_feat = len(self.model.features)
-        if len(self.mark) < n_codes or len(self.feat_w) < n_feat:
-            self._alloc(max(n_codes, len(self.mark)), max(n_feat, 2 * len(self.feat_w)))
-            self._stamp = 0
-        if not hasattr(self, "out_codes") or len(self.out_codes) < out_size:
+        if len(self.cat_count) < len(self.model.categories):
+            self.cat_count = np.zeros(2 * len(self.model.categories), dtype=np.int32)
+        if len(self.feat_w) < n_feat:
+            self.feat_w = np.zeros(2 * n_feat, dtype=np.float64)
+        if self._out_size < out_size:
+            self._out_size = out_size
             self.out_codes = np.zeros(out_size, dtype=np.int32)
             self.out_parts = np.zeros((out_size, 4), dtype=np.float64)
             self.out_score = np.zeros(out_size, dtype=np.float64)
             self.out_because = np.zeros(out_size, dtype=np.int32)
             self.out_cat = np.zeros(out_size, dtype=np.int32)
+            self.out_order = np.zeros(out_size, dtype=np.int64)
+            self.out_reasons = np.zeros((out_size, 4), dtype=np.int64)
+            self.out_feature = np.zeros(out_size, dtype=np.int64)
 
     def recommend(self, user: UserView, weights: VariantConfig, k: int,
-                  now_ms: int) -> list[ScoredItem]:
+                  now_ms: int) -> Ranked:
         """Top ``k`` items for ``user`` with reasons (see the module docstring)."""
         cfg = self.cfg
         if cfg.max_k > 0:
             k = min(k, cfg.max_k)
         if k <= 0:
-            return []
+            return NOTHING
         model = self.model
         limit = max(cfg.candidates_per_source, k)
         items = model.items
         recent_codes = items.lookup(user.recent_ids)
-        ages = np.maximum(now_ms - np.asarray(user.recent_ts, dtype=np.float64), 0.0)
-        votes = np.asarray(user.recent_weights, dtype=np.float64) * np.exp2(
-            -ages / cfg.recency_half_life_ms)
-        blocked = np.concatenate([recent_codes, items.lookup(user.not_interested)])
-        positive = {f: w for f, w in user.interests.items() if w > 0 and math.isfinite(w)}
-        norm_p = math.sqrt(math.fsum(w * w for w in positive.values())) if positive else 0.0
-        known = [(model.features.get(f), w) for f, w in positive.items()]
-        known = [(c, w) for c, w in known if c != NO_CODE]
-        int_feats = np.array([c for c, _ in known], dtype=np.int32)
-        int_weights = np.array([w for _, w in known], dtype=np.float64)
-        top_cats: list[str] = []
-        if weights.w_content != 0 or positive:
-            cats = sorted(((w, f[9:]) for f, w in positive.items() if f.startswith("category:")),
-                          key=lambda p: (-p[0], p[1]))
-            top_cats = [c for _, c in cats[:max(0, cfg.max_interest_categories)]]
-        cat_arrays = [model.category_list(c) for c in top_cats]
-        cat_ptr = np.zeros(len(cat_arrays) + 1, dtype=np.int64)
-        np.cumsum([len(a) for a in cat_arrays], out=cat_ptr[1:])
-        cat_lists = (np.concatenate(cat_arrays) if cat_arrays else np.zeros(0, dtype=np.int32))
-        seg_list, pop_seg = model.segment_arrays(user.segment)
+        votes = np.asarray(user.recent_weights, dtype=np.float64) * decay_factors(
+            now_ms - np.asarray(user.recent_ts, dtype=np.float64), cfg.recency_half_life_ms)
+        blocked = (np.concatenate([recent_codes, items.lookup(user.not_interested)])
+                   if user.not_interested else recent_codes)
+        # positive interests: feature codes, weights, norm, favourite categories
+        feature_info = self._feature_info
+        int_feats, int_weights, cats = [], [], []
+        square_sum = 0.0
+        for f, w in user.interests.items():
+            if not 0.0 < w < math.inf:
+                continue
+            square_sum += w * w
+            info = feature_info.get(f)
+            if info is None:
+                info = self._describe_feature(f)
+            if info[0] != NO_CODE:
+                int_feats.append(info[0])
+                int_weights.append(w)
+            if info[1] is not None:
+                cats.append((-w, info[1]))
+        norm_p = math.sqrt(square_sum)
+        cats.sort()
+        top_cats = [c for _, c in cats[:max(0, cfg.max_interest_categories)]]
+        ranges = model.list_ranges(user.segment, top_cats)
         self._scratch(limit * (3 + len(top_cats)))
-        self._stamp += 4
-        n, cold = score_candidates(
-            recent_codes, votes, user.consumed, blocked, int_feats, int_weights, norm_p,
-            model.trend_global, seg_list, pop_seg, cat_lists.astype(np.int32), cat_ptr,
-            model.nbr_codes, model.nbr_scores, model.nbr_len, items.hashes, model.in_catalog,
-            model.usable, model.feat_ptr, model.feat_idx, model.pop,
+        n, m, cold = score_candidates(
+            recent_codes, votes, user.consumed, blocked,
+            np.array(int_feats, dtype=np.int32), np.array(int_weights, dtype=np.float64), norm_p,
+            ranges, model.lst_codes, model.lst_vals, model.lst_hash, model.lst_fptr,
+            model.lst_fidx, model.nbr_codes, model.nbr_scores, model.nbr_len, items.hashes,
+            model.in_catalog, model.usable, model.feat_start, model.feat_len, model.feat_store,
             limit, float(weights.w_collaborative), float(weights.w_content),
-            float(weights.w_trending), float(weights.w_segment),
-            self._stamp, self.mark, self.pmark, self.cf, self.best_c, self.best_r,
-            self.pool_idx, self.feat_w, self.out_codes, self.out_parts, self.out_score,
-            self.out_because, self.out_cat)
-        codes = self.out_codes[:n].tolist()
-        scores = self.out_score[:n].tolist()
-        parts = self.out_parts[:n]
-        if cold:  # segment favourites first, then the rest, each in blended order
-            in_seg = parts[:, 3] > 0
-            order = np.concatenate([np.flatnonzero(in_seg), np.flatnonzero(~in_seg)]).tolist()
-            firsts = [SEGMENT if in_seg[i] else TRENDING for i in range(n)]
-        else:
-            order = [i for i in range(n) if scores[i] > 0]
-            firsts = None
-        chosen = self._diversify(self._by_id_on_ties(order, codes, scores), codes, k)
-        w = (weights.w_collaborative, weights.w_content, weights.w_trending, weights.w_segment)
-        out = []
-        for i in chosen:
-            contributions = {SOURCES[s]: w[s] * float(parts[i, s]) for s in range(4)
-                             if parts[i, s] > 0 and w[s] * parts[i, s] != 0}
-            r = int(self.out_because[i])
-            c = int(self.out_cat[i])
-            code = codes[i]
-            reasons = explain(
-                contributions, model,
-                because=(user.recent_types[r], _title_of(model, user.recent_ids[r]))
-                if r >= 0 else None,
-                interest_feature=matched_feature(positive, model, code)
-                if parts[i, 1] > 0 else None,
-                trending_category=top_cats[c] if c >= 0 else None,
-                first=firsts[i] if firsts is not None else None,
-                max_reasons=cfg.max_reasons, min_share=cfg.min_reason_share)
-            out.append(ScoredItem(items.id_of(code), scores[i], reasons))
-        return out
-
-    def _by_id_on_ties(self, order: list[int], codes: list[int], scores: list[float]):
-        """``order`` with every run of equal scores re-ordered by item id (lazily)."""
-        ids = self.model.items.ids
-        i, n = 0, len(order)
-        while i < n:
-            j = i + 1
-            while j < n and scores[order[j]] == scores[order[i]]:
-                j += 1
-            if j - i == 1:
-                yield order[i]
-            else:
-                yield from sorted(order[i:j], key=lambda q: ids[codes[q]])
-            i = j
-
-    def _diversify(self, ranked, codes: list[int], k: int) -> list[int]:
-        """Greedy: at most ``max_per_category`` items per primary category (0: no cap)."""
-        cap = self.cfg.max_per_category
-        primary = self.model.primary_cat
-        out: list[int] = []
-        used: dict[int, int] = {}
-        for i in ranked:
-            if len(out) >= k:
-                break
-            if cap > 0:
-                p = int(primary[codes[i]])
-                if p >= 0:
-                    if used.get(p, 0) >= cap:
+            float(weights.w_trending), float(weights.w_segment), self.feat_w,
+            k, 4 * k + 16, model.primary_cat, cfg.max_per_category, self.cat_count,
+            float(cfg.min_reason_share), model.feature_rank(), self.out_codes, self.out_parts,
+            self.out_score, self.out_because, self.out_cat, self.out_order, self.out_reasons,
+            self.out_feature)
+        order = self.out_order[:m]
+        codes = self.out_codes[order]
+        ids = items.ids
+        all_reasons = []
+        max_reasons = cfg.max_reasons
+        for q, (sources, i) in enumerate(zip(self.out_reasons[:m].tolist(), order.tolist())):
+            reasons: list[str] = []
+            for s in sources:
+                if s < 0:
+                    break
+                if s == _CF:
+                    r = int(self.out_because[i])
+                    reason = self._because(user.recent_types[r], user.recent_ids[r])
+                elif s == _CT:
+                    f = int(self.out_feature[q])
+                    if f >= 0:
+                        reason = self._interest_reason(f)
+                        if reason not in reasons:
+                            reasons.append(reason)
+                    c = int(self.out_cat[i])
+                    if c < 0 or _TR in sources:
                         continue
-                    used[p] = used.get(p, 0) + 1
-            out.append(i)
-        return out
+                    reason = "trending in " + top_cats[c]
+                elif s == _TR:
+                    reason = "trending now"
+                else:
+                    reason = "popular with users like you"
+                if reason not in reasons:
+                    reasons.append(reason)
+            all_reasons.append(reasons[:max_reasons])
+        return Ranked([ids[c] for c in codes.tolist()], self.out_score[order].tolist(),
+                      all_reasons, items.hashes[codes].tolist())
+
+    def _describe_feature(self, feature: str) -> tuple[int, str | None]:
+        """(feature code or NO_CODE, category name or None), cached per feature name."""
+        code = self.model.features.get(feature)
+        info = (code, feature[9:] if feature.startswith("category:") else None)
+        if code != NO_CODE:  # an unknown feature may become known: ask again next time
+            self._feature_info[feature] = info
+        return info
+
+    def _because(self, type_code: int, item_id: str) -> str:
+        key = (type_code, item_id)
+        reason = self._because_cache.get(key)
+        if reason is None:
+            if len(self._because_cache) > 100_000:
+                self._because_cache.clear()
+            verb = EVENT_VERBS.get(EVENT_TYPES[type_code], "interacted with")
+            reason = self._because_cache[key] = (
+                f"because you {verb} {_title_of(self.model, item_id)}")
+        return reason
+
+    def _interest_reason(self, feature: int) -> str:
+        reason = self._interest_cache.get(feature)
+        if reason is None:
+            name = self.model.features.names[feature]
+            reason = self._interest_cache[feature] = (
+                f"matches your interest in {_feature_label(name)}")
+        return reason
+
+
+_NO_CODES = np.zeros(0, dtype=np.int32)
 
 
 def _title_of(model: ItemModel, item_id: str) -> str:
@@ -434,49 +598,64 @@ def _title_of(model: ItemModel, item_id: str) -> str:
 
 def matched_feature(positive: dict[str, float], model: ItemModel, code: int) -> str | None:
     """The item's feature the user is most interested in (ties: feature name), or None."""
-    names = model.features.names
-    hits = [(positive[names[f]], names[f]) for f in model.item_feats.get(code, ()).tolist()
-            if names[f] in positive]
-    return min(hits, key=lambda h: (-h[0], h[1]))[1] if hits else None
+    best: tuple[float, str] | None = None
+    for name in model.feature_names(code):
+        w = positive.get(name)
+        if w is not None and (best is None or (-w, name) < best):
+            best = (-w, name)
+    return best[1] if best is not None else None
 
 
 def _feature_label(feature: str) -> str:
     return feature.split(":", 1)[1] if ":" in feature else feature
 
 
-def explain(contributions: dict[str, float], model: ItemModel, *,
+_CF, _CT, _TR, _SG = range(4)
+_ALL_SOURCES = (_CF, _CT, _TR, _SG)
+_SOURCE_INDEX = {COLLABORATIVE: _CF, CONTENT: _CT, TRENDING: _TR, SEGMENT: _SG}
+
+
+def explain(contributions: Sequence[float], *,
             because: tuple[int, str] | None = None, interest_feature: str | None = None,
             trending_category: str | None = None, first: str | None = None,
             max_reasons: int = 3, min_share: float = 0.1) -> list[str]:
-    """Human-readable reasons from an item's top contributing sources.
+    """Human-readable reasons from an item's weighted source contributions (in ``SOURCES``
+    order).
 
     A source is named when it gives at least ``min_share`` of the item's score; largest first
     (ties in ``SOURCES`` order); ``first`` puts one source first regardless. ``because`` is the
     (event type code, title) of the recent item behind the CF score.
     """
-    from state_schemas.config import EVENT_TYPES
-
-    total = sum(v for v in contributions.values() if v > 0)
-    picked = [s for s in SOURCES if contributions.get(s, 0.0) > 0
-              and contributions[s] >= min_share * total]
-    picked.sort(key=lambda s: -contributions[s])
+    c = contributions
+    a, b, t, g = c
+    threshold = min_share * ((a if a > 0 else 0.0) + (b if b > 0 else 0.0)
+                             + (t if t > 0 else 0.0) + (g if g > 0 else 0.0))
+    picked = [s for s in _ALL_SOURCES if c[s] > 0 and c[s] >= threshold]
+    if len(picked) > 1:
+        picked.sort(key=c.__getitem__, reverse=True)  # stable: ties keep SOURCES order
     if first is not None:
-        picked = [first] + [s for s in picked if s != first]
+        f = _SOURCE_INDEX[first]
+        picked = [f] + [s for s in picked if s != f]
     reasons: list[str] = []
-    for source in picked:
-        if source == COLLABORATIVE:
+    for s in picked:
+        if s == _CF:
             if because is not None:
                 verb = EVENT_VERBS.get(EVENT_TYPES[because[0]], "interacted with")
-                reasons.append(f"because you {verb} {because[1]}")
+                reason = f"because you {verb} {because[1]}"
             else:
-                reasons.append("because of your recent activity")
-        elif source == CONTENT:
+                reason = "because of your recent activity"
+        elif s == _CT:
             if interest_feature is not None:
-                reasons.append(f"matches your interest in {_feature_label(interest_feature)}")
-            if trending_category is not None and TRENDING not in picked:
-                reasons.append(f"trending in {trending_category}")
-        elif source == TRENDING:
-            reasons.append("trending now")
-        elif source == SEGMENT:
-            reasons.append("popular with users like you")
-    return list(dict.fromkeys(reasons))[:max(0, max_reasons)]
+                reason = f"matches your interest in {_feature_label(interest_feature)}"
+                if reason not in reasons:
+                    reasons.append(reason)
+            if trending_category is None or _TR in picked:
+                continue
+            reason = f"trending in {trending_category}"
+        elif s == _TR:
+            reason = "trending now"
+        else:
+            reason = "popular with users like you"
+        if reason not in reasons:
+            reasons.append(reason)
+    return reasons[:max(0, max_reasons)]

@@ -35,7 +35,8 @@ import numpy as np
 
 from state_schemas.config import EngineConfig, SimilarityConfig
 from state_schemas.item_state import (
-    RowState, decode_row, decode_stats, encode_row, encode_stats)
+    STATS_META_KEY, STATS_PREFIX, RowState, decode_counters, decode_counters_meta, decode_row,
+    encode_counters, encode_counters_meta, encode_row)
 from udfs.decay import ForwardDecay
 from udfs.items import NO_CODE, ItemTable
 from udfs.jit import kernel, lex_order
@@ -273,6 +274,7 @@ class ItemStats:
         self.pop_seg: dict[str, np.ndarray] = {}
         self.newest_ts: int | None = None
         self.changed: set[int] = set()  # codes whose popularity changed since the last publish
+        self.dirty: set[str] = set()  # items whose counters changed since the last snapshot
         self.evicted_listeners: list = []
         self.rescale_listeners: list = []  # called with the factor when the landmark moves
 
@@ -305,6 +307,7 @@ class ItemStats:
         for a in self.pop_seg.values():
             a[victims] = 0.0
         self.changed.difference_update(victims.tolist())
+        self.dirty.update(self.items.ids[c] for c in victims.tolist())
         for listener in self.evicted_listeners:
             listener(victims)
 
@@ -323,6 +326,7 @@ class ItemStats:
         if not len(ids):
             return
         codes = self.codes(ids)
+        self.dirty.update(ids)
         newest = int(ts.max())
         self.newest_ts = newest if self.newest_ts is None else max(self.newest_ts, newest)
         self.prepare_occurrence(newest)
@@ -334,6 +338,7 @@ class ItemStats:
             for a in self.pop_seg.values():
                 a *= pop_rescale
             self.changed.update(np.flatnonzero(self.pop > 0).tolist())
+            self.dirty.update(self.items.ids[c] for c in np.flatnonzero(self.pop > 0).tolist())
         positive = weights > 0
         if positive.any():
             pc = codes[positive]
@@ -370,22 +375,39 @@ class ItemStats:
                 "seg_pop": seg_vals}
 
     # ---------------------------------------------------------------------- state
-    def snapshot(self) -> bytes:
-        codes = self.items.live_codes()
-        return encode_stats([self.items.id_of(c) for c in codes.tolist()], self.occ[codes],
-                            self.pop[codes], {s: a[codes] for s, a in self.pop_seg.items()},
-                            self.occ_decay.landmark, self.pop_decay.landmark, self.newest_ts)
+    def snapshot(self) -> dict[str, bytes | None]:
+        """The replicated-state entries that changed since the last snapshot (None: delete)."""
+        out: dict[str, bytes | None] = {}
+        for item in self.dirty:
+            c = self.items.get(item)
+            if c == NO_CODE:
+                out[STATS_PREFIX + item] = None
+                continue
+            segs = {s: float(a[c]) for s, a in self.pop_seg.items() if a[c] > 0}
+            out[STATS_PREFIX + item] = encode_counters(float(self.occ[c]), float(self.pop[c]),
+                                                       segs)
+        if self.dirty:
+            out[STATS_META_KEY] = encode_counters_meta(
+                self.occ_decay.landmark, self.pop_decay.landmark, self.newest_ts)
+        self.dirty = set()
+        return out
 
-    def restore(self, blob: bytes) -> None:
-        ids, occ, pop, seg, occ_l, pop_l, newest = decode_stats(blob)
-        codes = self.codes(ids)
-        self.occ[codes] = occ
-        self.pop[codes] = pop
-        for s, values in seg.items():
-            arr = self.pop_seg[s] = np.zeros(self.items.capacity, dtype=np.float64)
-            arr[codes] = values
-        self.occ_decay.landmark, self.pop_decay.landmark = occ_l, pop_l
-        self.newest_ts = newest
+    def restore(self, entries: dict[str, bytes]) -> None:
+        meta = entries.get(STATS_META_KEY)
+        if meta is not None:
+            (self.occ_decay.landmark, self.pop_decay.landmark,
+             self.newest_ts) = decode_counters_meta(meta)
+        for key, value in entries.items():
+            if not key.startswith(STATS_PREFIX):
+                continue
+            c = self.code(key[len(STATS_PREFIX):])
+            self.occ[c], self.pop[c], segs = decode_counters(value)
+            for s, v in segs.items():
+                arr = self.pop_seg.get(s)
+                if arr is None:
+                    arr = self.pop_seg[s] = np.zeros(self.items.capacity, dtype=np.float64)
+                arr[c] = v
+        self.dirty = set()
 
 
 # ------------------------------------------------------------------------------ the shard

@@ -23,6 +23,7 @@ Per record kind:
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -41,7 +42,7 @@ from udfs.model import ItemModel
 from udfs.observability import MetricDeltas
 from udfs.privacy import pseudonymize
 from udfs.profile import ProfileStep, demographic_segment
-from udfs.recommend import Recommender, ScoredItem
+from udfs.recommend import Ranked, Recommender
 
 STATE_PROFILE = 0
 STATE_IMPRESSIONS = 1
@@ -94,15 +95,16 @@ class BatchResult:
 
 @dataclass(slots=True)
 class _UserSlot:
-    """A user's state within one batch: decoded on first use, encoded once at the end."""
+    """A user's state in the operator's cache: decoded on first use, written back to keyed state
+    at checkpoints (and when evicted)."""
     profile: UserProfile | None
     impressions: ImpressionLog | None
     profile_blob: bytes | None
     impressions_blob: bytes | None
     profile_dirty: bool = False
     impressions_dirty: bool = False
-    stored: bool = False  # a profile existed in state before this batch
-    cleared: bool = False
+    stored: bool = False  # keyed state holds a profile for this user
+    last_access: int = 0  # processing time
 
 
 class UserSide:
@@ -119,6 +121,11 @@ class UserSide:
         self.recommender = Recommender(self.model, cfg.recommend)
         self.step = ProfileStep(cfg)
         self.metrics = MetricDeltas()
+        # Decoded user state of the users seen lately (LRU). Keyed state is written at
+        # checkpoints only: between two of them a hot user is decoded once and encoded once.
+        self.cache: OrderedDict[str, _UserSlot] = OrderedDict()
+        # Offline replays of training data (the simulator) skip the per-event recommendation.
+        self.recommend_on_events = True
         self.topic_of = {rec.KIND_EVENT: cfg.topics.user_events,
                          rec.KIND_ATTRIBUTES: cfg.topics.user_attributes,
                          rec.KIND_REQUEST: cfg.topics.recommendation_requests,
@@ -148,31 +155,19 @@ class UserSide:
         out = BatchResult()
         self.model.items.tick()
         self.model.refresh(proc_now)
-        users: dict[int, _UserSlot] = {}
         activity: tuple[list, list, list, list, list] = ([], [], [], [], [])
         pairs: dict[str, tuple[list, list, list]] = {}
         for r in records:
             kind = r.kind
             if kind == rec.KIND_TIMER:
-                self._on_timer(users, keys, states, r, proc_now, out)
+                self._on_timer(keys, states, r, proc_now, out)
             elif kind == rec.KIND_CATALOG:
                 self._on_catalog(r, out)
             elif kind == rec.KIND_MODEL_UPDATE:
                 rows, popularity = rec.decode_model_update(r.payload)
                 self._apply_model_update(rows, popularity)
             else:
-                self._on_user_record(users, keys, states, r, proc_now, watermark, out,
-                                     activity, pairs)
-        for k, slot in users.items():
-            if slot.cleared:
-                continue
-            if slot.profile_dirty:
-                if not slot.stored:
-                    self.metrics.inc("profiles_created")
-                out.state_updates.append((k, STATE_PROFILE, encode_profile(slot.profile)))
-            if slot.impressions_dirty:
-                out.state_updates.append((k, STATE_IMPRESSIONS,
-                                          encode_impressions(slot.impressions)))
+                self._on_user_record(keys, states, r, proc_now, watermark, out, activity, pairs)
         if activity[0]:
             out.outputs.emit(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY, "",
                              rec.encode_activity(*activity))
@@ -180,11 +175,28 @@ class UserSide:
             out.outputs.emit(rec.USER_OUT_PAIRS, rec.KIND_PAIRS, row,
                              rec.encode_pairs(cols, deltas, ts))
         if checkpoint:
+            for key, slot in self.cache.items():
+                self._write_back(key, slot, out)
             out.shared.update(self.model.snapshot())
             for name, value in self.model.sizes().items():
                 self.metrics.set(name, value)
+            self.metrics.set("user_state_cached", len(self.cache))
+        while len(self.cache) > self.cfg.profile.state_cache_users:
+            key, slot = self.cache.popitem(last=False)
+            self._write_back(key, slot, out)
         out.metrics = self.metrics.drain()
         return out
+
+    def _write_back(self, key: str, slot: _UserSlot, out: BatchResult) -> None:
+        if slot.profile_dirty:
+            if not slot.stored:
+                self.metrics.inc("profiles_created")
+                slot.stored = True
+            out.state_updates.append((key, STATE_PROFILE, encode_profile(slot.profile)))
+            slot.profile_dirty = False
+        if slot.impressions_dirty:
+            out.state_updates.append((key, STATE_IMPRESSIONS, encode_impressions(slot.impressions)))
+            slot.impressions_dirty = False
 
     # ------------------------------------------------------------------------ records
     def _parse(self, r: Record, out: BatchResult, dead_letter: bool = True) -> dict | None:
@@ -205,30 +217,41 @@ class UserSide:
         out.outputs.emit(rec.USER_OUT_DLQ, 0, letter.source_topic,
                          orjson.dumps(letter.to_message()))
 
-    def _slot(self, users: dict[int, _UserSlot], states, k: int) -> _UserSlot:
-        slot = users.get(k)
+    def _slot(self, keys: Sequence[str], states, k: int, proc_now: int) -> _UserSlot:
+        key = keys[k]
+        slot = self.cache.get(key)
+        ttl = self.cfg.profile.inactive_user_ttl_ms
+        if slot is not None and ttl > 0 and proc_now - slot.last_access > ttl \
+                and not (slot.profile_dirty or slot.impressions_dirty):
+            del self.cache[key]  # its keyed state may have expired since: read it again
+            slot = None
         if slot is None:
             profile_blob, impressions_blob = states[k]
-            slot = users[k] = _UserSlot(None, None, profile_blob, impressions_blob,
-                                        stored=profile_blob is not None)
+            slot = self.cache[key] = _UserSlot(None, None, profile_blob, impressions_blob,
+                                               stored=profile_blob is not None)
+        else:
+            self.cache.move_to_end(key)
+        slot.last_access = proc_now
         return slot
 
     def _profile(self, slot: _UserSlot, user_id: str) -> UserProfile:
         if slot.profile is None:
-            slot.profile = (decode_profile(slot.profile_blob) if slot.profile_blob is not None
-                            else UserProfile(user_id))
-            if slot.profile_blob is not None and slot.profile_blob[:1] == b"\x80":
+            blob = slot.profile_blob
+            slot.profile = decode_profile(blob) if blob is not None else UserProfile(user_id)
+            if blob is not None and blob[:1] == b"\x80":
                 slot.profile_dirty = True  # migrated from an earlier release: store as v3
+            slot.profile_blob = None
         return slot.profile
 
     def _impressions(self, slot: _UserSlot) -> ImpressionLog:
         if slot.impressions is None:
-            slot.impressions = (decode_impressions(slot.impressions_blob)
-                                if slot.impressions_blob is not None and
-                                slot.impressions_blob[:2] == b"IL" else ImpressionLog())
+            blob = slot.impressions_blob
+            slot.impressions = (decode_impressions(blob) if blob is not None and blob[:2] == b"IL"
+                                else ImpressionLog())
+            slot.impressions_blob = None
         return slot.impressions
 
-    def _on_user_record(self, users, keys, states, r: Record, proc_now: int, watermark: int,
+    def _on_user_record(self, keys, states, r: Record, proc_now: int, watermark: int,
                         out: BatchResult, activity, pairs) -> None:
         parsed = self._parse(r, out)
         if parsed is None:
@@ -245,13 +268,11 @@ class UserSide:
                 "user_id is ambiguous (the record names it more than once)", self.now_ms(),
                 self.cfg.validation), out)
             return
-        slot = self._slot(users, states, r.key)
+        slot = self._slot(keys, states, r.key, proc_now)
         if r.kind == rec.KIND_EVENT:
             self._on_event(slot, parsed, r, proc_now, watermark, out, activity, pairs)
         elif r.kind == rec.KIND_ATTRIBUTES:
             u = self._profile(slot, user_id)
-            if slot.cleared:
-                slot.cleared = False
             if self.step.apply_attributes(u, parsed["attributes"], parsed["ts"]):
                 self.metrics.inc("profiles_updated")
                 slot.profile_dirty = True
@@ -267,7 +288,6 @@ class UserSide:
                   out: BatchResult, activity, pairs) -> None:
         cfg = self.cfg
         u = self._profile(slot, event["user_id"])
-        slot.cleared = False
         if not self.step.remember_event_id(u, event["event_id"], event["ts"]):
             self._dead_letter(edge.dead_letter(
                 orjson.dumps(event), cfg.topics.user_events, "duplicate_event",
@@ -304,8 +324,9 @@ class UserSide:
         if hit is not None:
             slot.impressions_dirty = True
             self.metrics.inc("feedback_events", 1, (("variant", hit[0]), ("kind", hit[1])))
-        self._recommend(slot, u, event["ts"], cfg.recommend.default_k, out, r.ingest_ms,
-                        trigger_event_id=event["event_id"])
+        if self.recommend_on_events:
+            self._recommend(slot, u, event["ts"], cfg.recommend.default_k, out, r.ingest_ms,
+                            trigger_event_id=event["event_id"])
 
     def _maybe_snapshot(self, slot: _UserSlot, key: int, proc_now: int, out: BatchResult) -> None:
         """A user-profiles record now, or at most once per interval (a timer sends the last)."""
@@ -317,8 +338,8 @@ class UserSide:
         elif due >= 0:
             out.timers.append((key, due))
 
-    def _on_timer(self, users, keys, states, r: Record, proc_now: int, out: BatchResult) -> None:
-        slot = self._slot(users, states, r.key)
+    def _on_timer(self, keys, states, r: Record, proc_now: int, out: BatchResult) -> None:
+        slot = self._slot(keys, states, r.key, proc_now)
         if slot.profile is None and slot.profile_blob is None:
             return
         u = self._profile(slot, keys[r.key])
@@ -331,12 +352,10 @@ class UserSide:
 
     def _forget(self, slot: _UserSlot, key: int, user_id: str, out: BatchResult) -> None:
         """Right to be forgotten: drop both states, tombstone the compacted topics."""
-        slot.profile = UserProfile(user_id)
-        slot.impressions = ImpressionLog()
+        slot.profile = slot.impressions = None
         slot.profile_blob = slot.impressions_blob = None
         slot.profile_dirty = slot.impressions_dirty = False
         slot.stored = False
-        slot.cleared = True
         out.state_updates.append((key, STATE_PROFILE, None))
         out.state_updates.append((key, STATE_IMPRESSIONS, None))
         self.metrics.inc("users_forgotten")
@@ -350,10 +369,10 @@ class UserSide:
         variant = self.step.variant(u)
         weights = cfg.variants.get(variant) or next(iter(cfg.variants.values()))
         now = max(event_ts, 0)
-        items = self.recommend(u, variant, weights, k, now)
-        if items:
+        ranked = self.recommend(u, variant, weights, k, now)
+        if ranked.ids:
             log = self._impressions(slot)
-            shown = record_impressions(log, [id_hash(s.item_id) for s in items], variant, now,
+            shown = record_impressions(log, ranked.hashes, variant, now,
                                        cfg.impressions_max, window_ms=cfg.feedback_window_ms)
             slot.impressions_dirty = True
             if shown:
@@ -370,11 +389,11 @@ class UserSide:
             "schema_version": 1, "user_id": u.user_id, "request_id": request_id,
             "trigger_event_id": trigger_event_id, "generated_at": emitted_at,
             "event_ts": event_ts, "variant": variant,
-            "items": [{"item_id": s.item_id, "score": round(float(s.score), 6),
-                       "reasons": s.reasons} for s in items]}))
+            "items": [{"item_id": i, "score": round(s, 6), "reasons": r}
+                      for i, s, r in zip(ranked.ids, ranked.scores, ranked.reasons)]}))
 
     def recommend(self, u: UserProfile, variant: str, weights, k: int,
-                  now: int) -> list[ScoredItem]:
+                  now: int) -> Ranked:
         self.model.ready()
         return self.recommender.recommend(self.step.view(u, variant), weights, k, now)
 

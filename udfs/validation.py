@@ -66,16 +66,29 @@ def _schema_reason(rule: str | None, message: str) -> str:
 
 def _has_non_finite(value: Any, depth: int = 0) -> bool:
     # orjson already rejects the NaN/Infinity tokens; this catches floats that overflow to inf
-    # (e.g. 1e999), which JSON allows syntactically.
-    if isinstance(value, float):
-        return not math.isfinite(value)
+    # (e.g. 1e999), which JSON allows syntactically. (Exact types: what orjson produces.)
+    kind = type(value)
+    if kind is float:
+        return not _isfinite(value)
     if depth > 8:
         return False
-    if isinstance(value, dict):
-        return any(_has_non_finite(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v, depth + 1) for v in value)
+    if kind is dict:
+        values = value.values()
+    elif kind is list:
+        values = value
+    else:
+        return False
+    for v in values:
+        kind = type(v)
+        if kind is float:
+            if not _isfinite(v):
+                return True
+        elif (kind is dict or kind is list) and _has_non_finite(v, depth + 1):
+            return True
     return False
+
+
+_isfinite = math.isfinite
 
 
 def _check_ts(ts: int, now_ms: int, cfg: ValidationConfig) -> str | None:

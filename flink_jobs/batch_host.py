@@ -23,6 +23,8 @@ string itself.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from state_schemas.config import EngineConfig
@@ -105,20 +107,41 @@ class BatchFunction:
             self.engine = ItemSide(self.cfg, subtask=subtask)
             self.engine.restore(shared)
         self.n_states = len(self.state_names)
+        self._engine_us = self._glue_us = self._cpu_us = 0.0
         return (), (), (), (), ()
 
     def process_batch(self, keys, states, header, payload, reason, proc_time, watermark):
+        started = time.perf_counter()
         records = decode_batch(header, payload)
         ns = self.n_states
         per_key = [states[k * ns:(k + 1) * ns] for k in range(len(keys))]
         checkpoint = reason in (FLUSH_CHECKPOINT, FLUSH_END)
+        engine_started = time.perf_counter()
+        cpu_started = time.thread_time()
         if self.role == ROLE_USER:
             result = self.engine.process(keys, per_key, records, proc_time, watermark,
                                          checkpoint=checkpoint)
         else:
             result = self.engine.process(keys, per_key, records, proc_time,
                                          checkpoint=checkpoint)
-        return encode_result(result)
+        engine_done = time.perf_counter()
+        self._cpu_us = (time.thread_time() - cpu_started) * 1e6
+        # The time of this call is reported with the next one (Python time per batch, the
+        # figure to watch before anything else when the job falls behind).
+        result.metrics.append(("", "python_engine_us", 0, round(self._engine_us)))
+        result.metrics.append(("", "python_glue_us", 0, round(self._glue_us)))
+        result.metrics.append(("", "python_engine_cpu_us", 0, round(self._cpu_us)))
+        encoded = encode_result(result)
+        import os
+        if os.environ.get("RECSYS_DEBUG_TIMING"):
+            acc = self.__dict__.setdefault("_acc", [0, 0.0, 0.0, 0])
+            acc[0] += len(records); acc[1] += (engine_done - engine_started); acc[2] += self._cpu_us / 1e6; acc[3] += 1
+            if acc[3] % 20 == 0:
+                with open(os.environ["RECSYS_DEBUG_TIMING"] + f".{self.role}", "a") as fh:
+                    fh.write(f"{time.time():.1f} {acc[0]} {acc[1]:.3f} {acc[2]:.3f} {acc[3]}\n")
+        self._engine_us = (engine_done - engine_started) * 1e6
+        self._glue_us = (time.perf_counter() - engine_done + engine_started - started) * 1e6
+        return encoded
 
     def close(self) -> None:
         self.engine = None

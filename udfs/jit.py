@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
     _numba = None
 
 JIT_ENABLED = _numba is not None and os.environ.get("RECSYS_NO_JIT", "") not in ("1", "true")
+_NOGIL = os.environ.get("RECSYS_JIT_NOGIL", "1") not in ("0", "false")
 
 
 def kernel(fn: F) -> F:
@@ -34,7 +35,7 @@ def kernel(fn: F) -> F:
     if not JIT_ENABLED:
         fn.py = fn  # type: ignore[attr-defined]
         return fn
-    compiled = _numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)(fn)
+    compiled = _numba.njit(cache=True, nogil=_NOGIL, fastmath=False, boundscheck=False)(fn)
     compiled.py = fn
     return compiled  # type: ignore[return-value]
 

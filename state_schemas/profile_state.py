@@ -96,8 +96,11 @@ class UserProfile:
     # A/B assignment, kept while the experiment salt is unchanged.
     variant: str | None = None
     variant_salt: str | None = None
-    # Not stored: the consumed hashes sorted, for the recommender (rebuilt when consumed changes).
+    # Not stored: the consumed hashes sorted, for the recommender (rebuilt when consumed changes),
+    # and the recent items' codes in the operator's item table (-1: unknown when looked up).
     consumed_sorted: np.ndarray | None = None
+    recent_codes: list[int] | None = None
+    codes_epoch: int = -1
 
 
 def _arr(buf: memoryview, at: int, dtype: str, n: int) -> tuple[np.ndarray, int]:

@@ -71,8 +71,7 @@ class ItemSide:
                 item = keys[r.key]
                 self.shard.load(item, states[r.key][STATE_ROW])
                 cols, deltas, ts = rec.decode_pairs(r.payload)
-                self.shard.on_pairs([item] * len(cols), cols, np.asarray(deltas, dtype=np.float64),
-                                    np.asarray(ts, dtype=np.int64))
+                self.shard.on_pairs(item, cols, deltas, ts)
                 pair_records += len(cols)
             elif r.kind == rec.KIND_TIMER:
                 item = keys[r.key]

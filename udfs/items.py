@@ -42,6 +42,7 @@ class ItemTable:
         self.touched = np.zeros(cap, dtype=np.int64)
         self._free: list[int] = []
         self._clock = 0
+        self.epoch = 0  # bumped by every eviction: codes handed out before may name other items
         self._by_hash: tuple[np.ndarray, np.ndarray] | None = None  # sorted hashes, their codes
 
     # ---------------------------------------------------------------------------- basics
@@ -153,6 +154,7 @@ class ItemTable:
         n = min(n, len(candidates))
         order = np.lexsort((candidates, self.touched[candidates]))
         victims = candidates[order[:n]].astype(np.int32)
+        self.epoch += 1
         if self.on_evict is not None:
             self.on_evict(victims)
         for c in victims.tolist():

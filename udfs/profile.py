@@ -21,6 +21,7 @@ from state_schemas.ids import id_hash
 from state_schemas.profile_state import N_TYPES, TYPE_CODE, UserProfile
 from udfs.ab import assign_variant
 from udfs.decay import MAX_EXPONENT, REBASE_AFTER, forward_exponent
+from udfs.items import NO_CODE, ItemTable
 from udfs.model import item_features
 from udfs.recommend import UserView
 
@@ -87,7 +88,7 @@ class ProfileStep:
         if minute > u.dedup_base_minute:
             u.dedup_base_minute = minute
         limit = self.cfg.validation.dedup_max_ids_per_user
-        if len(seen) > limit or not len(seen) & 63:
+        if len(seen) > limit or not len(seen) & 255:
             oldest = u.dedup_base_minute - self.dedup_window_min
             kept = {e: m for e, m in seen.items() if m >= oldest}
             if len(kept) > limit:  # the oldest go first
@@ -200,6 +201,8 @@ class ProfileStep:
 
     def _drop_recent(self, u: UserProfile, i: int) -> None:
         del u.recent_ids[i], u.recent_types[i], u.recent_ts[i], u.recent_weights[i]
+        if u.recent_codes is not None:
+            del u.recent_codes[i]
 
     def _update_recent(self, u: UserProfile, item_id: str, t: int, weight: float,
                        ts: int) -> float:
@@ -220,9 +223,13 @@ class ProfileStep:
         u.recent_types.insert(0, entry_type)
         u.recent_ts.insert(0, latest)
         u.recent_weights.insert(0, entry_weight)
+        if u.recent_codes is not None:
+            u.recent_codes.insert(0, NO_CODE)  # looked up by recent_item_codes
         n = self.p.recent_items_max
         if len(u.recent_ids) > n:
             del u.recent_ids[n:], u.recent_types[n:], u.recent_ts[n:], u.recent_weights[n:]
+            if u.recent_codes is not None:
+                del u.recent_codes[n:]
         return old_weight
 
     def _pairs(self, u: UserProfile, item_id: str, old_weight: float, new_weight: float,
@@ -279,10 +286,25 @@ class ProfileStep:
             u.variant_salt = rc.experiment_salt
         return u.variant
 
-    def view(self, u: UserProfile, variant: str) -> UserView:
+    @staticmethod
+    def recent_item_codes(u: UserProfile, items: ItemTable) -> np.ndarray:
+        """The recent items' codes in ``items``, kept with the profile: only the entries that
+        were unknown are looked up again (all of them after an eviction reused codes)."""
+        codes = u.recent_codes
+        if codes is None or u.codes_epoch != items.epoch or len(codes) != len(u.recent_ids):
+            codes = u.recent_codes = [NO_CODE] * len(u.recent_ids)
+            u.codes_epoch = items.epoch
+        get = items.get
+        for i, c in enumerate(codes):
+            if c == NO_CODE:
+                codes[i] = get(u.recent_ids[i])
+        return np.array(codes, dtype=np.int32)
+
+    def view(self, u: UserProfile, variant: str, items: ItemTable) -> UserView:
         """What the recommender needs of the profile (interests at any common scale)."""
-        return UserView(u.user_id, u.recent_ids, u.recent_types, u.recent_ts, u.recent_weights,
-                        u.interests, self.consumed_sorted(u), u.not_interested,
+        return UserView(u.user_id, u.recent_ids, self.recent_item_codes(u, items),
+                        u.recent_types, u.recent_ts, u.recent_weights, u.interests,
+                        self.consumed_sorted(u), u.not_interested,
                         demographic_segment(u.attributes), variant)
 
     # ------------------------------------------------------------------------ snapshots

@@ -68,6 +68,7 @@ class UserView:
     """What the recommender needs to know about one user at trigger time."""
     user_id: str
     recent_ids: list[str]        # newest first
+    recent_codes: np.ndarray     # their codes in the model's item table (-1: unknown)
     recent_types: list[int]      # strongest action per recent item (index in EVENT_TYPES)
     recent_ts: list[int]
     recent_weights: list[float]
@@ -489,7 +490,7 @@ class Recommender:
         model = self.model
         limit = max(cfg.candidates_per_source, k)
         items = model.items
-        recent_codes = items.lookup(user.recent_ids)
+        recent_codes = user.recent_codes
         votes = np.asarray(user.recent_weights, dtype=np.float64) * decay_factors(
             now_ms - np.asarray(user.recent_ts, dtype=np.float64), cfg.recency_half_life_ms)
         blocked = (np.concatenate([recent_codes, items.lookup(user.not_interested)])

@@ -521,26 +521,28 @@ class SimilarityShard:
         """The occurrence landmark moved: scale every resident C the same way (ratios stay)."""
         if factor != 1.0:
             self.vals *= factor
-            self._pairs = [(r, c, v * factor) for r, c, v in self._pairs]
 
-    def on_pairs(self, rows: Sequence[str], cols: Sequence[str], deltas: np.ndarray,
-                 ts: np.ndarray) -> None:
-        """Buffer pair updates (rows must be resident) until the next :meth:`flush`."""
-        if len(rows):
-            items = self.stats
-            items.prepare_occurrence(int(ts.max()))
-            self._pairs.append((items.codes(rows), items.codes(cols),
-                                deltas * items.occ_decay.weights(ts)))
+    def on_pairs(self, row: str, cols: Sequence[str], deltas: Sequence[float],
+                 ts: Sequence[int]) -> None:
+        """Buffer the pair updates of one row (resident) until the next :meth:`flush`."""
+        if cols:
+            self._pairs.append((self.stats.code(row), self.stats.codes(cols), deltas, ts))
 
     def flush(self, proc_now: int) -> tuple[list[Emission], list[tuple[str, int]]]:
         """Apply the buffered pairs; return the rows to publish now and the (item, time) of
         the emission timers to register (a changed row waits ``emit_min_interval_ms``)."""
         if not self._pairs:
             return [], []
-        row_codes = np.concatenate([p[0] for p in self._pairs])
-        col_codes = np.concatenate([p[1] for p in self._pairs])
-        contrib = np.concatenate([p[2] for p in self._pairs])
-        self._pairs = []
+        pairs, self._pairs = self._pairs, []
+        col_codes = np.concatenate([p[1] for p in pairs])
+        row_codes = np.repeat(np.array([p[0] for p in pairs], dtype=np.int32),
+                              [len(p[1]) for p in pairs])
+        deltas = np.fromiter((d for p in pairs for d in p[2]), dtype=np.float64,
+                             count=len(col_codes))
+        ts = np.fromiter((t for p in pairs for t in p[3]), dtype=np.float64, count=len(col_codes))
+        stats = self.stats
+        stats.prepare_occurrence(int(ts.max()))
+        contrib = deltas * stats.occ_decay.weights(ts)
         slots = np.fromiter((self._slot(c) for c in row_codes.tolist()), dtype=np.int32,
                             count=len(row_codes))
         order = np.argsort(slots, kind="stable")

@@ -395,7 +395,8 @@ class UserSide:
     def recommend(self, u: UserProfile, variant: str, weights, k: int,
                   now: int) -> Ranked:
         self.model.ready()
-        return self.recommender.recommend(self.step.view(u, variant), weights, k, now)
+        return self.recommender.recommend(self.step.view(u, variant, self.model.items), weights,
+                                          k, now)
 
     # ------------------------------------------------------------------------ broadcasts
     def _on_catalog(self, r: Record, out: BatchResult) -> None:

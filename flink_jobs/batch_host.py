@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from state_schemas.config import EngineConfig
+from udfs.memory import freeze_survivors, tune_collector
 
 FLUSH_CHECKPOINT = 2
 FLUSH_END = 4
@@ -58,8 +59,8 @@ def encode_result(result) -> tuple:
         groups.append((tag, kind, tuple(keys), b"".join(v for v in values if v is not None),
                        lengths.tobytes()))
     timers: list = []
-    for key, time in result.timers:
-        timers.extend((key, int(time)))
+    for key, at in result.timers:
+        timers.extend((key, int(at)))
     shared: list = []
     for key, value in result.shared.items():
         shared.extend((key, value))
@@ -107,6 +108,7 @@ class BatchFunction:
             self.engine = ItemSide(self.cfg, subtask=subtask)
             self.engine.restore(shared)
         self.n_states = len(self.state_names)
+        tune_collector()
         self._engine_us = self._glue_us = self._cpu_us = 0.0
         return (), (), (), (), ()
 
@@ -132,6 +134,8 @@ class BatchFunction:
         result.metrics.append(("", "python_glue_us", 0, round(self._glue_us)))
         result.metrics.append(("", "python_engine_cpu_us", 0, round(self._cpu_us)))
         encoded = encode_result(result)
+        if checkpoint:
+            freeze_survivors()
         import os
         if os.environ.get("RECSYS_DEBUG_TIMING"):
             acc = self.__dict__.setdefault("_acc", [0, 0.0, 0.0, 0])

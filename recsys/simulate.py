@@ -51,9 +51,8 @@ import orjson
 from state_schemas import records as rec
 from state_schemas.config import EngineConfig, load_config
 from state_schemas.profile_state import UserProfile, decode_profile
-from udfs import item_side as item_mod
-from udfs import user_side as user_mod
 from udfs.item_side import ItemSide
+from udfs.memory import freeze_survivors, tune_collector
 from udfs.user_side import BatchResult, UserSide
 from udfs.user_side import Record as BatchRecord
 
@@ -107,11 +106,20 @@ class EngineSimulator:
         self.frozen = False
         self.stats = SimStats()
         self.recommendations: list[Recommendation] = []
+        # as the job's operators do at each checkpoint (udfs/memory.py)
+        tune_collector()
+        self._next_freeze = self.proc_ms + cfg.job.checkpoint_interval_ms
 
     # ------------------------------------------------------------------ clock and timers
     def _advance(self) -> None:
         self.proc_ms += self.ms_per_event
         self._run_due(self.proc_ms)
+        self._maybe_freeze()
+
+    def _maybe_freeze(self) -> None:
+        if self.proc_ms >= self._next_freeze:
+            freeze_survivors()
+            self._next_freeze = self.proc_ms + max(1, self.cfg.job.checkpoint_interval_ms)
 
     def _run_due(self, until: float) -> None:
         while True:
@@ -286,6 +294,7 @@ class EngineSimulator:
                         [i["reasons"] for i in m["items"]], [i["score"] for i in m["items"]],
                         m["trigger_event_id"], m["request_id"]))
             self._run_due(self.proc_ms)
+            self._maybe_freeze()
         self.recommendations.extend(made)
         return made
 

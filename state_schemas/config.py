@@ -445,6 +445,18 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("job.batch_max_delay_ms must be >= 0")
     if cfg.similarity.flush_interval_ms < 0:
         problems.append("similarity.flush_interval_ms must be >= 0")
+    # Lengths stored in 16 bits by the state layouts (profile v3, similarity rows).
+    for where, value in (("profile.consumed_max", cfg.profile.consumed_max),
+                         ("profile.recent_items_max", cfg.profile.recent_items_max),
+                         ("profile.interests_max", cfg.profile.interests_max),
+                         ("profile.not_interested_max", cfg.profile.not_interested_max),
+                         ("validation.dedup_max_ids_per_user",
+                          cfg.validation.dedup_max_ids_per_user),
+                         ("similarity.max_pairs_per_item", cfg.similarity.max_pairs_per_item),
+                         ("similarity.top_k", cfg.similarity.top_k)):
+        if not 0 < value <= 65_535:
+            problems.append(f"{where} must be within 1..65535 (a 16-bit count in the state "
+                            f"layout)")
     if cfg.profile.state_cache_users < 1:
         problems.append("profile.state_cache_users must be >= 1")
     if cfg.recommend.model_max_items < 16:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from state_schemas.profile_state import StateVersionError
+from state_schemas.versioning import StateVersionError, load_versioned
 
 ROW_STATE_VERSION = 2
 STATS_STATE_VERSION = 1
@@ -85,10 +85,8 @@ def encode_counters(occurrence: float, popularity: float, segments: dict[str, fl
 
 
 def decode_counters(blob: bytes) -> tuple[float, float, dict[str, float]]:
-    version, occurrence, popularity, segments = orjson.loads(blob)
-    if version != STATS_STATE_VERSION:
-        raise StateVersionError(f"item counters state version {version!r} is not supported "
-                                f"(this code reads {STATS_STATE_VERSION})")
+    occurrence, popularity, segments = load_versioned(blob, STATS_STATE_VERSION,
+                                                      "item counters state", 3)
     return occurrence, popularity, segments
 
 
@@ -98,8 +96,6 @@ def encode_counters_meta(occ_landmark: int | None, pop_landmark: int | None,
 
 
 def decode_counters_meta(blob: bytes) -> tuple[int | None, int | None, int | None]:
-    version, occ_landmark, pop_landmark, newest = orjson.loads(blob)
-    if version != STATS_STATE_VERSION:
-        raise StateVersionError(f"item counters state version {version!r} is not supported "
-                                f"(this code reads {STATS_STATE_VERSION})")
+    occ_landmark, pop_landmark, newest = load_versioned(blob, STATS_STATE_VERSION,
+                                                        "item counters meta state", 3)
     return occ_landmark, pop_landmark, newest

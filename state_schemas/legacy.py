@@ -25,7 +25,7 @@ LEGACY_CATALOG_STATE = "catalog"
 
 def migrate_profile_dict(state: dict[str, Any]) -> dict[str, Any]:
     """A v1 or v2 profile dict as v2."""
-    from state_schemas.profile_state import StateVersionError
+    from state_schemas.versioning import StateVersionError
 
     version = state.get("v") if isinstance(state, dict) else None
     if version not in (1, 2):
@@ -85,7 +85,7 @@ def profile_from_v2(state: dict[str, Any]):
 
 def legacy_catalog_record(value: bytes) -> dict[str, Any]:
     """An entry of the old ``catalog`` broadcast state as an ``item-catalog`` record."""
-    from state_schemas.profile_state import StateVersionError
+    from state_schemas.versioning import StateVersionError
 
     entry = pickle.loads(value)
     if not isinstance(entry, tuple) or entry[0] != 1 or len(entry) != 8:

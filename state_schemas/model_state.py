@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from state_schemas.profile_state import StateVersionError
+from state_schemas.versioning import load_versioned
 
 MODEL_STATE_VERSION = 1
 CATALOG_PREFIX = "cat:"
@@ -23,19 +23,12 @@ ITEM_PREFIX = "item:"
 META_KEY = "model:meta"
 
 
-def _check(version: Any, what: str) -> None:
-    if version != MODEL_STATE_VERSION:
-        raise StateVersionError(f"{what} state version {version!r} is not supported "
-                                f"(this code reads {MODEL_STATE_VERSION})")
-
-
 def encode_catalog_entry(record: dict[str, Any]) -> bytes:
     return orjson.dumps([MODEL_STATE_VERSION, record])
 
 
 def decode_catalog_entry(blob: bytes) -> dict[str, Any]:
-    version, record = orjson.loads(blob)
-    _check(version, "catalogue entry")
+    (record,) = load_versioned(blob, MODEL_STATE_VERSION, "catalogue entry state", 1)
     return record
 
 
@@ -45,8 +38,8 @@ def encode_item_entry(neighbor_ids: list[str], scores: list[float], popularity: 
 
 
 def decode_item_entry(blob: bytes) -> tuple[list[str], list[float], float, dict[str, float]]:
-    version, ids, scores, popularity, segments = orjson.loads(blob)
-    _check(version, "item model entry")
+    ids, scores, popularity, segments = load_versioned(blob, MODEL_STATE_VERSION,
+                                                       "item model entry state", 4)
     return ids, scores, popularity, segments
 
 
@@ -55,6 +48,5 @@ def encode_meta(landmark: int | None, newest_ts: int | None) -> bytes:
 
 
 def decode_meta(blob: bytes) -> tuple[int | None, int | None]:
-    version, landmark, newest = orjson.loads(blob)
-    _check(version, "item model meta")
+    landmark, newest = load_versioned(blob, MODEL_STATE_VERSION, "item model meta state", 2)
     return landmark, newest

@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 
 from state_schemas.config import DAY_MS, EVENT_TYPES
+from state_schemas.versioning import StateVersionError
 
 PROFILE_STATE_VERSION = 3
 IMPRESSION_STATE_VERSION = 2
@@ -57,10 +58,6 @@ _F_WIDE_TS = 2
 _F_FIRST_SEEN = 4
 _F_LAST_SEEN = 8
 NO_TS = -(1 << 63)
-
-
-class StateVersionError(ValueError):
-    """A state value written by a version of the code this one cannot read."""
 
 
 @dataclass(slots=True)
@@ -202,11 +199,13 @@ def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
 class ImpressionLog:
     """One user's recently recommended items, for feedback attribution (``udfs/ab.py``).
 
-    ``entries``: item hash -> [first showing, last showing (event time, ms), variant code,
-    feedback kinds already credited (bit 0 click, bit 1 purchase)], in recording order (the
-    oldest first, evicted first). ``variants``: variant code -> name.
+    ``entries``: item hash -> (first showing, last showing (event time, ms), variant code,
+    feedback kinds already credited (bit 0 click, bit 1 purchase)), in recording order (the
+    oldest first, evicted first). ``variants``: variant code -> name. (Tuples, not lists: a
+    tuple of ints is not tracked by Python's cyclic garbage collector, and a busy operator holds
+    a million of these.)
     """
-    entries: dict[int, list[int]] = field(default_factory=dict)
+    entries: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     variants: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -246,8 +245,8 @@ def decode_impressions(blob: bytes) -> ImpressionLog:
     last, at = _arr(buf, at, "<i8" if flags & _F_WIDE_TS else "<i4", n)
     variant, at = _arr(buf, at, "u1", n)
     kinds, at = _arr(buf, at, "u1", n)
-    rows = np.stack([base - first, base - last.astype(np.int64), variant.astype(np.int64),
-                     kinds.astype(np.int64)], axis=1).tolist() if n else []
+    rows = zip((base - first).tolist(), (base - last.astype(np.int64)).tolist(),
+               variant.tolist(), kinds.tolist())
     return ImpressionLog(dict(zip(items.tolist(), rows)), orjson.loads(buf[at:]))
 
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from state_schemas.profile_state import StateVersionError
+from state_schemas.versioning import load_versioned
 
 KIND_TIMER = -1
 KIND_EVENT = 1
@@ -48,12 +48,6 @@ ITEM_OUT_MODEL = 1
 PAYLOAD_VERSION = 1
 
 
-def _check(version: Any, what: str) -> None:
-    if version != PAYLOAD_VERSION:
-        raise StateVersionError(f"{what} payload version {version!r} is not supported "
-                                f"(this code reads {PAYLOAD_VERSION})")
-
-
 def encode_activity(ids: Sequence[str], weights: Sequence[float], occ_deltas: Sequence[float],
                     ts: Sequence[int], segments: Sequence[str]) -> bytes:
     """The item activity of one user-operator batch: accepted positive interactions."""
@@ -62,8 +56,8 @@ def encode_activity(ids: Sequence[str], weights: Sequence[float], occ_deltas: Se
 
 
 def decode_activity(payload: bytes) -> tuple[list, list, list, list, list]:
-    version, ids, weights, deltas, ts, segments = orjson.loads(payload)
-    _check(version, "item activity")
+    ids, weights, deltas, ts, segments = load_versioned(payload, PAYLOAD_VERSION,
+                                                        "item activity payload", 5)
     return ids, weights, deltas, ts, segments
 
 
@@ -73,8 +67,7 @@ def encode_pairs(cols: Sequence[str], deltas: Sequence[float], ts: Sequence[int]
 
 
 def decode_pairs(payload: bytes) -> tuple[list, list, list]:
-    version, cols, deltas, ts = orjson.loads(payload)
-    _check(version, "pair updates")
+    cols, deltas, ts = load_versioned(payload, PAYLOAD_VERSION, "pair updates payload", 3)
     return cols, deltas, ts
 
 
@@ -82,10 +75,9 @@ def encode_model_update(rows: Sequence[tuple[str, list[str], list[float]]],
                         popularity: dict[str, Any] | None) -> bytes:
     """Neighbour rows (item, neighbour ids, scores) and the popularity of changed items
     (``udfs.similarity.ItemStats.popularity_update``)."""
-    return orjson.dumps({"v": PAYLOAD_VERSION, "rows": rows, "popularity": popularity})
+    return orjson.dumps([PAYLOAD_VERSION, rows, popularity])
 
 
 def decode_model_update(payload: bytes) -> tuple[list, dict[str, Any] | None]:
-    msg = orjson.loads(payload)
-    _check(msg.get("v") if isinstance(msg, dict) else None, "model update")
-    return msg["rows"], msg["popularity"]
+    rows, popularity = load_versioned(payload, PAYLOAD_VERSION, "model update payload", 2)
+    return rows, popularity

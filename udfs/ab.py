@@ -70,12 +70,25 @@ def assign_variant(user_id: str, salt: str, variants: Mapping[str, VariantConfig
 _KIND_BIT = {"click": 1, "purchase": 2}
 
 
+MAX_VARIANT_CODES = 256  # stored in one byte (state_schemas/profile_state.py)
+
+
 def _variant_code(log: ImpressionLog, variant: str) -> int:
     try:
         return log.variants.index(variant)
     except ValueError:
-        log.variants.append(variant)
-        return len(log.variants) - 1
+        pass
+    if len(log.variants) >= MAX_VARIANT_CODES:  # drop names no entry refers to any more
+        used = sorted({e[2] for e in log.entries.values()})
+        remap = {old: new for new, old in enumerate(used)}
+        log.variants = [log.variants[old] for old in used]
+        log.entries = {h: (a, b, remap[v], k) for h, (a, b, v, k) in log.entries.items()}
+        if len(log.variants) >= MAX_VARIANT_CODES:  # every one is still in use: forget the oldest
+            oldest = next(iter(log.entries))
+            del log.entries[oldest]
+            return _variant_code(log, variant)
+    log.variants.append(variant)
+    return len(log.variants) - 1
 
 
 def record_impressions(log: ImpressionLog, item_hashes: Sequence[int], variant: str, ts: int,
@@ -96,16 +109,15 @@ def record_impressions(log: ImpressionLog, item_hashes: Sequence[int], variant: 
     for h in dict.fromkeys(item_hashes):
         old = entries.pop(h, None)
         if old is None:
-            entries[h] = [ts, ts, code, 0]
+            entries[h] = (ts, ts, code, 0)
             new += 1
         elif ts < old[1]:  # a late, older recording: keep the newer showing
             entries[h] = old
         elif old[2] != code or (window_ms is not None and ts - old[1] > window_ms):
-            entries[h] = [ts, ts, code, 0]
+            entries[h] = (ts, ts, code, 0)
             new += 1
         else:
-            old[1] = ts
-            entries[h] = old
+            entries[h] = (old[0], ts, code, old[3])
     while len(entries) > max_items:
         del entries[next(iter(entries))]
     return new
@@ -139,7 +151,7 @@ def attribute_feedback(log: ImpressionLog, item_hash: int, event_type: str, ts: 
     bit = _KIND_BIT[kind]
     if ts < first or ts - last > window_ms or kinds & bit:
         return None
-    entry[3] = kinds | bit
+    log.entries[item_hash] = (first, last, variant, kinds | bit)
     return log.variants[variant], kind
 
 

@@ -324,7 +324,6 @@ class ProfileStep:
     def snapshot(self, u: UserProfile, variant: str | None = None) -> dict[str, Any]:
         """The ``user-profiles`` message (``user-profile.v1.json``) at the profile's own time
         (the newest event or attributes seen), so replays produce the same snapshots."""
-        p = self.p
         now = max(u.last_seen or 0, u.attributes_ts)
         recent = self.recent_counts(u, now)
         interests = sorted(self.interests_at(u, now).items(), key=lambda kv: -kv[1])

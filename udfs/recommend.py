@@ -113,7 +113,7 @@ def _slot_of(table, code):
     """Open-addressing lookup in a power-of-two table of codes (-1 = empty): the slot holding
     ``code``, or the empty slot where it would go."""
     mask = len(table) - 1
-    s = (code * 2654435761) & mask
+    s = (np.int64(code) * np.int64(2654435761)) & mask
     while table[s] != code and table[s] != -1:
         s = (s + 1) & mask
     return s
@@ -130,7 +130,7 @@ def _hash_set(values):
     mask = np.uint64(size - 1)
     for v in values:
         key = np.uint64(v) + np.uint64(1)
-        s = (key * np.uint64(11400714819323198485)) >> np.uint64(40) & mask
+        s = key & mask  # hashes are uniform already; codes are distinct small integers
         while table[s] != 0 and table[s] != key:
             s = (s + np.uint64(1)) & mask
         table[s] = key
@@ -141,7 +141,7 @@ def _hash_set(values):
 def _in_set(table, v):
     mask = np.uint64(len(table) - 1)
     key = np.uint64(v) + np.uint64(1)
-    s = (key * np.uint64(11400714819323198485)) >> np.uint64(40) & mask
+    s = key & mask
     while table[s] != 0:
         if table[s] == key:
             return True

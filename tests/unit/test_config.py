@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import struct
 from pathlib import Path
 
 import pytest
 
 from state_schemas.config import (
+    DAY_MS,
     EVENT_TYPES,
+    REMOVED_SETTINGS,
     ConfigError,
     EngineConfig,
     TopicNames,
@@ -37,7 +41,9 @@ def test_defaults_equal_the_dataclass_defaults() -> None:
 def test_default_values_that_other_modules_rely_on() -> None:
     cfg = load()
     assert cfg.kafka.bootstrap_servers == "127.0.0.1:9092"
-    assert cfg.kafka.delivery_guarantee == "exactly-once"
+    assert cfg.kafka.delivery_guarantees == {
+        "recommendations": "at-least-once", "user_profiles": "exactly-once",
+        "item_similarity": "exactly-once", "events_dlq": "exactly-once"}
     # The sinks' transactions must fit in the broker's default transaction.max.timeout.ms (15 min).
     assert cfg.kafka.transaction_timeout_ms <= 900_000
     assert cfg.job.parallelism == 1
@@ -47,10 +53,13 @@ def test_default_values_that_other_modules_rely_on() -> None:
 
 def test_topic_names_are_distinct_and_compacted_ones_are_outputs() -> None:
     names = TopicNames()
-    assert len(set(names.all_topics())) == len(names.all_topics()) == 9
+    assert len(set(names.all_topics())) == len(names.all_topics()) == 10
     assert set(names.compacted_topics()) == {"user-profiles", "item-similarity", "recommendations"}
     assert set(names.input_topics()).isdisjoint(names.compacted_topics())
     assert names.events_dlq in names.all_topics()
+    # The internal model-update topic is neither an input nor compacted.
+    assert names.item_model == "item-model-updates" and names.item_model in names.all_topics()
+    assert names.item_model not in names.input_topics() + names.compacted_topics()
 
 
 def test_config_pickles_for_the_operators() -> None:
@@ -62,8 +71,10 @@ def test_default_instances_do_not_share_mutable_state() -> None:
     a, b = load(), load()
     a.profile.event_weights["view"] = 99.0
     a.recommend.variants["control"].traffic = 0.9
+    a.kafka.delivery_guarantees["recommendations"] = "none"
     assert b.profile.event_weights["view"] == 1.0
     assert b.recommend.variants["control"].traffic == 0.5
+    assert b.kafka.delivery_guarantees["recommendations"] == "at-least-once"
 
 
 # --------------------------------------------------------------------------- TOML file
@@ -225,7 +236,16 @@ def test_unknown_env_key_is_a_config_error() -> None:
 @pytest.mark.parametrize("override, match", [
     ('job.execution_mode="fast"', "execution_mode"),
     ('job.state_backend="redis"', "state_backend"),
-    ('kafka.delivery_guarantee="maybe"', "delivery_guarantee"),
+    ('kafka.delivery_guarantees.recommendations="maybe"',
+     "kafka.delivery_guarantees.recommendations must be exactly-once, at-least-once or none"),
+    ('kafka.delivery_guarantees.item_model="exactly-once"', "unknown sink 'item_model'"),
+    ("validation.dedup_window_ms=0", "dedup_window_ms"),
+    ("validation.dedup_window_ms=3888000001", "dedup_window_ms"),  # 45 days + 1 ms
+    ("job.batch_max_records=0", "job.batch_max_records must be >= 1"),
+    ("job.batch_max_delay_ms=-1", "job.batch_max_delay_ms must be >= 0"),
+    ("profile.state_cache_users=0", "profile.state_cache_users must be >= 1"),
+    ("recommend.model_max_items=15", "recommend.model_max_items must be >= 16"),
+    ("similarity.flush_interval_ms=-1", "similarity.flush_interval_ms must be >= 0"),
     ('kafka.starting_offsets="middle"', "starting_offsets"),
     ('similarity.metric="euclid"', "similarity.metric"),
     ("similarity.popularity_alpha=1.5", "popularity_alpha"),
@@ -308,6 +328,145 @@ def test_event_weights_reject_unknown_event_types() -> None:
 def test_event_weights_must_be_a_table() -> None:
     with pytest.raises(ConfigError, match="profile.event_weights"):
         load("profile.event_weights=3")
+
+
+# --------------------------------------------------------------------------- delivery guarantees
+
+SINKS = {"recommendations", "user_profiles", "item_similarity", "events_dlq"}
+
+
+def test_delivery_guarantees_cover_every_output_sink() -> None:
+    guarantees = load().kafka.delivery_guarantees
+    assert set(guarantees) == SINKS
+    # The sinks are named by the fields of [topics] of the output topics.
+    assert SINKS <= {f.name for f in dataclasses.fields(TopicNames)}
+    assert guarantees["recommendations"] == "at-least-once"
+    assert {guarantees[s] for s in SINKS - {"recommendations"}} == {"exactly-once"}
+
+
+def test_one_sink_guarantee_set_on_the_command_line_merges() -> None:
+    cfg = load('kafka.delivery_guarantees.recommendations="exactly-once"')
+    assert cfg.kafka.delivery_guarantees == dict.fromkeys(SINKS, "exactly-once")
+    cfg = load("kafka.delivery_guarantees.events_dlq=none")  # a bare word is a string
+    assert cfg.kafka.delivery_guarantees["events_dlq"] == "none"
+    assert cfg.kafka.delivery_guarantees["recommendations"] == "at-least-once"
+
+
+def test_delivery_guarantees_merge_across_file_env_and_set(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[kafka.delivery_guarantees]\nuser_profiles = "at-least-once"\n')
+    cfg = load('kafka.delivery_guarantees={item_similarity="none"}', path=path,
+               RECSYS__KAFKA__DELIVERY_GUARANTEES__RECOMMENDATIONS='"exactly-once"')
+    assert cfg.kafka.delivery_guarantees == {
+        "recommendations": "exactly-once", "user_profiles": "at-least-once",
+        "item_similarity": "none", "events_dlq": "exactly-once"}
+
+
+@pytest.mark.parametrize("override, match", [
+    ('kafka.delivery_guarantees.recommendations="exactly_once"', "recommendations must be"),
+    ('kafka.delivery_guarantees.recommendation="none"', "unknown sink 'recommendation'"),
+    ('kafka.delivery_guarantees.user_events="none"', "unknown sink 'user_events'"),
+    ("kafka.delivery_guarantees=3", "kafka.delivery_guarantees"),
+])
+def test_bad_delivery_guarantees_are_config_errors(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load(override)
+
+
+def test_unknown_sink_error_lists_the_known_sinks() -> None:
+    with pytest.raises(ConfigError) as info:
+        load('kafka.delivery_guarantees.dlq="none"')
+    assert all(sink in str(info.value) for sink in SINKS)
+
+
+# --------------------------------------------------------------------------- removed settings
+
+def test_removed_settings_are_the_documented_ones() -> None:
+    assert set(REMOVED_SETTINGS) == {
+        "similarity.shards", "similarity.flush_max_batch", "recommend.trending_snapshot_every",
+        "kafka.delivery_guarantee", "validation.max_list_items", "similarity.decay_landmark_ms"}
+    for name in REMOVED_SETTINGS:  # none of them is still a field
+        section, key = name.split(".")
+        assert key not in {f.name for f in dataclasses.fields(getattr(EngineConfig(), section))}
+
+
+@pytest.mark.parametrize("name", sorted(REMOVED_SETTINGS))
+def test_a_removed_setting_on_the_command_line_says_what_to_do(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(f"{name}=1")
+    message = str(info.value)
+    assert f"setting {name} was removed" in message
+    assert REMOVED_SETTINGS[name] in message
+    assert "unknown setting" not in message
+
+
+@pytest.mark.parametrize("name", sorted(REMOVED_SETTINGS))
+def test_a_removed_setting_in_a_file_or_the_environment_says_what_to_do(
+        tmp_path: Path, name: str) -> None:
+    section, key = name.split(".")
+    path = write_toml(tmp_path, f"[{section}]\n{key} = 4\n")
+    with pytest.raises(ConfigError, match=f"{name.replace('.', '[.]')} was removed"):
+        load(path=path)
+    with pytest.raises(ConfigError, match=f"{name.replace('.', '[.]')} was removed"):
+        load(**{f"RECSYS__{section.upper()}__{key.upper()}": "4"})
+
+
+def test_the_old_delivery_guarantee_points_to_the_per_sink_setting() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.delivery_guarantees\.<sink>"):
+        load('kafka.delivery_guarantee="exactly-once"')
+
+
+# --------------------------------------------------------------------------- new settings
+
+def test_new_settings_defaults() -> None:
+    cfg = load()
+    assert (cfg.job.batch_max_records, cfg.job.batch_max_delay_ms) == (1_000, 5)
+    assert cfg.profile.state_cache_users == 20_000
+    assert cfg.recommend.model_max_items == 1_000_000
+    assert cfg.validation.dedup_window_ms == DAY_MS
+
+
+def test_new_settings_accept_their_boundary_values() -> None:
+    cfg = load("job.batch_max_records=1", "job.batch_max_delay_ms=0",
+               "profile.state_cache_users=1", "recommend.model_max_items=16",
+               f"validation.dedup_window_ms={45 * DAY_MS}", "similarity.flush_interval_ms=0")
+    assert (cfg.job.batch_max_records, cfg.job.batch_max_delay_ms) == (1, 0)
+    assert (cfg.profile.state_cache_users, cfg.recommend.model_max_items) == (1, 16)
+    assert cfg.validation.dedup_window_ms == 45 * DAY_MS
+    assert cfg.similarity.flush_interval_ms == 0
+
+
+@pytest.mark.parametrize("override", ['job.batch_max_records="many"', "job.batch_max_delay_ms=0.5",
+                                      "profile.state_cache_users=true",
+                                      "recommend.model_max_items=1e6"])
+def test_new_settings_are_typed(override: str) -> None:
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load(override)
+
+
+# Counts the binary state layouts store in 16 bits (state_schemas/profile_state.py: u16 n_days,
+# n_interests, n_recent, n_consumed, n_dedup; state_schemas/item_state.py: u16 n_entries,
+# n_neighbors), like the 16-bit dedup minutes that bound validation.dedup_window_ms.
+U16_BOUNDED = ["profile.consumed_max=70000", "validation.dedup_max_ids_per_user=70000",
+               "profile.interests_max=70000", "profile.recent_items_max=70000",
+               "similarity.max_pairs_per_item=70000"]
+
+
+@pytest.mark.parametrize("override", U16_BOUNDED)
+def test_sizes_beyond_the_16_bit_state_counts_are_rejected(override: str) -> None:
+    try:
+        load(override)
+    except ConfigError:
+        return
+    raise AssertionError(f"{override} was accepted")
+
+
+def test_the_16_bit_state_counts_really_are_limits() -> None:
+    """What the check above guards against, shown on the codec."""
+    from state_schemas.profile_state import UserProfile, encode_profile
+
+    encode_profile(UserProfile("u", consumed=dict.fromkeys(range(65_535))))
+    with pytest.raises(struct.error):
+        encode_profile(UserProfile("u", consumed=dict.fromkeys(range(65_536))))
 
 
 # --------------------------------------------------------------------------- former defects

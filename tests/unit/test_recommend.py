@@ -1,65 +1,118 @@
+"""Behaviour of the recommender (udfs/recommend.py) on small hand-built item models.
+
+Scores are worked out by hand. Ties are broken by the stable 64-bit item hash
+(``state_schemas.ids.id_hash``), so expected orders of tied items are computed from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
 import math
 import random
 
+import numpy as np
 import pytest
 
-from state_schemas.config import DAY_MS, RecommendConfig, VariantConfig
-from state_schemas.state import ItemInfo, RecentItem
-from udfs.recommend import (Blended, ItemModel, ScoredItem, UserView, blend,
-                            collaborative_candidates, content_scores, diversify, explain,
-                            matched_feature,
-                            recommend, top_interest_categories, trending_candidates)
-from udfs.trending import TrendingModel
+from state_schemas.config import DAY_MS, EVENT_TYPES, VariantConfig, load_config
+from state_schemas.ids import id_hash
+from udfs.model import ItemModel
+from udfs.recommend import (EVENT_VERBS, NOTHING, Ranked, Recommender, UserView, explain,
+                            matched_feature)
 
 NOW = 1_750_000_000_000
-HL = 3 * DAY_MS  # default recency half-life of recommend()
+HL = 3 * DAY_MS  # default recency half-life
 CONTROL = VariantConfig(traffic=1.0, w_collaborative=1.0, w_content=0.5, w_trending=0.2,
                         w_segment=0.2)
 
 
-def item(item_id, title, categories=(), tags=(), available=True):
-    return ItemInfo(item_id, title, tuple(categories), tuple(tags), None, available, 0)
-
-
-def cfg(**kw):
+def make_cfg(*overrides: str, **recommend):
     base = dict(max_per_category=0, candidates_per_source=50)
-    base.update(kw)
-    return RecommendConfig(**base)
+    base.update(recommend)
+    return load_config(overrides=[*(f"recommend.{k}={v}" for k, v in base.items()), *overrides],
+                       environ={})
 
 
-def hand_model():
-    """Small model whose blended scores are worked out by hand in test_exact_ranking."""
-    catalog = {i.item_id: i for i in [
-        item("r1", "Trail Runner X", ["shoes"], ["running"]),
-        item("r2", "Blue Jacket", ["outerwear"]),
-        item("a", "Road Shoe", ["shoes"], ["running"]),
-        item("b", "Rain Coat", ["outerwear"]),
-        item("c", "Running Cap", ["hats"], ["running"]),
-        item("t1", "Sun Hat", ["hats"]),
-        item("t2", "Big Novel", ["books"]),
-        item("s1", "Yo-yo", ["toys"]),
-    ]}
-    neighbors = {
-        "r1": [("a", 0.5), ("b", 0.125)],
-        "r2": [("b", 1.0), ("c", 0.5)],
-    }
-    trending = TrendingModel(2 * DAY_MS)
-    trending.record("t1", ["hats"], "old", 10.0, NOW)
-    trending.record("t2", ["books"], "young", 5.0, NOW)
-    trending.record("s1", ["toys"], "young", 4.0, NOW)
-    trending.record("a", ["shoes"], "old", 2.5, NOW)
-    return ItemModel(catalog, neighbors, trending)
+def rec(item_id, title, categories=(), tags=(), available=True, ts=1):
+    return {"item_id": item_id, "ts": ts, "title": title, "categories": list(categories),
+            "tags": list(tags), "price": None, "available": available}
+
+
+class Hand:
+    """An ItemModel built from plain data, plus a Recommender over it."""
+
+    def __init__(self, catalog=(), neighbors=None, pop=None, seg_pop=None, cfg=None):
+        self.cfg = cfg or make_cfg()
+        self.model = ItemModel(self.cfg)
+        for r in catalog:
+            self.model.upsert_item(r)
+        for item, row in (neighbors or {}).items():
+            self.set_neighbors(item, row)
+        self.set_popularity(pop or {}, seg_pop or {})
+
+    def set_neighbors(self, item, row):
+        self.model.set_neighbors(item, [j for j, _ in row], [s for _, s in row])
+
+    def set_popularity(self, pop: dict[str, float], seg_pop: dict[tuple[str, str], float]):
+        ids = list(dict.fromkeys([*pop, *(i for _, i in seg_pop)]))
+        if ids:
+            self.model.apply_popularity(
+                NOW, NOW, ids, np.array([pop.get(i, 0.0) for i in ids]),
+                [s for s, _ in seg_pop], np.array([ids.index(i) for _, i in seg_pop], np.int64),
+                np.array(list(seg_pop.values()), dtype=np.float64))
+
+    def recommend(self, user_kw=None, weights=CONTROL, k=10, now=NOW, cfg=None) -> Ranked:
+        self.model.refresh(0, force=True)
+        self.model.ready()
+        r = Recommender(self.model, (cfg or self.cfg).recommend)
+        return r.recommend(view(self.model, **(user_kw or {})), weights, k, now)
+
+
+def view(model: ItemModel, user_id="u", recent=(), interests=None, consumed=(),
+         not_interested=(), segment="", variant="control") -> UserView:
+    """A UserView; ``recent``: (item id, event type, ts, weight), newest first."""
+    fields = dict(
+        user_id=user_id, recent_ids=[r[0] for r in recent],
+        recent_types=[EVENT_TYPES.index(r[1]) for r in recent],
+        recent_ts=[r[2] for r in recent], recent_weights=[r[3] for r in recent],
+        interests=dict(interests or {}),
+        consumed=np.array(sorted(id_hash(i) for i in consumed), dtype=np.uint64),
+        not_interested=list(not_interested), segment=segment, variant=variant)
+    if "recent_codes" in {f.name for f in dataclasses.fields(UserView)}:
+        fields["recent_codes"] = model.items.lookup(fields["recent_ids"])
+    return UserView(**fields)
+
+
+def by_hash(ids):
+    return sorted(ids, key=id_hash)
+
+
+HAND_CATALOG = [
+    rec("r1", "Trail Runner X", ["shoes"], ["running"]),
+    rec("r2", "Blue Jacket", ["outerwear"]),
+    rec("a", "Road Shoe", ["shoes"], ["running"]),
+    rec("b", "Rain Coat", ["outerwear"]),
+    rec("c", "Running Cap", ["hats"], ["running"]),
+    rec("t1", "Sun Hat", ["hats"]),
+    rec("t2", "Big Novel", ["books"]),
+    rec("s1", "Yo-yo", ["toys"]),
+]
+HAND_NEIGHBORS = {"r1": [("a", 0.5), ("b", 0.125)], "r2": [("b", 1.0), ("c", 0.5)]}
+HAND_POP = {"t1": 10.0, "t2": 5.0, "s1": 4.0, "a": 2.5}
+HAND_SEG = {("old", "t1"): 10.0, ("young", "t2"): 5.0, ("young", "s1"): 4.0, ("old", "a"): 2.5}
+
+
+def hand(**cfg) -> Hand:
+    return Hand(HAND_CATALOG, HAND_NEIGHBORS, HAND_POP, HAND_SEG,
+                cfg=make_cfg(**cfg) if cfg else None)
 
 
 def hand_user(**kw):
-    base = dict(
-        user_id="u1",
-        recent_items=[RecentItem("r1", "like", NOW, 4.0),
-                      RecentItem("r2", "view", NOW - HL, 2.0)],  # one half-life old: votes 1.0
-        interests={"category:hats": 3.0, "tag:running": 4.0, "category:books": -5.0},
-        exclude={"r1", "r2"}, not_interested=set(), segment="young", variant="control")
+    base = dict(recent=[("r1", "like", NOW, 4.0),
+                        ("r2", "view", NOW - HL, 2.0)],  # one half-life old: votes 1.0
+                interests={"category:hats": 3.0, "tag:running": 4.0, "category:books": -5.0},
+                segment="young")
     base.update(kw)
-    return UserView(**base)
+    return base
 
 
 # --------------------------------------------------------------------------- whole scorer
@@ -72,309 +125,310 @@ def test_exact_ranking_on_hand_built_model():
     expected = {
         "a": 1.0 + 0.5 * 4 / 7 + 0.2 * 0.25,
         "b": 0.75,
-        "c": 0.25 + 0.5,                      # ties with b: item id decides
+        "c": 0.25 + 0.5,                      # ties with b: the item hash decides
         "t1": 0.5 * 3 * math.sqrt(2) / 7 + 0.2,
         "t2": 0.2 * 0.5 + 0.2 * 1.0,
         "s1": 0.2 * 0.4 + 0.2 * 0.8,
     }
-    recs = recommend(hand_user(), hand_model(), CONTROL, cfg(), 10, NOW)
-    assert [r.item_id for r in recs] == ["a", "b", "c", "t1", "t2", "s1"]
-    for r in recs:
-        assert r.score == pytest.approx(expected[r.item_id], rel=1e-12)
-    reasons = {r.item_id: r.reasons for r in recs}
+    recs = hand().recommend(hand_user())
+    assert recs.ids == ["a", *by_hash(["b", "c"]), "t1", "t2", "s1"]
+    for item, score in zip(recs.ids, recs.scores):
+        assert score == pytest.approx(expected[item], rel=1e-12)
+    assert recs.hashes == [id_hash(i) for i in recs.ids]
+    reasons = dict(zip(recs.ids, recs.reasons))
     assert reasons["a"] == ["because you liked Trail Runner X", "matches your interest in running"]
-    assert reasons["b"] == ["because you viewed Blue Jacket"]
+    assert reasons["b"] == ["because you viewed Blue Jacket"]  # r2's vote (1.0) beats r1's (0.5)
     assert reasons["c"] == ["matches your interest in running", "because you viewed Blue Jacket"]
     assert reasons["t1"] == ["matches your interest in hats", "trending now"]
     assert reasons["t2"] == ["popular with users like you", "trending now"]
-    assert all(isinstance(r, ScoredItem) for r in recs)
+    assert reasons["s1"] == ["popular with users like you", "trending now"]
 
 
-def test_k_limits_and_k_zero():
-    model, user = hand_model(), hand_user()
-    assert [r.item_id for r in recommend(user, model, CONTROL, cfg(), 2, NOW)] == ["a", "b"]
-    assert recommend(user, model, CONTROL, cfg(), 0, NOW) == []
-    assert recommend(user, model, CONTROL, cfg(), -3, NOW) == []
-    assert len(recommend(user, model, CONTROL, cfg(max_k=3), 10, NOW)) == 3
+def test_k_limits_k_zero_and_max_k():
+    h = hand()
+    assert h.recommend(hand_user(), k=2).ids == ["a", by_hash(["b", "c"])[0]]
+    assert h.recommend(hand_user(), k=0) is NOTHING and len(NOTHING) == 0
+    assert h.recommend(hand_user(), k=-3).ids == []
+    capped = make_cfg(max_k=3)
+    assert len(h.recommend(hand_user(), k=10, cfg=capped)) == 3
+    assert len(h.recommend(hand_user(), k=10, cfg=make_cfg(max_k=0))) == 6  # 0: no cap
 
 
-def test_variant_weights_change_the_order():
+def test_variant_weights_change_the_order_and_trending_in_category():
     content_only = VariantConfig(w_collaborative=0.0, w_content=1.0, w_trending=0.0,
                                  w_segment=0.0)
-    recs = recommend(hand_user(), hand_model(), content_only, cfg(), 10, NOW)
+    recs = hand().recommend(hand_user(), weights=content_only)
     # c 1, t1 3*sqrt2/7 = .606, a 4/7 = .571; zero-score items are dropped
-    assert [r.item_id for r in recs] == ["c", "t1", "a"]
-    # t1 came in as trending in the user's favourite category, and trending does not count here
-    t1 = next(r for r in recs if r.item_id == "t1")
-    assert t1.reasons == ["matches your interest in hats", "trending in hats"]
+    assert recs.ids == ["c", "t1", "a"]
+    assert recs.scores == pytest.approx([1.0, 3 * math.sqrt(2) / 7, 4 / 7], rel=1e-12)
+    # t1 came in as trending in the user's favourite category; trending does not count here
+    assert recs.reasons[1] == ["matches your interest in hats", "trending in hats"]
+    assert recs.reasons[0] == ["matches your interest in running"]
 
 
 def test_not_interested_item_never_appears_even_if_top_neighbour_and_top_trending():
-    model = hand_model()
-    model.catalog["x"] = item("x", "Pushy Item", ["hats"], ["running"])
-    model.neighbors["r1"].insert(0, ("x", 1.0))
-    model.neighbors["r2"].insert(0, ("x", 1.0))
-    model.trending.record("x", ["hats"], "young", 1000.0, NOW)
-    assert recommend(hand_user(), model, CONTROL, cfg(), 10, NOW)[0].item_id == "x"
-    for user in (hand_user(not_interested={"x"}),
-                 hand_user(recent_items=[], interests={}, not_interested={"x"}),  # cold start
-                 hand_user(not_interested={"x"}, segment="")):
-        recs = recommend(user, model, CONTROL, cfg(), 100, NOW)
-        assert recs and "x" not in {r.item_id for r in recs}
+    h = hand()
+    h.model.upsert_item(rec("x", "Pushy Item", ["hats"], ["running"]))
+    h.set_neighbors("r1", [("x", 1.0), *HAND_NEIGHBORS["r1"]])
+    h.set_neighbors("r2", [("x", 1.0), *HAND_NEIGHBORS["r2"]])
+    h.set_popularity({"x": 1000.0}, {("young", "x"): 1000.0})
+    assert h.recommend(hand_user()).ids[0] == "x"
+    for user in (hand_user(not_interested=["x"]),
+                 hand_user(recent=[], interests={}, not_interested=["x"]),  # cold start
+                 hand_user(not_interested=["x"], segment="")):
+        recs = h.recommend(user, k=100)
+        assert recs.ids and "x" not in recs.ids
 
 
 def test_consumed_unavailable_and_unknown_items_are_filtered():
-    model = hand_model()
-    model.catalog["gone"] = item("gone", "Sold Out", ["hats"], ["running"], available=False)
-    model.neighbors["r1"] += [("gone", 1.0), ("ghost", 0.25), ("r2", 1.0)]
-    model.trending.record("gone", ["hats"], "young", 50.0, NOW)
-    model.trending.record("phantom", ["hats"], "young", 50.0, NOW)  # not in the catalogue
-    user = hand_user(exclude={"r1", "r2", "b"})
-    ids = [r.item_id for r in recommend(user, model, CONTROL, cfg(), 100, NOW)]
-    assert "b" not in ids                 # consumed
-    assert "gone" not in ids              # unavailable
-    assert "phantom" not in ids           # unknown to the catalogue and not from CF
-    assert "r1" not in ids and "r2" not in ids
-    assert "ghost" in ids                 # unknown to the catalogue but from CF: allowed
-    ghost = next(r for r in recommend(user, model, CONTROL, cfg(), 100, NOW)
-                 if r.item_id == "ghost")
-    assert ghost.reasons == ["because you liked Trail Runner X"]
+    h = hand()
+    h.model.upsert_item(rec("gone", "Sold Out", ["hats"], ["running"], available=False))
+    h.set_neighbors("r1", [*HAND_NEIGHBORS["r1"], ("gone", 1.0), ("ghost", 0.25), ("r2", 1.0)])
+    h.set_popularity({"gone": 50.0, "phantom": 50.0},  # phantom: not in the catalogue
+                     {("young", "gone"): 50.0, ("young", "phantom"): 50.0})
+    recs = h.recommend(hand_user(consumed=["b"]), k=100)
+    assert "b" not in recs.ids            # consumed
+    assert "gone" not in recs.ids         # unavailable
+    assert "phantom" not in recs.ids      # unknown to the catalogue and not from CF
+    assert "r1" not in recs.ids and "r2" not in recs.ids  # recent
+    assert "ghost" in recs.ids            # unknown to the catalogue but from CF: allowed
+    assert recs.reasons[recs.ids.index("ghost")] == ["because you liked Trail Runner X"]
+    # CF: ghost 0.25 * 4 over the best *allowed* candidate, a (0.5 * 4); gone and r2 (4.0)
+    # were filtered before the normalisation
+    assert recs.scores[recs.ids.index("ghost")] == pytest.approx(0.25 * 4 / 2.0, rel=1e-12)
+    # an item withdrawn later disappears too, from CF and from the lists
+    h.model.upsert_item(rec("a", "Road Shoe", ["shoes"], ["running"], available=False, ts=2))
+    assert "a" not in h.recommend(hand_user(), k=100).ids
 
 
-def test_recent_items_are_not_recommended_back_unless_asked():
-    model = hand_model()
-    model.neighbors["r1"].append(("r2", 1.0))
-    user = hand_user(exclude=set())
-    assert "r2" not in {r.item_id for r in recommend(user, model, CONTROL, cfg(), 50, NOW)}
-    ids = {r.item_id for r in recommend(user, model, CONTROL, cfg(), 50, NOW,
-                                        exclude_recent=False)}
-    assert "r2" in ids
+def test_recent_items_are_not_recommended_back():
+    h = hand()
+    h.set_neighbors("r1", [*HAND_NEIGHBORS["r1"], ("r2", 1.0)])
+    h.set_popularity({"r1": 100.0}, {("young", "r1"): 100.0})
+    recs = h.recommend(hand_user(), k=50)
+    assert "r2" not in recs.ids and "r1" not in recs.ids
+    # ... but they are recommended to another user
+    other = h.recommend(hand_user(recent=[("a", "view", NOW, 1.0)]), k=50)
+    assert "r1" in other.ids
 
 
 def test_diversity_cap_on_primary_category():
-    model = ItemModel(catalog={}, neighbors={"r": []}, trending=TrendingModel(DAY_MS))
-    model.catalog["r"] = item("r", "Seed", ["shoes"])
+    catalog = [rec("r", "Seed", ["shoes"])]
+    row = []
     for i in range(6):
-        model.catalog[f"s{i}"] = item(f"s{i}", f"Shoe {i}", ["shoes", "sale"])
-        model.neighbors["r"].append((f"s{i}", 1.0 - i / 10))
-    model.catalog["h0"] = item("h0", "Hat", ["hats", "shoes"])
-    model.neighbors["r"].append(("h0", 0.05))
-    model.catalog["n0"] = item("n0", "No category")
-    model.neighbors["r"].append(("n0", 0.01))
-    user = UserView("u", recent_items=[RecentItem("r", "purchase", NOW, 10.0)])
-    recs = recommend(user, model, CONTROL, cfg(max_per_category=2), 10, NOW)
-    assert [r.item_id for r in recs] == ["s0", "s1", "h0", "n0"]  # hats is h0's primary
-    recs = recommend(user, model, CONTROL, cfg(max_per_category=0), 10, NOW)
-    assert len(recs) == 8
-    recs = recommend(user, model, CONTROL, cfg(max_per_category=2), 1, NOW)
-    assert [r.item_id for r in recs] == ["s0"]
+        catalog.append(rec(f"s{i}", f"Shoe {i}", ["shoes", "sale"]))
+        row.append((f"s{i}", 1.0 - i / 10))
+    catalog += [rec("h0", "Hat", ["hats", "shoes"]), rec("n0", "No category")]
+    row += [("h0", 0.05), ("n0", 0.01)]
+    h = Hand(catalog, {"r": row})
+    user = dict(recent=[("r", "purchase", NOW, 10.0)])
+    capped = make_cfg(max_per_category=2)
+    recs = h.recommend(user, cfg=capped)
+    assert recs.ids == ["s0", "s1", "h0", "n0"]  # hats is h0's primary; n0 has none
+    assert recs.reasons[0] == ["because you purchased Seed"]
+    assert len(h.recommend(user).ids) == 8  # max_per_category=0: no cap
+    assert h.recommend(user, k=1, cfg=capped).ids == ["s0"]
+    assert h.recommend(user, cfg=make_cfg(max_per_category=1)).ids == ["s0", "h0", "n0"]
 
 
 def test_cold_start_user_gets_segment_trending_then_global():
-    model = hand_model()
-    user = UserView("new", segment="young")
-    recs = recommend(user, model, CONTROL, cfg(), 10, NOW)
+    h = hand()
+    user = dict(segment="young")
+    recs = h.recommend(user)
     # segment young: t2, s1 (by blended score .3, .24); then global: t1 (.2), a (.05)
-    assert [r.item_id for r in recs] == ["t2", "s1", "t1", "a"]
-    assert recs[0].reasons[0] == "popular with users like you"
-    assert recs[1].reasons[0] == "popular with users like you"
-    assert recs[2].reasons == ["trending now"]
-    assert recs[0].score == pytest.approx(0.3)
+    assert recs.ids == ["t2", "s1", "t1", "a"]
+    assert recs.reasons[0] == ["popular with users like you", "trending now"]
+    assert recs.reasons[1][0] == "popular with users like you"
+    assert recs.reasons[2] == ["trending now"]
+    assert recs.scores[:2] == pytest.approx([0.3, 0.24])
     # a weak segment favourite still comes before a strong global-only item
-    model.trending.record("s2", ["toys"], "young", 0.5, NOW)
-    model.catalog["s2"] = item("s2", "Kite", ["toys"])
-    recs = recommend(user, model, CONTROL, cfg(), 10, NOW)
-    assert [r.item_id for r in recs] == ["t2", "s1", "s2", "t1", "a"]
-    assert recs[2].score < recs[3].score
-    assert recs[2].reasons[0] == "popular with users like you"
-    # no segment: global trending only
-    recs = recommend(UserView("new"), model, CONTROL, cfg(), 10, NOW)
-    assert [r.item_id for r in recs] == ["t1", "t2", "s1", "a", "s2"]
-    assert all(r.reasons == ["trending now"] for r in recs)
+    h.model.upsert_item(rec("s2", "Kite", ["toys"]))
+    h.set_popularity({"s2": 0.5}, {("young", "s2"): 0.5})
+    recs = h.recommend(user)
+    assert recs.ids == ["t2", "s1", "s2", "t1", "a"]
+    assert recs.scores[2] < recs.scores[3]
+    assert recs.reasons[2][0] == "popular with users like you"
+    # no segment (or an unknown one): global trending only
+    for segment in ("", "nobody-here"):
+        recs = h.recommend(dict(segment=segment))
+        assert recs.ids == ["t1", "t2", "s1", "a", "s2"]
+        assert all(r == ["trending now"] for r in recs.reasons)
 
 
 def test_only_negative_signals_is_cold_start():
-    model = hand_model()
-    user = UserView("u", recent_items=[RecentItem("r1", "not_interested", NOW, -8.0)],
-                    interests={"category:hats": -8.0}, not_interested={"r1"}, segment="young")
-    assert [r.item_id for r in recommend(user, model, CONTROL, cfg(), 3, NOW)] == ["t2", "s1",
-                                                                                     "t1"]
+    user = dict(recent=[("r1", "not_interested", NOW, -8.0)],
+                interests={"category:hats": -8.0}, not_interested=["r1"], segment="young")
+    assert hand().recommend(user, k=3).ids == ["t2", "s1", "t1"]
 
 
 def test_nothing_at_all_gives_empty_list():
-    empty = ItemModel(catalog={}, neighbors={}, trending=TrendingModel(DAY_MS))
-    assert recommend(UserView("u"), empty, CONTROL, cfg(), 10, NOW) == []
-    assert recommend(UserView("u", segment="young"), ItemModel(), CONTROL, RecommendConfig(),
-                     10, NOW) == []
-    user = hand_user()  # a real user, but nothing known about items
-    assert recommend(user, empty, CONTROL, cfg(), 10, NOW) == []
+    empty = Hand()
+    assert empty.recommend({}).ids == []
+    assert empty.recommend(dict(segment="young")).ids == []
+    assert empty.recommend(hand_user()).ids == []  # a real user, but nothing known about items
+    # neighbours but no catalogue, no popularity: CF alone still works
+    cf_only = Hand(neighbors={"r1": [("x", 0.5)]})
+    recs = cf_only.recommend(hand_user())
+    assert recs.ids == ["x"] and recs.reasons == [["because you liked r1"]]  # no title: id
 
 
-def test_stale_or_skewed_request_time_does_not_break_trending():
-    model = hand_model()
-    fresh = recommend(UserView("n"), model, CONTROL, cfg(), 10, NOW)
+def test_stale_or_skewed_request_time_does_not_change_trending():
+    h = hand()
+    fresh = h.recommend({})
     for now in (NOW - 10_000 * DAY_MS, NOW + 10_000 * DAY_MS):
-        assert recommend(UserView("n"), model, CONTROL, cfg(), 10, now) == fresh
+        again = h.recommend({}, now=now)
+        assert (again.ids, again.scores, again.reasons) == (fresh.ids, fresh.scores,
+                                                            fresh.reasons)
 
 
-def test_deterministic_and_independent_of_dict_order():
-    base = recommend(hand_user(), hand_model(), CONTROL, cfg(max_per_category=1), 10, NOW)
-    assert [r.item_id for r in base] == ["a", "b", "c", "t2", "s1"]  # t1: hats already used
+def test_recent_votes_decay_with_age_and_future_counts_as_now():
+    h = Hand(neighbors={"r1": [("x", 1.0)], "r2": [("y", 1.0)]})
+    # r1: weight 4 two half-lives old -> vote 1; r2: weight 2 now -> vote 2
+    recs = h.recommend(dict(recent=[("r2", "click", NOW, 2.0), ("r1", "click", NOW - 2 * HL,
+                                                                 4.0)]))
+    assert recs.ids == ["y", "x"] and recs.scores == pytest.approx([1.0, 0.5])
+    recs = h.recommend(dict(recent=[("r2", "click", NOW, 2.0), ("r1", "click", NOW + HL, 4.0)]))
+    assert recs.ids == ["x", "y"] and recs.scores == pytest.approx([1.0, 0.5])
+
+
+def test_cf_sums_votes_and_names_the_strongest_recent_item():
+    h = Hand([rec("r1", "One"), rec("r2", "Two"), rec("r3", "Three")],
+             {"r1": [("x", 1.0), ("y", 0.5)], "r2": [("x", 0.4), ("z", 0.1)],
+              "r3": [("bad", 1.0)]})
+    recs = h.recommend(dict(recent=[("r1", "click", NOW, 2.0),
+                                    ("r2", "purchase", NOW - 2 * HL, 10.0),  # votes 2.5
+                                    ("r3", "not_interested", NOW, -8.0)]))  # votes nothing
+    assert recs.ids == ["x", "y", "z"]
+    assert recs.scores == pytest.approx([1.0, 1.0 / 3.0, 0.25 / 3.0])  # 3.0, 1.0, .25 over 3
+    assert recs.reasons == [["because you clicked One"], ["because you clicked One"],
+                            ["because you purchased Two"]]
+
+
+# --------------------------------------------------------------------------- determinism
+def test_ties_are_broken_by_item_hash_also_at_the_candidate_cut():
+    items = [f"x{n}" for n in range(10)]
+    h = Hand(neighbors={"r": [(i, 0.5) for i in items]},
+             cfg=make_cfg(candidates_per_source=3, max_k=0))
+    user = dict(recent=[("r", "view", NOW, 1.0)])
+    assert h.recommend(user, k=10).ids == by_hash(items)[:10]
+    assert h.recommend(user, k=3).ids == by_hash(items)[:3]  # limit = max(3, k) = 3
+    assert h.recommend(user, k=2).ids == by_hash(items)[:2]
+
+
+def test_deterministic_and_independent_of_insertion_and_dict_order():
+    base = hand(max_per_category=1).recommend(hand_user())
+    tie = by_hash(["b", "c"])
+    assert base.ids == ["a", *tie, "t2", "s1"]  # t1: hats already used by c
     rng = random.Random(7)
     for _ in range(5):
-        model = hand_model()
-        keys = list(model.catalog)
-        rng.shuffle(keys)
-        model.catalog = {k: model.catalog[k] for k in keys}
+        catalog = list(HAND_CATALOG)
+        rng.shuffle(catalog)
+        neighbors = list(HAND_NEIGHBORS.items())
+        rng.shuffle(neighbors)
+        pop = list(HAND_POP.items())
+        rng.shuffle(pop)
+        h = Hand(catalog, dict(neighbors), dict(pop), HAND_SEG, cfg=make_cfg(max_per_category=1))
         user = hand_user()
-        items = list(user.interests.items())
-        rng.shuffle(items)
-        user.interests = dict(items)
-        again = recommend(user, model, CONTROL, cfg(max_per_category=1), 10, NOW)
-        assert again == base
+        interests = list(user["interests"].items())
+        rng.shuffle(interests)
+        user["interests"] = dict(interests)
+        again = h.recommend(user)
+        assert (again.ids, again.scores, again.reasons, again.hashes) == (
+            base.ids, base.scores, base.reasons, base.hashes)
 
 
 def test_default_config_runs():
-    recs = recommend(hand_user(), hand_model(), RecommendConfig().variants["content_heavy"],
-                     RecommendConfig(), 10, NOW)
-    cats = [hand_model().catalog[r.item_id].categories[0] for r in recs]
-    assert all(cats.count(c) <= 3 for c in cats)
-    assert all(r.reasons for r in recs)
+    cfg = load_config(environ={})
+    h = Hand(HAND_CATALOG, HAND_NEIGHBORS, HAND_POP, HAND_SEG, cfg=cfg)
+    recs = h.recommend(hand_user(), weights=cfg.recommend.variants["content_heavy"])
+    cats = [h.model.info(i)[0][0] for i in recs.ids]
+    assert all(cats.count(c) <= cfg.recommend.max_per_category for c in cats)
+    assert recs.ids and all(recs.reasons)
+    assert all(len(r) <= cfg.recommend.max_reasons for r in recs.reasons)
 
 
-# ------------------------------------------------------------------------------ pieces
-def test_collaborative_candidates_decay_and_best_contributor():
-    recent = [RecentItem("r1", "click", NOW, 2.0),
-              RecentItem("r2", "purchase", NOW - 2 * HL, 10.0),   # votes 2.5
-              RecentItem("r3", "not_interested", NOW, -8.0)]     # ignored
-    neighbors = {"r1": [("x", 1.0), ("y", 0.5)], "r2": [("x", 0.4), ("z", 0.1)],
-                 "r3": [("bad", 1.0)]}
-    scores, because = collaborative_candidates(recent, neighbors, NOW, half_life_ms=HL, limit=10)
-    assert scores == pytest.approx({"x": 2.0 + 1.0, "y": 1.0, "z": 0.25})
-    assert list(scores) == ["x", "y", "z"]
-    assert because["x"].item_id == "r1" and because["z"].item_id == "r2"
-    scores, _ = collaborative_candidates(recent, neighbors, NOW, half_life_ms=HL, limit=1,
-                                         allowed=lambda i: i != "x")
-    assert scores == {"y": 1.0}
-    # a timestamp ahead of now counts as now, not more
-    future = [RecentItem("r1", "click", NOW + HL, 2.0)]
-    assert collaborative_candidates(future, neighbors, NOW, half_life_ms=HL, limit=5)[0]["x"] == 2.0
+def test_max_reasons_and_min_reason_share():
+    h = hand()
+    one = h.recommend(hand_user(), cfg=make_cfg(max_reasons=1))
+    assert all(len(r) == 1 for r in one.reasons)
+    assert one.reasons[0] == ["because you liked Trail Runner X"]
+    # with a 1 % share, a's trending contribution (.05 of 1.34) is a reason too
+    low = h.recommend(hand_user(), cfg=make_cfg(min_reason_share=0.01))
+    assert low.reasons[0] == ["because you liked Trail Runner X",
+                              "matches your interest in running", "trending now"]
 
 
-def test_content_scores_cosine_on_positive_part():
-    catalog = {"i": item("i", "I", ["hats"], ["red", "wool"]), "j": item("j", "J", ["shoes"]),
-               "k": item("k", "K", ["books"])}
-    interests = {"category:hats": 1.0, "tag:red": 2.0, "tag:blue": 2.0,
-                 "category:books": -4.0}
-    scores = content_scores(interests, ["i", "j", "k", "unknown"], catalog)
-    # |p| = 3; i: dot 3, 3 features -> 3 / (3 * sqrt 3)
-    assert scores == pytest.approx({"i": 1 / math.sqrt(3)})
-    assert matched_feature(interests, catalog["i"]) == "tag:red"
-    assert matched_feature(interests, catalog["j"]) is None
-    assert matched_feature(interests, None) is None
-    assert content_scores({}, ["i"], catalog) == {}
-    assert content_scores({"category:hats": -1.0}, ["i"], catalog) == {}
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: Recommender._because caches the reason text per (event type, item id) for the "
+    "Recommender's lifetime (cleared only past 100k entries), so a title that arrives or "
+    "changes in the catalogue later is never used: 'because you liked r1' stays"))
+def test_because_reason_uses_the_current_title():
+    h = Hand(neighbors={"r1": [("x", 0.5)]})
+    r = Recommender(h.model, h.cfg.recommend)
+    user = hand_user()
+    h.model.refresh(0, force=True)
+    first = r.recommend(view(h.model, **user), CONTROL, 10, NOW)
+    assert first.reasons[0][0] == "because you liked r1"  # no catalogue entry yet: the id
+    h.model.upsert_item(rec("r1", "Trail Runner X", ["shoes"]))
+    h.model.refresh(0, force=True)
+    again = r.recommend(view(h.model, **user), CONTROL, 10, NOW)
+    assert again.reasons[0][0] == "because you liked Trail Runner X"
 
 
-def test_trending_candidates_normalised_filtered_and_refetched():
-    t = TrendingModel(DAY_MS)
-    for n, w in enumerate([8.0, 4.0, 2.0, 1.0, 0.5]):
-        t.record(f"i{n}", ["c"], "s", w, NOW)
-    assert trending_candidates(t, NOW, 2) == {"i0": 1.0, "i1": 0.5}
-    # the top three are filtered out by the predicate: it fetches further down
-    got = trending_candidates(t, NOW, 2, allowed=lambda i: i not in {"i0", "i1", "i2"})
-    assert got == {"i3": 1.0, "i4": 0.5}
-    assert trending_candidates(t, NOW, 1, exclude={"i0"}, segment="s") == {"i1": 1.0}
-    assert trending_candidates(t, NOW, 3, category="nope") == {}
-    assert trending_candidates(t, NOW, 0) == {}
-
-
-def test_top_interest_categories():
-    interests = {"category:a": 1.0, "category:b": 3.0, "tag:x": 9.0, "category:c": -2.0,
-                 "category:d": 3.0}
-    assert top_interest_categories(interests, 2) == ["b", "d"]
-    assert top_interest_categories(interests, 10) == ["b", "d", "a"]
-
-
-def test_blend_normalises_each_source_and_breaks_ties_by_id():
-    out = blend({"collaborative": {"x": 4.0, "y": 2.0}, "content": {"y": 0.5, "z": 0.25},
-                 "trending": {}, "segment": {"w": -1.0}},
-                {"collaborative": 1.0, "content": 1.0, "trending": 1.0, "segment": 1.0})
-    assert [(b.item_id, b.score) for b in out] == [("y", 1.5), ("x", 1.0), ("z", 0.5),
-                                                   ("w", 0.0)]
-    assert out[0].contributions == {"collaborative": 0.5, "content": 1.0}
-    tied = blend({"trending": {"b": 1.0, "a": 1.0, "c": 1.0}}, {"trending": 0.3})
-    assert [b.item_id for b in tied] == ["a", "b", "c"]
-    many = {f"i{n:02d}": 1.0 for n in reversed(range(40))}
-    many["z"] = 2.0
-    assert [b.item_id for b in blend({"content": many}, {"content": 1.0})] == (
-        ["z"] + [f"i{n:02d}" for n in range(40)])
-    assert blend({}, {}) == []
-
-
-def test_diversify_greedy_with_cap():
-    catalog = {"a": item("a", "A", ["x"]), "b": item("b", "B", ["x", "y"]),
-               "c": item("c", "C", ["y"]), "d": item("d", "D", ["x"])}
-    ranked = [Blended(i, 1.0, {}) for i in ["a", "b", "d", "c", "unknown"]]
-    assert [b.item_id for b in diversify(ranked, 10, 2, catalog)] == ["a", "b", "c", "unknown"]
-    assert [b.item_id for b in diversify(ranked, 2, 1, catalog)] == ["a", "c"]
-    assert [b.item_id for b in diversify(ranked, 10, 0, catalog)] == ["a", "b", "d", "c",
-                                                                      "unknown"]
-
-
+# --------------------------------------------------------------------------- reasons
 @pytest.mark.parametrize("event_type,verb", [
     ("view", "viewed"), ("click", "clicked"), ("like", "liked"), ("share", "shared"),
     ("comment", "commented on"), ("add_to_cart", "added to cart"), ("purchase", "purchased"),
     ("rate", "rated highly")])
 def test_explain_uses_the_verb_and_title(event_type, verb):
-    catalog = {"r": item("r", "The Title")}
-    reasons = explain({"collaborative": 1.0}, catalog,
-                      because=RecentItem("r", event_type, NOW, 1.0))
+    assert EVENT_VERBS[event_type] == verb
+    reasons = explain([1.0, 0.0, 0.0, 0.0], because=(EVENT_TYPES.index(event_type), "The Title"))
     assert reasons == [f"because you {verb} The Title"]
+    h = Hand([rec("r", "The Title")], {"r": [("x", 1.0)]})
+    assert h.recommend(dict(recent=[("r", event_type, NOW, 1.0)])).reasons == [
+        [f"because you {verb} The Title"]]
 
 
 def test_explain_order_share_and_forced_first():
-    catalog = {}
-    contributions = {"collaborative": 0.05, "content": 0.5, "trending": 0.3, "segment": 0.3}
-    reasons = explain(contributions, catalog, because=RecentItem("zz", "like", NOW, 4.0),
+    contributions = [0.05, 0.5, 0.3, 0.3]  # collaborative, content, trending, segment
+    reasons = explain(contributions, because=(EVENT_TYPES.index("like"), "zz"),
                       interest_feature="category:hats", trending_category="hats")
-    # collaborative is under 10 % of the score; trending ties segment (source order decides)
+    # collaborative is under 10 % of the score; trending ties segment (source order decides);
+    # "trending in hats" is not given when "trending now" is
     assert reasons == ["matches your interest in hats", "trending now",
                        "popular with users like you"]
-    assert explain(contributions, catalog, first="segment", max_reasons=1) == [
+    assert explain(contributions, first="segment", max_reasons=1) == [
         "popular with users like you"]
-    assert explain({"collaborative": 1.0}, catalog,
-                   because=RecentItem("zz", "like", NOW, 4.0)) == ["because you liked zz"]
+    assert explain([1.0, 0, 0, 0], because=(EVENT_TYPES.index("like"), "zz")) == [
+        "because you liked zz"]
+    assert explain([1.0, 0, 0, 0]) == ["because of your recent activity"]
+    assert explain([0.0, 1.0, 0.0, 0.0], interest_feature="tag:wool",
+                   trending_category="hats") == ["matches your interest in wool",
+                                                 "trending in hats"]
+    assert explain([0.0, 0.0, 0.0, 0.0]) == []
+    assert explain([0.5, 0.5, 0.5, 0.5], max_reasons=0) == []
+    # an unknown event type (not_interested has no verb) still reads as a sentence
+    assert explain([1.0, 0, 0, 0], because=(EVENT_TYPES.index("not_interested"), "t")) == [
+        "because you interacted with t"]
 
 
-def test_interning_tables_never_give_two_ids_one_code_under_threads():
-    """Thread mode runs several operator instances in one interpreter; the shared interning
-    tables of the vectorised scorers must stay one-to-one however the threads interleave.
-    (A race shows up in some rounds only; unlocked tables failed this test within 10 rounds.)"""
-    import sys
-    import threading
+def test_matched_feature_prefers_weight_then_name():
+    h = Hand([rec("i", "I", ["hats"], ["red", "wool"]), rec("j", "J", ["shoes"])])
+    code = h.model.items.get("i")
+    positive = {"category:hats": 1.0, "tag:red": 2.0, "tag:wool": 2.0}
+    assert matched_feature(positive, h.model, code) == "tag:red"  # tie: name order
+    assert matched_feature({"category:hats": 1.0}, h.model, code) == "category:hats"
+    assert matched_feature(positive, h.model, h.model.items.get("j")) is None
+    assert matched_feature(positive, h.model, h.model.code("not-in-catalogue")) is None
 
-    from udfs.recommend import _ItemFeatureArrays, _NeighborArrays
 
-    names = [f"x{n}" for n in range(5_000)]
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        for round_ in range(10):
-            neighbor_codes, feature_codes = _NeighborArrays(), _ItemFeatureArrays()
-
-            def work(seed: int) -> None:
-                for name in random.Random(seed).sample(names, len(names)):
-                    neighbor_codes.intern(name)
-                    feature_codes.intern(name)
-
-            threads = [threading.Thread(target=work, args=(round_ * 10 + s,)) for s in range(6)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert sorted(neighbor_codes.code.values()) == list(range(len(names)))
-            assert all(neighbor_codes.ids[c] == n for n, c in neighbor_codes.code.items())
-            assert sorted(feature_codes.code.values()) == list(range(len(names)))
-    finally:
-        sys.setswitchinterval(old)
+def test_content_reason_names_the_best_liked_feature():
+    # i's features: hats (1), red (2), wool (2): red and wool tie, red comes first by name
+    h = Hand([rec("i", "I", ["hats"], ["wool", "red"])], pop={"i": 1.0})
+    content_only = VariantConfig(w_collaborative=0.0, w_content=1.0, w_trending=0.0,
+                                 w_segment=0.0)
+    recs = h.recommend(dict(interests={"category:hats": 1.0, "tag:wool": 2.0, "tag:red": 2.0}),
+                       weights=content_only)
+    assert recs.ids == ["i"]
+    assert recs.scores == [1.0]
+    assert recs.reasons == [["matches your interest in red", "trending in hats"]]

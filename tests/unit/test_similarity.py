@@ -1,493 +1,676 @@
-"""The incremental item-item similarity kernel (udfs/similarity.py).
+"""Incremental item-item similarity (udfs/similarity.py) through its public classes.
 
-Small examples are computed by hand; a property test holds the vectorised kernel equal to the
-plain-Python reference over many random batches applied to evolving state.
+``SimilarityShard`` (the rows of one item-operator subtask) and ``ItemStats`` (the replicated
+occurrence and popularity counters) are driven as the item operator drives them: activity with
+``ItemStats.apply_activity``, pair updates with ``SimilarityShard.on_pairs``, then ``flush``.
+Small cases are worked out by hand; a property test holds the compiled kernel (``apply_pairs``)
+equal to the executable specification (``apply_pairs_reference``) over random batches, for the
+three metrics, and checks the pruning rules independently.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 import subprocess
 import sys
-import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from state_schemas.config import SimilarityConfig
-from state_schemas.state import StateVersionError
-from udfs.similarity import (
-    ID_TABLE, MAX_DECAY_EXPONENT, IdTable, ItemRow, PairBatch, aggregate_pairs, apply_pair_updates,
-    apply_pair_updates_reference, decay_factor, hoeffding_eps, landmark_rescale_factor,
-    pair_scores, recompute_neighbors)
+from state_schemas.config import load_config
+from state_schemas.ids import id_hash
+from state_schemas.item_state import STATS_META_KEY, STATS_PREFIX, decode_counters, decode_row
+from udfs.similarity import (METRICS, Emission, ItemStats, SimilarityShard,
+                             apply_pairs_reference)
 
 ROOT = Path(__file__).resolve().parents[2]
-L = 1_767_225_600_000  # decay landmark of the tests
-H = 3_600_000          # half-life of the decayed tests
-IMPLEMENTATIONS = [apply_pair_updates, apply_pair_updates_reference]
+T = 1_767_225_600_000   # event time of the tests (becomes the forward-decay landmark)
+H = 3_600_000           # one hour: the half-life of the decayed tests
+PROC = 2_000_000_000_000  # processing time, far past any last emission
 
 
-def cfg(**kw) -> SimilarityConfig:
-    base = dict(metric="cosine", top_k=5, max_pairs_per_item=50, half_life_ms=0,
-                min_cooccurrence=0.0)
-    base.update(kw)
-    return SimilarityConfig(**base)
+def make_cfg(*overrides: str, **similarity):
+    """An EngineConfig from defaults plus ``similarity.<key>=<value>`` and raw overrides."""
+    sets = [f"similarity.{k}={v!r}" if isinstance(v, str) else f"similarity.{k}={v}"
+            for k, v in similarity.items()]
+    return load_config(overrides=[*sets, *overrides], environ={})
 
 
-def both(*pairs, ts=L):
-    """Both directions of each (i, j, w), as the operator emits them."""
-    out = []
-    for i, j, w in pairs:
-        out += [(i, j, w, ts), (j, i, w, ts)]
-    return PairBatch.from_tuples(out)
+class Engine:
+    """One item-operator subtask's similarity state, fed like ``udfs/item_side.py`` does."""
+
+    def __init__(self, *overrides: str, **similarity) -> None:
+        base = dict(top_k=5, max_pairs_per_item=50, emit_min_interval_ms=0)
+        base.update(similarity)
+        self.cfg = make_cfg(*overrides, **base)
+        self.stats = ItemStats(self.cfg)
+        self.shard = SimilarityShard(self.cfg, self.stats)
+
+    def occurrence(self, counts: dict[str, float], ts: int = T, weight: float = 1.0) -> None:
+        """One activity batch: each item's N grows by its count (forward-decayed at ``ts``)."""
+        ids = list(counts)
+        self.stats.apply_activity(ids, np.full(len(ids), weight),
+                                  np.array([counts[i] for i in ids], dtype=np.float64),
+                                  np.full(len(ids), ts, dtype=np.int64), [""] * len(ids))
+
+    def pairs(self, updates, proc_now: int = PROC):
+        """``updates``: (row, col, delta[, ts]); each row loaded (empty) if not resident."""
+        for u in updates:
+            row, col, delta = u[:3]
+            ts = u[3] if len(u) > 3 else T
+            self.shard.load(row, None)
+            self.shard.on_pairs(row, [col], [float(delta)], [ts])
+        return self.shard.flush(proc_now)
+
+    def both(self, *pairs, ts: int = T, proc_now: int = PROC):
+        """Both directions of each (i, j, w), as the user operator emits them."""
+        out = []
+        for i, j, w in pairs:
+            out += [(i, j, w, ts), (j, i, w, ts)]
+        return self.pairs(out, proc_now)
+
+    def occ(self, item: str) -> float:
+        c = self.stats.items.get(item)
+        return float(self.stats.occ[c]) if c >= 0 else 0.0
+
+    def nb(self, item: str) -> list[str]:
+        return [j for j, _ in self.shard.neighbors(item)]
+
+    def scores(self, item: str) -> dict[str, float]:
+        return dict(self.shard.neighbors(item))
 
 
-def nb(row: ItemRow) -> list[str]:
-    return [c for c, _ in row.neighbors]
-
-
-def scores(row: ItemRow) -> dict[str, float]:
-    return dict(row.neighbors)
+def by_hash(ids):
+    return sorted(ids, key=id_hash)
 
 
 # ---- hand-computed examples -----------------------------------------------------------------
 
-# C(a,b) = 2 + 1 = 3 (two users), C(a,c) = 1; N(a) = 4, N(b) = 9, N(c) = 4.
-HAND_BATCH = both(("a", "b", 2.0), ("a", "c", 1.0), ("a", "b", 1.0))
-HAND_OCC = {"a": 4.0, "b": 9.0, "c": 4.0}
+def test_one_user_buys_a_and_b_cosine_is_one():
+    e = Engine()
+    e.occurrence({"a": 1.0, "b": 1.0})  # N(a) = N(b) = 1 at the landmark
+    emitted, timers = e.both(("a", "b", 1.0))  # C(a, b) = C(b, a) = 1
+    assert e.occ("a") == e.occ("b") == 1.0
+    assert e.shard.entries("a") == {"b": (1.0, 1)}
+    assert e.shard.neighbors("a") == [("b", 1.0)]
+    assert e.shard.neighbors("b") == [("a", 1.0)]
+    assert sorted(em.item_id for em in emitted) == ["a", "b"] and timers == []
+    em = next(x for x in emitted if x.item_id == "a")
+    assert em == Emission("a", ["b"], [1.0], PROC)
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_cosine_by_hand(apply):
-    out = apply({}, HAND_BATCH, HAND_OCC, cfg(), L)
-    assert out["a"].entries() == {"b": (3.0, 2), "c": (1.0, 1)}
-    assert out["a"].neighbors == (("b", 0.5), ("c", 0.25))       # 3/sqrt(4*9), 1/sqrt(4*4)
-    assert out["b"].neighbors == (("a", 0.5),)
-    assert out["c"].neighbors == (("a", 0.25),)
+def _hand(metric: str, **kw) -> Engine:
+    # C(a,b) = 2 + 1 = 3 (two users), C(a,c) = 1; N(a) = 4, N(b) = 9, N(c) = 4.
+    e = Engine(metric=metric, **kw)
+    e.occurrence({"a": 4.0, "b": 9.0, "c": 4.0})
+    e.both(("a", "b", 2.0), ("a", "c", 1.0), ("a", "b", 1.0))
+    return e
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_jaccard_by_hand(apply):
-    out = apply({}, HAND_BATCH, HAND_OCC, cfg(metric="jaccard"), L)
-    assert scores(out["a"]) == pytest.approx({"b": 3 / (4 + 9 - 3), "c": 1 / (4 + 4 - 1)},
-                                             rel=1e-15)
-    assert scores(out["b"]) == pytest.approx({"a": 0.3}, rel=1e-15)
+def test_cosine_by_hand():
+    e = _hand("cosine")
+    assert e.shard.entries("a") == {"b": (3.0, 2), "c": (1.0, 1)}
+    assert e.shard.neighbors("a") == [("b", 0.5), ("c", 0.25)]  # 3/sqrt(4*9), 1/sqrt(4*4)
+    assert e.shard.neighbors("b") == [("a", 0.5)]
+    assert e.shard.neighbors("c") == [("a", 0.25)]
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_popularity_penalised_by_hand(apply):
+def test_jaccard_by_hand():
+    e = _hand("jaccard")
+    assert e.scores("a") == pytest.approx({"b": 3 / (4 + 9 - 3), "c": 1 / (4 + 4 - 1)},
+                                          rel=1e-15)
+    assert e.scores("b") == pytest.approx({"a": 0.3}, rel=1e-15)
+
+
+def test_popularity_penalised_by_hand():
     # alpha = 0.75: C / (N_i**0.25 * N_j**0.75). The popular b is penalised as a's neighbour
     # (1/sqrt(6) = 0.408 < cosine 0.5) while a gains as b's neighbour (sqrt(6)/4 = 0.612).
-    out = apply({}, HAND_BATCH, HAND_OCC, cfg(metric="popularity_penalised",
-                                              popularity_alpha=0.75), L)
-    assert scores(out["a"])["b"] == pytest.approx(1 / math.sqrt(6), rel=1e-14)
-    assert scores(out["b"])["a"] == pytest.approx(math.sqrt(6) / 4, rel=1e-14)
-    assert scores(out["a"])["c"] == pytest.approx(1 / 4, rel=1e-14)
+    e = _hand("popularity_penalised", popularity_alpha=0.75)
+    assert e.scores("a")["b"] == pytest.approx(1 / math.sqrt(6), rel=1e-14)
+    assert e.scores("b")["a"] == pytest.approx(math.sqrt(6) / 4, rel=1e-14)
+    assert e.scores("a")["c"] == pytest.approx(1 / 4, rel=1e-14)
 
 
-def test_pair_scores_zero_for_unknown_items_and_bad_denominators():
-    c = np.array([1.0, 1.0, 1.0, 5.0])
-    n_i = np.array([4.0, 0.0, 4.0, 4.0])
-    n_j = np.array([1.0, 4.0, -1.0, 1.0])
-    assert pair_scores(c, n_i, n_j, "cosine", 0.5).tolist() == [0.5, 0.0, 0.0, 2.5]
-    # jaccard: 4 + 1 - 5 = 0 -> 0
-    assert pair_scores(c, n_i, n_j, "jaccard", 0.5).tolist() == [0.25, 0.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="metric"):
-        pair_scores(c, n_i, n_j, "pearson", 0.5)
+def test_unknown_occurrence_scores_zero_and_self_pairs_are_ignored():
+    e = Engine()
+    e.occurrence({"a": 1.0, "b": 1.0})  # z never seen: N(z) = 0
+    e.pairs([("a", "b", 1.0), ("a", "a", 3.0), ("a", "z", 2.0)])
+    assert e.shard.entries("a") == {"b": (1.0, 1), "z": (2.0, 1)}
+    assert e.shard.neighbors("a") == [("b", 1.0)]  # z scores 0: kept, but not a neighbour
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_missing_occurrence_scores_zero_and_self_pairs_are_ignored(apply):
-    batch = PairBatch.from_tuples([("a", "b", 1.0, L), ("a", "a", 3.0, L), ("a", "z", 2.0, L)])
-    out = apply({}, batch, {"a": 1.0, "b": 1.0}, cfg(), L)  # z unknown: N(z) = 0
-    assert out["a"].entries() == {"b": (1.0, 1), "z": (2.0, 1)}
-    assert out["a"].neighbors == (("b", 1.0),)  # z scores 0: kept, but not a neighbour
+def test_one_half_life_older_counts_half():
+    e = Engine(half_life_ms=H)
+    e.occurrence({"a": 1.0, "b": 1.0, "c": 1.0})  # landmark = T
+    e.pairs([("a", "b", 4.0, T), ("a", "b", 4.0, T - H), ("a", "c", 4.0, T + 2 * H)])
+    assert e.stats.occ_decay.landmark == T
+    assert e.shard.entries("a") == {"b": (4.0 + 2.0, 2), "c": (16.0, 1)}
+    # Occurrences decay the same way: one half-life later an event counts twice as much.
+    e.occurrence({"b": 1.0}, ts=T + H)
+    assert e.occ("b") == 1.0 + 2.0
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_one_half_life_older_counts_half(apply):
-    batch = PairBatch.from_tuples([("a", "b", 4.0, L), ("a", "b", 4.0, L - H),
-                                   ("a", "c", 4.0, L + 2 * H)])
-    out = apply({}, batch, {"a": 1.0, "b": 1.0, "c": 1.0}, cfg(half_life_ms=H), L)
-    assert out["a"].entries() == {"b": (4.0 + 2.0, 2), "c": (16.0, 1)}
+def test_min_cooccurrence_makes_an_entry_ineligible_but_keeps_it():
+    e = Engine(min_cooccurrence=2.0)
+    e.occurrence({"x": 1.0, "p": 1.0, "q": 1.0})
+    e.pairs([("x", "p", 1.0), ("x", "q", 2.0)])
+    assert e.shard.entries("x") == {"p": (1.0, 1), "q": (2.0, 1)}
+    assert e.shard.neighbors("x") == [("q", 2.0)]
+    e.pairs([("x", "p", 1.5)])  # p reaches the threshold
+    assert e.nb("x") == ["p", "q"]
 
 
-def test_decay_factor_values():
-    ts = np.array([L - H, L, L + H // 2, L + 3 * H])
-    assert decay_factor(ts, L, H) == pytest.approx([0.5, 1.0, math.sqrt(2), 8.0], rel=1e-15)
-    assert decay_factor(ts, L, 0).tolist() == [1.0] * 4  # half_life <= 0: no decay
-    assert landmark_rescale_factor(L, L + H, H) == 0.5
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: min_cooccurrence is compared with the stored forward-decayed C, which is inflated by "
+    "2^((ts - landmark) / half_life) and the landmark only moves every 64 half-lives: the same "
+    "single co-occurrence is ineligible at the landmark and eligible 10 half-lives later (C = "
+    "1024), so the threshold means less and less as time passes (apply_pairs_reference does the "
+    "same)"))
+def test_min_cooccurrence_does_not_depend_on_the_distance_to_the_landmark():
+    e = Engine(min_cooccurrence=2.0, half_life_ms=H)
+    e.occurrence({"x": 1.0, "y": 1.0, "z": 1.0})  # landmark = T
+    e.pairs([("x", "y", 1.0, T)])
+    assert e.shard.neighbors("x") == []  # one co-occurrence < 2: not eligible
+    later = T + 10 * H
+    e.occurrence({"x": 1.0, "z": 1.0}, ts=later)  # one user has x and z, ten half-lives later
+    e.pairs([("z", "x", 1.0, later)])
+    assert e.shard.entries("z")["x"][0] == 2.0 ** 10
+    assert e.shard.neighbors("z") == []  # still one co-occurrence < 2
 
 
-def test_forward_decay_never_needs_redecaying():
-    # The same history stored under two landmarks (C and N both scaled by 2**-2) gives the
-    # same neighbours: scores are ratios, so the landmark cancels out.
-    c = cfg(half_life_ms=H)
-    batch = both(("a", "b", 2.0), ("a", "c", 1.0), ts=L + 5 * H)
-    occ = {"a": 10.0, "b": 20.0, "c": 2.0}
-    out1 = apply_pair_updates({}, batch, occ, c, L)
-    factor = landmark_rescale_factor(L, L + 2 * H, H)
-    out2 = apply_pair_updates({}, batch, {k: v * factor for k, v in occ.items()}, c, L + 2 * H)
-    assert nb(out1["a"]) == nb(out2["a"]) == ["c", "b"]
-    assert scores(out1["a"]) == pytest.approx(scores(out2["a"]), rel=1e-12)
-    assert out1["a"].scaled(factor).vals == pytest.approx(out2["a"].vals, rel=1e-12)
+# ---- ties, cap, pruning ----------------------------------------------------------------------
 
-
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_decay_overflow_asks_to_move_the_landmark(apply):
-    late = L + int((MAX_DECAY_EXPONENT + 1) * H)
-    with pytest.raises(ValueError, match="landmark_ms"):
-        decay_factor(np.array([L, late]), L, H)
-    with pytest.raises(ValueError, match="Move landmark_ms forward"):
-        apply({}, PairBatch.from_tuples([("a", "b", 1.0, late)]), {}, cfg(half_life_ms=H), L)
-    # just inside the limit is fine
-    ok = L + int(MAX_DECAY_EXPONENT * H) - 1
-    assert np.isfinite(decay_factor(np.array([ok]), L, H)).all()
-
-
-# ---- symmetry, ties, pruning ----------------------------------------------------------------
-
-def test_symmetry_when_both_directions_are_applied():
-    rng = np.random.default_rng(3)
-    items = [f"i{k:02d}" for k in range(12)]
-    pairs = []
-    for _ in range(200):
-        i, j = rng.choice(len(items), 2, replace=False)
-        pairs.append((items[i], items[j], float(rng.choice([1, 2, 4, 6, 10]))))
-    occ = {it: float(rng.uniform(20, 60)) for it in items}
-    c = cfg(top_k=20, max_pairs_per_item=50, half_life_ms=H)
-    state: dict[str, ItemRow] = {}
-    for chunk in range(4):  # several flushes
-        batch = PairBatch.concat([both(p, ts=L + chunk * 1000) for p in pairs[chunk::4]])
-        state.update(apply_pair_updates(state, batch, occ, c, L))
-    for i, row in state.items():
-        for j, (val, n_obs) in row.entries().items():
-            assert state[j].entries()[i] == (val, n_obs)
-            assert scores(state[j])[i] == scores(row)[j]
-
-
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_top_k_ties_broken_by_col_id_whatever_the_input_order(apply):
-    updates = [("x", j, 1.0, L) for j in ("d", "b", "e", "c", "a")]
-    occ = {k: 1.0 for k in "xabcde"}
+def test_top_k_ties_broken_by_column_hash_whatever_the_input_order():
+    cols = ["d", "b", "e", "c", "a"]
+    expected = by_hash(cols)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        rng.shuffle(updates)
-        out = apply({}, PairBatch.from_tuples(updates), occ, cfg(top_k=3), L)
-        assert out["x"].neighbors == (("a", 1.0), ("b", 1.0), ("c", 1.0))
-        assert out["x"].cols == ("a", "b", "c", "d", "e")
+        rng.shuffle(cols)
+        e = Engine(top_k=3)
+        e.occurrence({k: 1.0 for k in "xabcde"})
+        e.pairs([("x", j, 1.0) for j in cols])
+        assert e.shard.neighbors("x") == [(j, 1.0) for j in expected[:3]]
+        assert set(e.shard.entries("x")) == set("abcde")
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_cap_bounds_memory_and_evicts_the_lowest(apply):
+def test_cap_bounds_memory_and_evicts_the_lowest():
     # x co-occurs once with each of 30 items whose occurrence grows: score(j) = 1/sqrt(N_j).
     cols = [f"j{k:02d}" for k in range(30)]
-    occ = {"x": 1.0, **{j: float(k + 1) for k, j in enumerate(cols)}}
-    batch = PairBatch.from_tuples([("x", j, 1.0, L) for j in cols])
-    out = apply({}, batch, occ, cfg(top_k=3, max_pairs_per_item=10), L)
-    assert len(out["x"]) == 10
-    assert out["x"].cols == tuple(cols[:10])  # the 10 best scores
-    assert nb(out["x"]) == cols[:3]
-    # Next flush adds 5 better pairs: memory stays capped, the worst old ones go.
+    e = Engine(top_k=3, max_pairs_per_item=10)
+    e.occurrence({"x": 1.0, **{j: float(k + 1) for k, j in enumerate(cols)}})
+    e.pairs([("x", j, 1.0) for j in cols])
+    assert set(e.shard.entries("x")) == set(cols[:10])  # the 10 best scores
+    assert e.nb("x") == cols[:3]
+    assert e.scores("x")["j01"] == pytest.approx(1 / math.sqrt(2), rel=1e-15)
+    # The next flush adds 5 better pairs: memory stays capped, the worst old ones go.
     better = [f"a{k}" for k in range(5)]
-    occ.update({b: 0.5 for b in better})
-    out2 = apply(out, PairBatch.from_tuples([("x", b, 1.0, L) for b in better]), occ,
-                 cfg(top_k=3, max_pairs_per_item=10), L)
-    assert out2["x"].cols == tuple(better + cols[:5])
-    assert nb(out2["x"]) == better[:3]
+    e.occurrence({b: 0.5 for b in better})
+    e.pairs([("x", b, 1.0) for b in better])
+    assert set(e.shard.entries("x")) == set(better + cols[:5])
+    assert e.nb("x") == by_hash(better)[:3]  # all five tie at 1/sqrt(0.5)
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_cap_never_evicts_top_k_members(apply):
-    # p and q score higher but are not eligible (val < min_cooccurrence): the cap keeps the
-    # top-K (r, s) and evicts p and q.
-    row = ItemRow.from_entries({"p": (1.0, 1), "q": (1.0, 1), "r": (3.0, 3), "s": (2.5, 3)})
-    occ = {"x": 1.0, "p": 1.0, "q": 1.0, "r": 100.0, "s": 100.0, "t": 1.0}
-    c = cfg(top_k=2, max_pairs_per_item=2, min_cooccurrence=2.0)
-    out = apply({"x": row}, PairBatch.from_tuples([("x", "t", 1.0, L)]), occ, c, L)
-    assert nb(out["x"]) == ["r", "s"]
-    assert out["x"].cols == ("r", "s")
+def test_cap_never_evicts_top_k_members():
+    # p and q score higher but are not eligible (C < min_cooccurrence): the cap keeps the
+    # top-K (r, s) and evicts p and q (and the new t).
+    e = Engine(top_k=2, max_pairs_per_item=2, min_cooccurrence=2.0)
+    e.occurrence({"x": 1.0, "p": 1.0, "q": 1.0, "r": 100.0, "s": 100.0, "t": 1.0})
+    e.pairs([("x", "p", 1.0), ("x", "q", 1.0), ("x", "r", 3.0), ("x", "s", 2.5),
+             ("x", "t", 1.0)])
+    assert e.nb("x") == ["r", "s"]
+    assert e.scores("x") == {"r": 0.3, "s": 0.25}
+    assert set(e.shard.entries("x")) == {"r", "s"}
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_cap_ties_evict_lower_val_first(apply):
-    # Equal scores (C/N_j equal), different vals: the higher val is kept.
-    row = ItemRow.from_entries({"a": (1.0, 1), "b": (2.0, 1), "c": (4.0, 1)})
-    occ = {"x": 1.0, "a": 1.0, "b": 4.0, "c": 16.0, "z": 1.0}  # score(a)=score(b)=score(c)=1
-    c = cfg(top_k=1, max_pairs_per_item=3)
-    out = apply({"x": row}, PairBatch.from_tuples([("x", "z", 1.0, L)]), occ, c, L)
-    # z and a, b, c all score 1; top-1 is "a" (lowest id); cap keeps a + the 2 highest vals
-    assert nb(out["x"]) == ["a"]
-    assert out["x"].cols == ("a", "b", "c")
+def test_cap_ties_keep_higher_values_then_smaller_hashes():
+    # Equal scores C/sqrt(N_j) = 1 for all four columns, different C.
+    e = Engine(top_k=1, max_pairs_per_item=3)
+    e.occurrence({"x": 1.0, "a": 1.0, "b": 4.0, "c": 16.0, "z": 1.0})
+    e.pairs([("x", "a", 1.0), ("x", "b", 2.0), ("x", "c", 4.0), ("x", "z", 1.0)])
+    vals = {"a": 1.0, "b": 2.0, "c": 4.0, "z": 1.0}
+    top = by_hash(vals)[0]
+    assert e.shard.neighbors("x") == [(top, 1.0)]
+    others = sorted((j for j in vals if j != top), key=lambda j: (-vals[j], id_hash(j)))
+    assert set(e.shard.entries("x")) == {top, *others[:2]}
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_rows_left_empty_next_to_pruned_rows(apply):
-    # "zzz" is touched only by a self pair (no entries) and sorts after the pruned row "a".
-    cols = [f"j{k}" for k in range(6)]
-    occ = {"a": 1.0, "zzz": 1.0, **{j: float(k + 1) for k, j in enumerate(cols)}}
-    batch = PairBatch.from_tuples([("a", j, 1.0, L) for j in cols] + [("zzz", "zzz", 1.0, L)])
-    out = apply({}, batch, occ, cfg(top_k=2, max_pairs_per_item=3), L)
-    assert out["a"].cols == tuple(cols[:3])
-    assert len(out["zzz"]) == 0 and out["zzz"].neighbors == ()
+def _hoeffding_engine(top_k: int, delta: float) -> Engine:
+    # C = 1 everywhere and N_x = 1, so cosine(x, j) = 1 / sqrt(N_j); N_j picks the score.
+    e = Engine(top_k=top_k, hoeffding_delta=delta, hoeffding_min_obs=5)
+    e.occurrence({"x": 1.0, "n1": 1 / 0.9 ** 2, "n2": 1 / 0.8 ** 2, "sure_low": 1 / 0.1 ** 2,
+                  "young_low": 1 / 0.1 ** 2, "unsure_mid": 1 / 0.4 ** 2})
+    observations = {"n1": 50, "n2": 50, "sure_low": 100, "young_low": 3, "unsure_mid": 5}
+    updates = []
+    for j, n in observations.items():
+        updates += [("x", j, 1.0 / n)] * n
+    e.pairs(updates)
+    return e
 
 
-def _hoeffding_row():
-    # C = 1 everywhere and N_x = 1, so cosine(x, j) = 1 / sqrt(N_j); pick N_j for the score.
-    row = ItemRow.from_entries({"n1": (1.0, 50), "n2": (1.0, 50), "sure_low": (1.0, 100),
-                                "young_low": (1.0, 3), "unsure_mid": (1.0, 5)})
-    occ = {"x": 1.0, "n1": 1 / 0.9 ** 2, "n2": 1 / 0.8 ** 2, "sure_low": 1 / 0.1 ** 2,
-           "young_low": 1 / 0.1 ** 2, "unsure_mid": 1 / 0.4 ** 2}
-    return row, occ
+def test_hoeffding_drops_a_confidently_low_pair_and_keeps_an_uncertain_one():
+    # t_K = 0.8 (K = 2). eps(n) = sqrt(ln(1/delta) / 2n). eps(100) = 0.12: 0.1 + 0.12 < 0.8, so
+    # sure_low goes. unsure_mid: eps(5) = 0.55, 0.4 + 0.55 >= 0.8, kept; young_low has fewer
+    # than min_obs observations.
+    def eps(n, delta):
+        return math.sqrt(math.log(1 / delta) / (2 * n))
 
-
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_hoeffding_drops_a_confidently_low_pair_and_keeps_an_uncertain_one(apply):
-    row, occ = _hoeffding_row()
-    # t_K = 0.8 (K = 2). eps(100) = 0.12: 0.1 + 0.12 < 0.8, so sure_low goes. unsure_mid:
-    # eps(5) = 0.55, 0.4 + 0.55 >= 0.8, kept; young_low has fewer than min_obs observations.
-    assert 0.1 + hoeffding_eps(100, 0.05) < 0.8 <= 0.4 + hoeffding_eps(5, 0.05)
-    touch = PairBatch.from_tuples([("x", "x", 1.0, L)])  # re-score x, add nothing
-    out = apply({"x": row}, touch, occ, cfg(top_k=2), L, delta=0.05, min_obs=5)
-    assert nb(out["x"]) == ["n1", "n2"]
-    assert out["x"].cols == ("n1", "n2", "unsure_mid", "young_low")
+    assert 0.1 + eps(100, 0.05) < 0.8 <= 0.4 + eps(5, 0.05)
+    e = _hoeffding_engine(2, 0.05)
+    assert e.nb("x") == ["n1", "n2"]
+    assert e.scores("x") == pytest.approx({"n1": 0.9, "n2": 0.8}, rel=1e-12)
+    entries = e.shard.entries("x")
+    assert set(entries) == {"n1", "n2", "unsure_mid", "young_low"}
+    assert entries["n1"][1] == 50 and entries["young_low"][1] == 3
     # Without a full top-K there is no threshold to be confidently below: nothing is pruned.
-    out = apply({"x": row}, touch, occ, cfg(top_k=10), L, delta=0.05, min_obs=5)
-    assert len(out["x"]) == 5
+    assert len(_hoeffding_engine(10, 0.05).shard.entries("x")) == 5
     # A looser delta (less confidence required) also drops the mid pair.
-    out = apply({"x": row}, touch, occ, cfg(top_k=2), L, delta=0.9, min_obs=5)
-    assert out["x"].cols == ("n1", "n2", "young_low")
+    assert 0.4 + eps(5, 0.9) < 0.8
+    assert set(_hoeffding_engine(2, 0.9).shard.entries("x")) == {"n1", "n2", "young_low"}
 
 
-def test_recompute_neighbors_rescores_without_touching_entries():
-    row = ItemRow.from_entries({"a": (2.0, 3), "b": (1.0, 1), "c": (1.0, 9)})
-    c = cfg(top_k=2)
-    r1 = recompute_neighbors(row, "x", {"x": 1.0, "a": 4.0, "b": 1.0, "c": 1.0}, c)
-    assert r1.neighbors == (("a", 1.0), ("b", 1.0))
-    r2 = recompute_neighbors(row, "x", {"x": 1.0, "a": 16.0, "b": 4.0, "c": 1.0}, c)
-    assert r2.neighbors == (("c", 1.0), ("a", 0.5))
-    assert r2.entries() == row.entries()
+def test_rows_rescore_only_when_they_receive_updates():
+    e = Engine()
+    e.occurrence({"x": 1.0, "y": 1.0, "z": 4.0})
+    e.pairs([("x", "y", 1.0), ("x", "z", 1.0)])
+    assert e.shard.neighbors("x") == [("y", 1.0), ("z", 0.5)]
+    e.occurrence({"y": 15.0})  # N(y) = 16: cosine(x, y) would be 0.25 now
+    assert e.shard.neighbors("x") == [("y", 1.0), ("z", 0.5)]  # untouched row: old scores
+    e.pairs([("w", "x", 1.0)])  # another row's update does not re-score x
+    assert e.shard.neighbors("x") == [("y", 1.0), ("z", 0.5)]
+    e.pairs([("x", "x", 1.0)])  # a self pair adds nothing but re-scores the row
+    assert e.shard.neighbors("x") == [("z", 0.5), ("y", 0.25)]
+    assert e.shard.entries("x") == {"y": (1.0, 1), "z": (1.0, 1)}
 
 
-# ---- state, batches, ids --------------------------------------------------------------------
+# ---- emission rate limit -------------------------------------------------------------------
 
-def test_item_row_state_round_trip():
-    out = apply_pair_updates({}, HAND_BATCH, HAND_OCC, cfg(), L)
-    state = out["a"].to_state()
-    assert state[0] == 1 and state[1] == ("b", "c") and state[3] == (2, 1)
-    assert state[4] == (("b", 0.5), ("c", 0.25))
-    back = ItemRow.from_state(pickle.loads(pickle.dumps(state)))
-    assert back.entries() == out["a"].entries() and back.neighbors == out["a"].neighbors
-    assert ItemRow.neighbors_of_state(state) == out["a"].neighbors
-    # vals may also be stored as a plain tuple of floats
-    plain = (1, ("b", "c"), (3.0, 1.0), (2, 1), (("b", 0.5),))
-    assert ItemRow.from_state(plain).entries() == {"b": (3.0, 2), "c": (1.0, 1)}
-    with pytest.raises(StateVersionError):
-        ItemRow.from_state((2, (), (), (), ()))
-    with pytest.raises(ValueError, match="corrupt"):
-        ItemRow.from_state((1, ("a",), (1.0, 2.0), (1,), ()))
-
-
-def test_aggregate_pairs_sums_duplicates_and_drops_self_pairs():
-    batch = PairBatch.from_lists(["b", "a", "b", "a", "a"], ["a", "c", "a", "a", "c"],
-                                 [1.0, 2.0, 3.0, 9.0, 4.0], [L, L, L - H, L, L])
-    rows, cols, vals, obs = aggregate_pairs(batch, L, H)
-    assert rows.tolist() == ["a", "b"] and cols.tolist() == ["c", "a"]
-    assert vals.tolist() == [6.0, 1.0 + 1.5] and obs.tolist() == [2, 2]
+def test_emission_rate_limit_timer_and_on_timer():
+    e = Engine(emit_min_interval_ms=1_000)
+    e.occurrence({"x": 1.0, "y": 1.0, "z": 4.0})
+    emitted, timers = e.pairs([("x", "y", 1.0)], proc_now=10_000)
+    assert emitted == [Emission("x", ["y"], [1.0], 10_000)] and timers == []
+    # Changed again 500 ms later: not sent, a timer at last emission + interval instead.
+    emitted, timers = e.pairs([("x", "z", 4.0)], proc_now=10_500)
+    assert emitted == [] and timers == [("x", 11_000)]
+    # A change that leaves the top-K as it was (a column with N = 0) sends nothing.
+    emitted, timers = e.pairs([("x", "unknown", 1.0)], proc_now=10_600)
+    assert (emitted, timers) == ([], [])
+    # The timer fires: the latest neighbours go out, stamped with the firing time.
+    assert e.shard.on_timer("x", 10_900) == ([], [("x", 11_000)])  # early: asks again
+    emitted, timers = e.shard.on_timer("x", 11_000)
+    assert emitted == [Emission("x", ["z", "y"], [4.0 / 2.0, 1.0], 11_000)] and timers == []
+    # Nothing pending: a second firing sends nothing; unknown items neither.
+    assert e.shard.on_timer("x", 12_000) == ([], [])
+    assert e.shard.on_timer("never-seen", 12_000) == ([], [])
+    # Long after the last emission a change is sent at once.
+    emitted, _ = e.pairs([("x", "y", 1.0)], proc_now=13_000)
+    assert [em.item_id for em in emitted] == ["x"] and emitted[0].updated_at == 13_000
 
 
-def test_pair_batch_concat_and_validation():
-    b1 = PairBatch.from_lists(["a"], ["b"], [1.0], [L])
-    b2 = PairBatch.from_tuples([("c", "d", 2.0, L + 1)])
-    both_ = PairBatch.concat([b1, PairBatch.empty(), b2])
-    assert both_.rows.tolist() == ["a", "c"] and both_.ts.tolist() == [L, L + 1]
-    assert len(PairBatch.concat([])) == 0
-    with pytest.raises(ValueError, match="length"):
-        PairBatch.from_lists(["a"], ["b", "c"], [1.0], [L])
-    with pytest.raises(ValueError, match="finite"):
-        apply_pair_updates({}, PairBatch.from_lists(["a"], ["b"], [math.nan], [L]), {}, cfg(), L)
-    assert apply_pair_updates({"a": ItemRow.empty()}, PairBatch.empty(), {}, cfg(), L) == {}
+# ---- state -----------------------------------------------------------------------------------
+
+def _busy_engine(**kw) -> Engine:
+    e = Engine(half_life_ms=H, **kw)
+    rng = np.random.default_rng(5)
+    ids = [f"i{k}" for k in range(12)]
+    e.occurrence({i: float(rng.integers(1, 9)) for i in ids})
+    updates = []
+    for _ in range(60):
+        i, j = rng.choice(ids, 2, replace=False)
+        updates += [(str(i), str(j), float(rng.integers(1, 5)), T + int(rng.integers(0, H)))]
+    e.pairs(updates)
+    return e
 
 
-def _assert_rank_follows_ids(t: IdTable, ids: list[str]) -> None:
-    rank, limit = t.snapshot()
-    r = rank[t.encode(ids)]
-    assert ((0 <= r) & (r < limit)).all()
-    assert [ids[k] for k in np.argsort(r)] == sorted(ids)
+def test_row_state_round_trip_into_a_new_shard():
+    e = _busy_engine(emit_min_interval_ms=1_000)
+    e.pairs([("i0", "i1", 3.0)], proc_now=PROC + 10)  # i0 pending: its emission waits
+    rows = e.shard.dirty_rows()
+    assert len(rows) == len({item for item, _ in rows}) == len(e.shard)
+    assert e.shard.dirty_rows() == []  # written back: clean until the next change
+    shared = e.stats.snapshot()
+    stats = ItemStats(e.cfg)
+    stats.restore(shared)
+    shard = SimilarityShard(e.cfg, stats)
+    for item, blob in rows:
+        shard.load(item, blob)
+    assert len(shard) == len(e.shard)
+    for item, _ in rows:
+        assert shard.entries(item) == e.shard.entries(item)
+        assert shard.neighbors(item) == e.shard.neighbors(item)
+    # The pending emission survives the round trip (timer due at PROC + 1000).
+    emitted, timers = shard.on_timer("i0", PROC + 1_000)
+    assert [em.item_id for em in emitted] == ["i0"]
+    assert emitted[0].neighbor_ids == e.nb("i0")
+    # Loading a resident row again changes nothing.
+    before = shard.entries("i1")
+    shard.load("i1", None)
+    assert shard.entries("i1") == before
+    # Rows are stored by column hash, with the landmark.
+    state = decode_row(dict(rows)["i2"])
+    assert state.landmark == e.stats.occ_decay.landmark
+    assert sorted(state.col_hashes.tolist()) == sorted(id_hash(j) for j in e.shard.entries("i2"))
 
 
-def test_id_table_ranks_follow_string_order_as_ids_arrive():
-    t = IdTable()
-    first = t.encode(["m", "c"]).tolist()
-    t.encode(["z", "a", "m", "n", "é"])
-    assert t.encode(["m", "c"]).tolist() == first  # codes never change
-    _assert_rank_follows_ids(t, ["a", "c", "m", "n", "z", "é"])
-    assert t.decode(t.encode(["n", "a"])).tolist() == ["n", "a"]
-    with pytest.raises(TypeError):
-        t.encode([1])
+def test_row_loaded_after_the_landmark_moved_is_rescaled():
+    e = _busy_engine()
+    rows = dict(e.shard.dirty_rows())
+    stats = ItemStats(e.cfg)
+    stats.restore(e.stats.snapshot())
+    later = T + 100 * H
+    stats.prepare_occurrence(later)  # the new subtask has moved on: landmark at `later`
+    assert stats.occ_decay.landmark == later
+    factor = 2.0 ** -100
+    shard = SimilarityShard(e.cfg, stats)
+    shard.load("i3", rows["i3"])
+    old = e.shard.entries("i3")
+    new = shard.entries("i3")
+    assert new.keys() == old.keys()
+    for j in old:
+        assert new[j][0] == pytest.approx(old[j][0] * factor, rel=1e-12)
+        assert new[j][1] == old[j][1]
+    shard.on_pairs("i3", ["i3"], [1.0], [later])  # re-score: same ratios, same neighbours
+    shard.flush(PROC)
+    assert [j for j, _ in shard.neighbors("i3")] == e.nb("i3")
+    assert dict(shard.neighbors("i3")) == pytest.approx(e.scores("i3"), rel=1e-12)
 
 
-def test_id_table_renumbers_when_a_gap_is_used_up():
-    t = IdTable()
-    t.encode(["m"])
-    ids = ["m"]
-    for k in range(30):  # each new id lands between the previous one and "m": halves one gap
-        ids.append("a" + "z" * k)
-        t.encode([ids[-1]])
-        _assert_rank_follows_ids(t, ids)
-    for k in range(3000):  # many ids: the pending list is compacted
-        ids.append(f"id-{(k * 7919) % 3000:05d}")
-    t.encode(ids)
-    _assert_rank_follows_ids(t, ids)
+def test_occurrence_landmark_move_rescales_n_and_c_alike():
+    e = _busy_engine()
+    before_entries = {i: e.shard.entries(i) for i in ("i0", "i1", "i2")}
+    before_nb = {i: e.shard.neighbors(i) for i in ("i0", "i1", "i2")}
+    before_occ = {i: e.occ(i) for i in ("i0", "i1", "i2")}
+    far = T + 80 * H
+    e.stats.prepare_occurrence(far)
+    factor = 2.0 ** -80
+    assert e.stats.occ_decay.landmark == far
+    for i in before_entries:
+        assert e.occ(i) == pytest.approx(before_occ[i] * factor, rel=1e-12)
+        for j, (v, o) in e.shard.entries(i).items():
+            assert v == pytest.approx(before_entries[i][j][0] * factor, rel=1e-12)
+            assert o == before_entries[i][j][1]
+        assert e.shard.neighbors(i) == before_nb[i]  # stored scores untouched
+    # Re-scoring with the rescaled N gives the same neighbours and scores.
+    e.pairs([(i, i, 1.0, far) for i in before_entries])
+    for i in before_entries:
+        assert [j for j, _ in e.shard.neighbors(i)] == [j for j, _ in before_nb[i]]
+        assert [s for _, s in e.shard.neighbors(i)] == pytest.approx(
+            [s for _, s in before_nb[i]], rel=1e-12)
+    # A new event at the new landmark counts 1, i.e. 2**80 times an event at the old one.
+    old_c = e.shard.entries("i0").get("i5", (0.0, 0))[0]
+    e.pairs([("i0", "i5", 1.0, far)])
+    assert e.shard.entries("i0")["i5"][0] == pytest.approx(old_c + 1.0, rel=1e-12)
 
 
-@pytest.mark.parametrize("apply", IMPLEMENTATIONS)
-def test_rows_from_before_new_ids_and_unsorted_rows(apply):
-    # A row read before ids sorting between its columns existed, and a row built out of order.
-    tag = f"fresh-{apply.__name__}"  # ids this process has not seen yet
-    old = ItemRow.from_entries({f"{tag}-b": (1.0, 1), f"{tag}-d": (1.0, 1)})
-    unsorted = ItemRow(ID_TABLE.encode([f"{tag}-d", f"{tag}-b"]), np.array([1.0, 2.0]),
-                       np.array([1, 1]), None, None, ())
-    batch = PairBatch.from_tuples([(f"{tag}-x", f"{tag}-c", 1.0, L),
-                                   (f"{tag}-x", f"{tag}-a", 1.0, L),
-                                   (f"{tag}-y", f"{tag}-c", 1.0, L)])
-    occ = {f"{tag}-{k}": 1.0 for k in "abcdxy"}
-    out = apply({f"{tag}-x": old, f"{tag}-y": unsorted}, batch, occ, cfg(), L)
-    assert out[f"{tag}-x"].cols == tuple(f"{tag}-{k}" for k in "abcd")
-    assert out[f"{tag}-y"].entries() == {f"{tag}-b": (2.0, 1), f"{tag}-c": (1.0, 1),
-                                         f"{tag}-d": (1.0, 1)}
+def test_landmark_moves_by_itself_when_events_run_far_ahead():
+    e = _busy_engine()
+    nb = e.shard.neighbors("i4")
+    c = e.shard.entries("i4")
+    e.occurrence({"other": 1.0}, ts=T + 70 * H)  # > 64 half-lives past the landmark
+    assert e.stats.occ_decay.landmark == T + 70 * H
+    assert e.shard.neighbors("i4") == nb
+    assert {j: v for j, (v, _) in e.shard.entries("i4").items()} == pytest.approx(
+        {j: v * 2.0 ** -70 for j, (v, _) in c.items()}, rel=1e-12)
 
 
-def test_no_pyflink_import():
-    code = ("import sys, udfs.similarity; "
-            "sys.exit(1 if any(m.startswith('pyflink') for m in sys.modules) else 0)")
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+def test_eviction_clears_rows_and_writes_dirty_evicted_rows_back():
+    e = Engine("recommend.model_max_items=16", top_k=2, max_pairs_per_item=4)
+    e.stats.items.tick()
+    e.occurrence({"a": 1.0, "b": 1.0, "c": 1.0})
+    e.both(("a", "b", 1.0), ("a", "c", 1.0), ("b", "c", 2.0))
+    a_entries = e.shard.entries("a")
+    assert set(a_entries) == {"b", "c"} and e.nb("c") == ["b", "a"]
+    # 14 new items: the table (16) is full, the two touched longest ago (a, b) are evicted.
+    e.stats.items.tick()
+    e.occurrence({f"n{k}": 1.0 for k in range(14)})
+    assert "a" not in e.stats.items and "b" not in e.stats.items and "c" in e.stats.items
+    assert not e.shard.has("a") and not e.shard.has("b") and e.shard.has("c")
+    assert e.shard.entries("a") == {} and e.shard.neighbors("a") == []
+    assert e.shard.entries("c") == {} and e.shard.neighbors("c") == []  # a, b left c's row
+    written = [(item, blob) for item, blob in e.shard.dirty_rows() if item in ("a", "b", "c")]
+    assert sorted(item for item, _ in written) == ["a", "b", "c"]
+    blobs = dict(written)
+    row_a = decode_row(blobs["a"])  # a's row as it was, stored for its next load
+    assert sorted(row_a.col_hashes.tolist()) == sorted(id_hash(j) for j in a_entries)
+    assert row_a.vals.tolist() == [a_entries[j][0] for j in
+                                   sorted(a_entries, key=lambda j: row_a.col_hashes.tolist()
+                                          .index(id_hash(j)))]
+    assert len(decode_row(blobs["c"]).col_hashes) == 0
+    # ItemStats forgets the evicted counters (their replicated entries are deleted).
+    snap = e.stats.snapshot()
+    assert snap[STATS_PREFIX + "a"] is None and snap[STATS_PREFIX + "b"] is None
+    # a comes back with a new code; its stored row is loaded, columns unknown now dropped.
+    e.stats.items.tick()
+    e.occurrence({"a": 1.0})
+    e.shard.load("a", blobs["a"])
+    assert set(e.shard.entries("a")) == {"c"}
 
 
-# ---- property: kernel == reference ----------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: SimilarityShard._on_evict scans the whole pool (np.isin over self.cols/self.nbr, free "
+    "slots and entries past counts included; unused cols are 0, a valid code) and marks slots "
+    "with no item dirty, so dirty_rows() returns (ids[-1], empty row) pairs: empty rows written "
+    "into the keyed state of an unrelated item, many times"))
+def test_eviction_writes_back_only_rows_that_exist():
+    e = Engine("recommend.model_max_items=16", top_k=2, max_pairs_per_item=4)
+    e.stats.items.tick()
+    e.occurrence({"a": 1.0, "b": 1.0, "c": 1.0})
+    e.both(("a", "b", 1.0), ("a", "c", 1.0), ("b", "c", 2.0))
+    e.shard.dirty_rows()  # checkpoint: everything written back
+    e.stats.items.tick()
+    e.occurrence({f"n{k}": 1.0 for k in range(14)})  # evicts a and b
+    written = [item for item, _ in e.shard.dirty_rows()]
+    assert written == ["c"]  # only c changed (its entries naming a and b were dropped)
 
-def _random_case(seed: int):
-    """A random vocabulary with Zipf-like popularity, a config, and a few successive flushes."""
+
+# ---- ItemStats -------------------------------------------------------------------------------
+
+def test_popularity_update_lists_changed_items_with_segments():
+    cfg = make_cfg("recommend.trending_half_life_ms=3600000")
+    s = ItemStats(cfg)
+    s.apply_activity(["a", "b", "c", "a"], np.array([10.0, -8.0, 5.0, 2.0]),
+                     np.array([1.0, 0.0, 1.0, 1.0]), np.array([T, T, T + H, T - H]),
+                     ["young", "young", "", "old"])
+    up = s.popularity_update()
+    # The landmark is the batch's newest event: T + H. Stored values are against it.
+    assert up["landmark"] == T + H and up["newest_ts"] == T + H
+    pop = dict(zip(up["ids"], up["pop"]))
+    assert pop == {"a": 10.0 * 0.5 + 2.0 * 0.25, "c": 5.0}  # b: not_interested only, ignored
+    segs = {(seg, up["ids"][i]): v for seg, i, v in zip(up["seg"], up["seg_item"],
+                                                        up["seg_pop"])}
+    assert segs == {("young", "a"): 5.0, ("old", "a"): 0.5}
+    assert s.popularity_update() is None  # nothing changed since
+    s.apply_activity(["c"], np.array([1.0]), np.array([1.0]), np.array([T + H]), ["young"])
+    up = s.popularity_update()
+    assert up["ids"] == ["c"] and up["pop"] == [6.0]
+    assert (up["seg"], up["seg_item"], up["seg_pop"]) == (["young"], [0], [1.0])
+
+
+def test_popularity_landmark_move_rescales_and_republishes_everything():
+    cfg = make_cfg("recommend.trending_half_life_ms=3600000")
+    s = ItemStats(cfg)
+    s.apply_activity(["a", "b"], np.array([4.0, 8.0]), np.ones(2), np.array([T, T]),
+                     ["young", ""])
+    s.popularity_update()
+    late = T + 65 * H
+    s.apply_activity(["c"], np.array([1.0]), np.ones(1), np.array([late]), [""])
+    up = s.popularity_update()
+    assert up["landmark"] == late
+    assert dict(zip(up["ids"], up["pop"])) == {"a": 4.0 * 2.0 ** -65, "b": 8.0 * 2.0 ** -65,
+                                               "c": 1.0}
+    assert dict(zip(up["seg"], up["seg_pop"])) == {"young": 4.0 * 2.0 ** -65}
+
+
+def test_item_stats_snapshot_restore_round_trip():
+    cfg = make_cfg()
+    s = ItemStats(cfg)
+    s.apply_activity(["a", "b", "c"], np.array([3.0, 1.0, -8.0]), np.array([2.0, 1.0, 0.0]),
+                     np.array([T, T, T]), ["young", "old", ""])
+    snap = s.snapshot()
+    assert set(snap) == {STATS_META_KEY, *(STATS_PREFIX + i for i in "abc")}
+    assert decode_counters(snap[STATS_PREFIX + "a"]) == (2.0, 3.0, {"young": 3.0})
+    fresh = ItemStats(cfg)
+    fresh.restore(snap)
+    for i in "abc":
+        c, d = s.items.get(i), fresh.items.get(i)
+        assert (fresh.occ[d], fresh.pop[d]) == (s.occ[c], s.pop[c])
+    assert fresh.pop_seg["young"][fresh.items.get("a")] == 3.0
+    assert fresh.pop_seg["old"][fresh.items.get("b")] == 1.0
+    assert (fresh.occ_decay.landmark, fresh.pop_decay.landmark, fresh.newest_ts) == (
+        T, T, T)
+    assert fresh.snapshot() == {}  # restored state is clean
+    assert s.snapshot() == {}  # nothing changed since the last snapshot
+    s.apply_activity(["b"], np.array([1.0]), np.array([1.0]), np.array([T]), [""])
+    assert set(s.snapshot()) == {STATS_META_KEY, STATS_PREFIX + "b"}
+
+
+# ---- property: compiled kernel == executable specification -----------------------------------
+
+def _check_row(e: Engine, row: str) -> None:
+    """Pruning and ranking rules, checked from the row's entries and N alone."""
+    sim = e.cfg.similarity
+    entries = e.shard.entries(row)
+    nbrs = e.shard.neighbors(row)
+    n_i = e.occ(row)
+
+    def score(j):
+        c, n_j = entries[j][0], e.occ(j)
+        if not (n_i > 0 and n_j > 0):
+            return 0.0
+        den = {"cosine": math.sqrt(n_i * n_j), "jaccard": n_i + n_j - c,
+               "popularity_penalised": n_i ** (1 - sim.popularity_alpha)
+               * n_j ** sim.popularity_alpha}[sim.metric]
+        return c / den if den > 0 else 0.0
+
+    assert row not in entries
+    assert len(nbrs) <= sim.top_k
+    assert len(entries) <= max(sim.max_pairs_per_item, len(nbrs))
+    top = [j for j, _ in nbrs]
+    for j, s in nbrs:
+        assert j in entries and s == pytest.approx(score(j), rel=1e-9)
+        assert entries[j][0] >= sim.min_cooccurrence and s > 0
+    keys = [(-s, id_hash(j)) for j, s in nbrs]
+    assert keys == sorted(keys)
+    eligible = [j for j in entries if entries[j][0] >= sim.min_cooccurrence and score(j) > 0]
+    if len(top) < sim.top_k:
+        assert set(top) == set(eligible)
+    elif top:
+        worst = (-nbrs[-1][1], id_hash(top[-1]))
+        t_k = min(max(nbrs[-1][1], 0.0), 1.0)
+        for j in set(eligible) - set(top):
+            assert (-score(j), id_hash(j)) > (worst[0] - 1e-12, worst[1])
+        for j, (_, o) in entries.items():  # Hoeffding: whoever stayed was not confidently low
+            if j not in top and o >= sim.hoeffding_min_obs:
+                eps = math.sqrt(math.log(1 / sim.hoeffding_delta) / (2 * o))
+                assert min(max(score(j), 0.0), 1.0) + eps >= t_k - 1e-9
+
+
+def _random_run(seed: int, metric: str):
     rng = np.random.default_rng(seed)
-    n_items = int(rng.integers(4, 60))
+    integer = seed % 2 == 0  # integer weights: many exact ties
+    top_k = int(rng.integers(1, 7))
+    e = Engine(metric=metric, popularity_alpha=float(rng.choice([0.0, 0.3, 0.5, 0.8, 1.0])),
+               top_k=top_k, max_pairs_per_item=top_k + int(rng.integers(0, 9)),
+               half_life_ms=int(rng.choice([H, 24 * H])),
+               min_cooccurrence=float(rng.choice([0.0, 0.0, 1.5])),
+               hoeffding_delta=float(rng.choice([0.05, 0.3, 0.9])),
+               hoeffding_min_obs=int(rng.choice([1, 2, 5])))
+    n_items = int(rng.integers(4, 40))
     alphabet = list("abcdefghijklmnopqrstuvwxyzéß0123456789-_")
     ids = sorted({"".join(rng.choice(alphabet, int(rng.integers(1, 9)))) for _ in range(n_items)})
-    ids = [str(s) for s in rng.permutation(ids)]  # popularity unrelated to id order
+    ids = [str(s) for s in rng.permutation(ids)]
     p = 1.0 / np.arange(1, len(ids) + 1) ** rng.uniform(0.6, 1.6)
     p /= p.sum()
-    integer = seed % 2 == 0  # integer weights and no decay: many exact ties
-    half_life = 0 if integer else int(rng.choice([H, 24 * H]))
-    top_k = int(rng.integers(1, 7))
-    c = cfg(metric=str(rng.choice(["cosine", "jaccard", "popularity_penalised"])),
-            popularity_alpha=float(rng.choice([0.0, 0.3, 0.5, 0.8, 1.0])),
-            top_k=top_k, max_pairs_per_item=top_k + int(rng.integers(0, 9)),
-            half_life_ms=half_life, min_cooccurrence=float(rng.choice([0.0, 0.0, 1.5])))
-    kw = dict(delta=float(rng.choice([0.05, 0.3, 0.9])), min_obs=int(rng.choice([1, 2, 5])))
-    weights = [1.0, 2.0, 4.0, 5.0, 6.0, 10.0]
-    batches = []
-    for _ in range(int(rng.integers(2, 6))):
+    return rng, e, ids, p, integer
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_compiled_kernel_equals_reference_on_random_batches(seed):
+    metric = METRICS[seed % 3]
+    rng, e, ids, p, integer = _random_run(seed, metric)
+    sim = e.cfg.similarity
+    ref_rows: dict[str, dict[str, tuple[float, int]]] = {}
+    for batch in range(int(rng.integers(2, 6))):
+        e.stats.items.tick()
+        t0 = T + batch * H // 2
+        # activity: occurrences (some items never get any: N = 0)
+        act = [ids[k] for k in rng.choice(len(ids), int(rng.integers(1, 3 * len(ids))), p=p)
+               if rng.random() < 0.9]
+        if act:
+            occ_d = (rng.integers(1, 4, len(act)).astype(float) if integer
+                     else rng.uniform(0.1, 3, len(act)))
+            e.stats.apply_activity(act, np.ones(len(act)), occ_d,
+                                   t0 + rng.integers(-2 * H, 2 * H, len(act)), [""] * len(act))
         updates = []
-        for _ in range(int(rng.integers(1, 80))):  # events: an item paired with a history
+        for _ in range(int(rng.integers(1, 60))):  # events: an item paired with a history
             x = ids[rng.choice(len(ids), p=p)]
-            ts = L + int(rng.integers(-3 * H, 3 * H))
+            ts = t0 + int(rng.integers(-3 * H, 3 * H))
             for h in rng.choice(len(ids), int(rng.integers(1, 6)), p=p):
-                w = float(rng.choice(weights)) if integer else float(rng.uniform(0.1, 10))
-                updates.append((x, ids[h], w, ts))        # may be a self pair: ignored
+                w = float(rng.choice([1.0, 2.0, 4.0, 6.0, 10.0])) if integer else float(
+                    rng.uniform(0.1, 10))
+                updates.append((x, ids[h], w, ts))  # may be a self pair: ignored
                 if rng.random() < 0.9:
                     updates.append((ids[h], x, w, ts))
-        batches.append(PairBatch.from_tuples(updates))
-    return rng, ids, c, kw, batches
+        e.pairs(updates)
+        # the reference, on the same decayed contributions and occurrences
+        contrib = np.array([u[2] for u in updates]) * e.stats.occ_decay.weights(
+            np.array([u[3] for u in updates], dtype=np.float64))
+        occurrence = {i: e.occ(i) for i in ids if i in e.stats.items}
+        out = apply_pairs_reference(ref_rows, [(u[0], u[1], float(v)) for u, v in
+                                               zip(updates, contrib)], occurrence, sim, id_hash)
+        where = f"seed {seed} batch {batch} ({metric})"
+        assert out.keys() == {u[0] for u in updates}, where
+        for row, (entries, top) in out.items():
+            got = e.shard.entries(row)
+            assert got.keys() == entries.keys(), f"{where} row {row!r}"
+            for j in entries:
+                assert got[j][1] == entries[j][1], f"{where} row {row!r} col {j!r}"
+                assert got[j][0] == pytest.approx(entries[j][0], rel=1e-12), where
+            nbrs = e.shard.neighbors(row)
+            assert [j for j, _ in nbrs] == [j for j, _ in top], f"{where} row {row!r}"
+            assert [s for _, s in nbrs] == pytest.approx([s for _, s in top], rel=1e-12)
+            _check_row(e, row)
+        for row in set(ref_rows) - set(out):  # rows without updates keep their entries
+            got = e.shard.entries(row)
+            assert got.keys() == ref_rows[row].keys(), where
+            for j, (v, o) in ref_rows[row].items():
+                assert got[j][1] == o and got[j][0] == pytest.approx(v, rel=1e-12), where
+        ref_rows.update({row: entries for row, (entries, _) in out.items()})
 
 
-def _occurrence(rng, ids, state, integer: bool) -> dict[str, float]:
-    """Occurrences roughly consistent with the co-occurrences; some items unknown."""
-    occ = {}
-    for i in ids:
-        row = state.get(i)
-        total = float(row.vals.sum()) if row is not None and len(row) else 0.0
-        if rng.random() < 0.1:
-            continue
-        extra = float(rng.integers(0, 5)) if integer else float(rng.uniform(0, 3))
-        occ[i] = max(total * (0.5 if rng.random() < 0.1 else 1.0), 0.0) + extra
-    return occ
-
-
-def _assert_same(kernel: dict[str, ItemRow], reference: dict[str, ItemRow], where: str):
-    assert kernel.keys() == reference.keys(), where
-    for item in reference:
-        k, r = kernel[item], reference[item]
-        assert k.cols == r.cols, f"{where} row {item!r}"
-        assert k.obs.tolist() == r.obs.tolist(), f"{where} row {item!r}"
-        np.testing.assert_allclose(k.vals, r.vals, rtol=1e-9, atol=0, err_msg=f"{where} {item!r}")
-        assert nb(k) == nb(r), f"{where} row {item!r}"
-        np.testing.assert_allclose([s for _, s in k.neighbors], [s for _, s in r.neighbors],
-                                   rtol=1e-9, atol=0, err_msg=f"{where} row {item!r}")
-
-
-@pytest.mark.parametrize("seed", range(50))
-def test_kernel_equals_reference_on_random_batches(seed):
-    rng, ids, c, kw, batches = _random_case(seed)
-    integer = seed % 2 == 0
-    # Half the cases start from existing rows (as read back from state).
-    seed_rows: dict[str, ItemRow] = {}
-    if seed % 4 < 2:
-        for i in ids[:len(ids) // 2]:
-            cols = [j for j in rng.choice(ids, int(rng.integers(0, 8))) if j != i]
-            entries = {j: (float(rng.integers(1, 9)), int(rng.integers(1, 20))) for j in cols}
-            seed_rows[i] = ItemRow.from_state(ItemRow.from_entries(entries).to_state())
-    state_k, state_r = dict(seed_rows), dict(seed_rows)
-    for n, batch in enumerate(batches):
-        occ = _occurrence(rng, ids, state_r, integer)
-        out_k = apply_pair_updates(state_k, batch, occ, c, L, **kw)
-        out_r = apply_pair_updates_reference(state_r, batch, occ, c, L, **kw)
-        _assert_same(out_k, out_r, f"seed {seed} batch {n} ({c.metric}, {kw})")
-        for item, row in out_k.items():
-            assert len(row) <= max(c.max_pairs_per_item, len(row.neighbors))
-            assert len(row.neighbors) <= c.top_k
-        state_k.update(out_k)
-        # The reference state goes through the state encoding, as in the operator.
-        state_r.update({i: ItemRow.from_state(pickle.loads(pickle.dumps(r.to_state())))
-                        for i, r in out_r.items()})
-
-
-def test_config_with_other_defaults_still_matches_reference():
-    # The production defaults (top_k=20, max_pairs=200, 30-day half-life) on one busy shard.
-    c = replace(SimilarityConfig(), half_life_ms=30 * 24 * H)
+def test_production_defaults_on_one_busy_batch_equal_the_reference():
+    e = Engine(top_k=20, max_pairs_per_item=200)  # the other settings at their defaults
+    sim = e.cfg.similarity
     rng = np.random.default_rng(11)
     ids = [f"item-{k:04d}" for k in range(300)]
     p = 1.0 / np.arange(1, 301) ** 1.1
     p /= p.sum()
-    a, b = rng.choice(300, 3000, p=p), rng.choice(300, 3000, p=p)
-    keep = a != b
-    w = rng.choice([1.0, 2.0, 4.0, 6.0, 10.0], 3000)
-    ts = L + rng.integers(0, 1000, 3000)
-    batch = PairBatch.from_lists([ids[i] for i in np.r_[a[keep], b[keep]]],
-                                 [ids[j] for j in np.r_[b[keep], a[keep]]],
-                                 np.r_[w[keep], w[keep]], np.r_[ts[keep], ts[keep]])
-    occ = {i: float(rng.uniform(50, 500)) for i in ids}
-    _assert_same(apply_pair_updates({}, batch, occ, c, L),
-                 apply_pair_updates_reference({}, batch, occ, c, L), "defaults")
+    e.occurrence({i: float(rng.integers(50, 500)) for i in ids})
+    a, b = rng.choice(300, 8000, p=p), rng.choice(300, 8000, p=p)
+    w = rng.choice([1.0, 2.0, 4.0, 6.0, 10.0], 8000)
+    ts = T + rng.integers(0, 1000, 8000)
+    updates = [(ids[i], ids[j], float(x), int(t)) for i, j, x, t in zip(a, b, w, ts)]
+    updates += [(j, i, x, t) for i, j, x, t in updates]
+    e.pairs(updates)
+    contrib = np.array([u[2] for u in updates]) * e.stats.occ_decay.weights(
+        np.array([u[3] for u in updates], dtype=np.float64))
+    out = apply_pairs_reference({}, [(u[0], u[1], float(v)) for u, v in zip(updates, contrib)],
+                                {i: e.occ(i) for i in ids}, sim, id_hash)
+    distinct = {}
+    for u in updates:
+        if u[0] != u[1]:
+            distinct.setdefault(u[0], set()).add(u[1])
+    assert any(len(distinct[r]) > len(entries) for r, (entries, _) in out.items())  # pruned
+    for row, (entries, top) in out.items():
+        got = e.shard.entries(row)
+        assert got.keys() == entries.keys()
+        assert [j for j, _ in e.shard.neighbors(row)] == [j for j, _ in top]
+    for row in ids[:20]:
+        _check_row(e, row)
 
 
-def test_pair_batches_by_shard_groups_rows_stably():
-    from udfs.profile import PairUpdate
-    from udfs.similarity import pair_batches_by_shard, shard_of
-
-    assert shard_of("item-1", 16) == zlib.crc32(b"item-1") % 16  # not the salted hash()
-    pairs = [PairUpdate(r, c, w, 5) for r, c, w in
-             [("a", "b", 1.0), ("b", "a", 1.0), ("a", "c", 2.0), ("c", "a", 2.0)]]
-    batches = pair_batches_by_shard(pairs, 4)
-    assert sorted(b.shard for b in batches) == sorted({shard_of(i, 4) for i in "abc"})
-    flat = sorted((r, c, w) for b in batches for r, c, w in zip(b.rows, b.cols, b.weights))
-    assert flat == sorted((p.row, p.col, p.weight) for p in pairs)
-    for b in batches:
-        assert all(shard_of(r, 4) == b.shard for r in b.rows) and b.ts == 5
-    assert [len(b.rows) for b in pair_batches_by_shard(pairs, 1)] == [4]
-    # ... and back into one kernel batch, as the similarity operator does with its buffer
-    # (the records arrive as plain tuples after PyFlink's pickling).
-    merged = PairBatch.from_shard_batches([tuple(b) for b in batches])
-    assert sorted(zip(merged.rows.tolist(), merged.cols.tolist(), merged.weights.tolist(),
-                      merged.ts.tolist())) == sorted((p.row, p.col, p.weight, 5) for p in pairs)
+def test_no_pyflink_import():
+    code = ("import sys, udfs.similarity, udfs.item_side; "
+            "sys.exit(1 if any(m.startswith('pyflink') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

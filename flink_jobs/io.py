@@ -85,7 +85,8 @@ def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
     if cfg.job.prometheus_port:
         prepare_local_reporter_classpath()  # before Configuration() starts the gateway JVM
     conf = Configuration()
-    conf.set_string("python.execution-mode", cfg.job.execution_mode)
+    # The micro-batch operators embed the interpreter in the JVM (PyFlink's "thread" mode).
+    conf.set_string("python.execution-mode", "thread")
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("pipeline.jars", ";".join(p.resolve().as_uri() for p in connector_jars()))

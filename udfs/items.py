@@ -92,10 +92,15 @@ class ItemTable:
         """int32 codes of ``ids``, interning unknown ones."""
         get = self._code.get
         out = np.empty(len(ids), dtype=np.int32)
+        touched, clock = self.touched, self._clock
         for n, item in enumerate(ids):
             c = get(item)
-            out[n] = c if c is not None else self._new(item)
-        self.touched[out] = self._clock
+            if c is None:
+                c = self._new(item)
+                touched = self.touched  # may have grown
+            else:
+                touched[c] = clock  # now, so that interning the next id cannot evict it
+            out[n] = c
         return out
 
     def lookup(self, ids: Sequence[str]) -> np.ndarray:
@@ -148,10 +153,14 @@ class ItemTable:
             setattr(self, name, new)
 
     def _evict(self, n: int) -> None:
-        """Free the ``n`` codes touched longest ago (ties: lower code first)."""
+        """Free (up to) the ``n`` codes touched longest ago (ties: lower code first); codes
+        touched in the current tick are never evicted (their callers still hold them)."""
         live = np.array([i is not None for i in self.ids], dtype=bool)
         candidates = np.flatnonzero(live)
+        candidates = candidates[self.touched[candidates] < self._clock]
         n = min(n, len(candidates))
+        if n == 0:  # everything is in use this tick: exceed the bound rather than corrupt
+            return
         order = np.lexsort((candidates, self.touched[candidates]))
         victims = candidates[order[:n]].astype(np.int32)
         self.epoch += 1

@@ -41,9 +41,10 @@ def item_features(categories: Sequence[str], tags: Sequence[str]) -> tuple[str, 
     return tuple(dict.fromkeys([f"category:{c}" for c in categories] + [f"tag:{t}" for t in tags]))
 
 
-def ranked_prefix(values: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+def ranked_prefix(values: np.ndarray, hashes: np.ndarray, candidates: np.ndarray,
+                  n: int) -> np.ndarray:
     """The ``n`` candidates with the largest positive ``values`` (all of them when fewer), in
-    descending order; equal values keep candidate order (stable)."""
+    descending order; equal values ordered by item hash (stable across processes)."""
     if not len(candidates):
         return candidates
     v = values[candidates]
@@ -54,7 +55,7 @@ def ranked_prefix(values: np.ndarray, candidates: np.ndarray, n: int) -> np.ndar
         cut = v[part].min()
         sel = v >= cut  # every candidate tied at the cut, so the order below is exact
         candidates, v = candidates[sel], v[sel]
-    order = np.argsort(-v, kind="stable")
+    order = np.lexsort((hashes[candidates], -v))
     return candidates[order[:n]].astype(_I32)
 
 
@@ -109,7 +110,9 @@ class ItemModel:
         self.lst_fptr = np.zeros(1, dtype=np.int64)
         self.lst_fidx = np.zeros(0, dtype=_I32)
         self._trending_dirty = True
+        self._trending_urgent = False
         self._trending_built_at = -math.inf
+        self.catalog_version = 0  # bumped by every catalogue change (titles in reasons)
         # ids whose entries of the replicated state changed since the last snapshot
         self._dirty_catalog: set[str] = set()
         self._dirty_items: set[str] = set()
@@ -184,8 +187,11 @@ class ItemModel:
         c = self.code(rec["item_id"])
         if self.in_catalog[c] and self.updated_at[c] > rec["ts"]:
             return False
+        if self.usable[c] and not rec["available"]:
+            self._trending_urgent = True  # never recommend it from a list built before
         self.in_catalog[c] = True
         self.available[c] = bool(rec["available"])
+        self.catalog_version += 1
         self.updated_at[c] = rec["ts"]
         self.price[c] = np.nan if rec.get("price") is None else float(rec["price"])
         cats, tags = tuple(rec["categories"]), tuple(rec["tags"])
@@ -328,11 +334,14 @@ class ItemModel:
     # ------------------------------------------------------------------------ derived arrays
     def refresh(self, proc_now: float, force: bool = False) -> None:
         """Rebuild the ranked trending lists when stale, at most every
-        ``trending_refresh_ms`` of processing time (unless ``force``)."""
-        if self._trending_dirty and (force or proc_now - self._trending_built_at
+        ``trending_refresh_ms`` of processing time (unless ``force``, or an item in them became
+        unavailable: then at once)."""
+        if self._trending_dirty and (force or self._trending_urgent
+                                     or proc_now - self._trending_built_at
                                      >= self.cfg.recommend.trending_refresh_ms):
             self._build_trending()
             self._trending_built_at = proc_now
+            self._trending_urgent = False
 
     def ready(self) -> None:
         """Make every array the scoring kernel reads cover the table's capacity."""
@@ -345,12 +354,13 @@ class ItemModel:
         popularity, at most ``top_n`` per list."""
         n = self.top_n
         usable = np.flatnonzero(self.usable[:self.items.high_water]).astype(_I32)
-        lists: list[np.ndarray] = [ranked_prefix(self.pop, usable, n)]
+        hashes = self.items.hashes
+        lists: list[np.ndarray] = [ranked_prefix(self.pop, hashes, usable, n)]
         values: list[np.ndarray] = [self.pop]
         self.seg_range = {}
         for s, a in self.pop_seg.items():
             self.seg_range[s] = len(lists)
-            lists.append(ranked_prefix(a, usable, n))
+            lists.append(ranked_prefix(a, hashes, usable, n))
             values.append(a)
         self.cat_range = {}
         ncat = len(self.categories)
@@ -361,7 +371,7 @@ class ItemModel:
                     by_cat[self.categories.get(cat)].append(c)
             for k, members in enumerate(by_cat):
                 self.cat_range[k] = len(lists)
-                lists.append(ranked_prefix(self.pop, np.asarray(members, dtype=_I32), n))
+                lists.append(ranked_prefix(self.pop, hashes, np.asarray(members, dtype=_I32), n))
                 values.append(self.pop)
         bounds = np.zeros(len(lists) + 1, dtype=np.int64)
         np.cumsum([len(x) for x in lists], out=bounds[1:])

@@ -459,6 +459,7 @@ class Recommender:
         self._because_cache: dict[tuple[int, str], str] = {}
         self._interest_cache: dict[int, str] = {}
         self._feature_info: dict[str, tuple[int, str | None]] = {}
+        self._cache_version = -1
         self.cat_count = np.zeros(16, dtype=np.int32)
         self.feat_w = np.zeros(16, dtype=np.float64)
 
@@ -570,6 +571,9 @@ class Recommender:
         return info
 
     def _because(self, type_code: int, item_id: str) -> str:
+        if self._cache_version != self.model.catalog_version:  # a title may have changed
+            self._because_cache.clear()
+            self._cache_version = self.model.catalog_version
         key = (type_code, item_id)
         reason = self._because_cache.get(key)
         if reason is None:

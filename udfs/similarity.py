@@ -204,12 +204,15 @@ def apply_pairs(group_start, pair_col, pair_val, row_slot, row_code,
 def apply_pairs_reference(rows: Mapping[str, dict[str, tuple[float, int]]],
                           pairs: Sequence[tuple[str, str, float]],
                           occurrence: Mapping[str, float], cfg: SimilarityConfig,
-                          col_hash) -> dict[str, tuple[dict[str, tuple[float, int]],
-                                                       list[tuple[str, float]]]]:
+                          col_hash, read_factor: float = 1.0
+                          ) -> dict[str, tuple[dict[str, tuple[float, int]],
+                                               list[tuple[str, float]]]]:
     """The semantics of :func:`apply_pairs` with dicts and loops (the executable specification).
 
     ``rows``: item -> {col: (C, observations)}; ``pairs``: (row, col, decayed contribution) in
-    batch order. Returns, for each touched row, its new entries and its top-K (col, score).
+    batch order; ``read_factor`` turns stored (forward-decayed) C into C as of now, which is
+    what ``min_cooccurrence`` is compared with. Returns, for each touched row, its new entries
+    and its top-K (col, score).
     """
     delta, min_obs = cfg.hoeffding_delta, cfg.hoeffding_min_obs
     metric = _METRIC_CODE[cfg.metric]
@@ -233,8 +236,8 @@ def apply_pairs_reference(rows: Mapping[str, dict[str, tuple[float, int]]],
         n_i = float(occurrence.get(i, 0.0))
         score = {j: pair_score.py(v, n_i, float(occurrence.get(j, 0.0)), metric,
                                   cfg.popularity_alpha) for j, (v, _) in entries.items()}
-        eligible = [j for j, (v, _) in entries.items() if v >= cfg.min_cooccurrence
-                    and score[j] > 0.0]
+        min_stored = cfg.min_cooccurrence / read_factor  # as the kernel's caller computes it
+        eligible = [j for j, (v, _) in entries.items() if v >= min_stored and score[j] > 0.0]
         top = sorted(eligible, key=lambda j: (-score[j], col_hash(j)))[:cfg.top_k]
         kept = list(entries)
         if len(top) == cfg.top_k and cfg.top_k > 0:
@@ -553,11 +556,14 @@ class SimilarityShard:
         group_code = np.array([self.code_of[s] for s in group_slot.tolist()], dtype=np.int32)
         changed = np.zeros(len(group_slot), dtype=np.bool_)
         sim = self.sim
+        # min_cooccurrence is about C as of the newest event; stored values are forward-decayed
+        min_cooc = sim.min_cooccurrence / stats.occ_decay.read_factor(stats.newest_ts
+                                                                      or int(ts.max()))
         apply_pairs(group_start, col_codes, contrib, group_slot, group_code,
                     self.cols, self.vals, self.obs, self.counts, self.nbr, self.nbr_score,
                     self.nbr_len, self.stats.occ, self.stats.items.hashes,
                     _METRIC_CODE[sim.metric], float(sim.popularity_alpha), int(sim.top_k),
-                    int(self.cap), float(sim.min_cooccurrence),
+                    int(self.cap), float(min_cooc),
                     math.log(1.0 / sim.hoeffding_delta), int(sim.hoeffding_min_obs), changed)
         self.dirty.update(group_slot.tolist())
         self.pending[group_slot[changed]] = True
@@ -647,20 +653,28 @@ class SimilarityShard:
             self.counts[s] = 0
             self.nbr_len[s] = 0
             self.free.append(s)
-        hit = np.isin(self.cols, victims)
-        for s in np.flatnonzero(hit.any(axis=1)).tolist():
+        live = np.array(sorted(self.slot_of.values()), dtype=np.int64)
+        if not len(live):
+            return
+        # only the filled part of each live slot: free slots and stale tails hold old codes
+        in_row = np.arange(self.cap)[None, :] < self.counts[live][:, None]
+        hit = np.isin(self.cols[live], victims) & in_row
+        for r in np.flatnonzero(hit.any(axis=1)).tolist():
+            s = int(live[r])
             n = int(self.counts[s])
-            keep = ~hit[s, :n]
+            keep = ~hit[r, :n]
             m = int(keep.sum())
             self.cols[s, :m] = self.cols[s, :n][keep]
             self.vals[s, :m] = self.vals[s, :n][keep]
             self.obs[s, :m] = self.obs[s, :n][keep]
             self.counts[s] = m
             self.dirty.add(s)
-        hit = np.isin(self.nbr, victims)
-        for s in np.flatnonzero(hit.any(axis=1)).tolist():
+        in_top = np.arange(self.k)[None, :] < self.nbr_len[live][:, None]
+        hit = np.isin(self.nbr[live], victims) & in_top
+        for r in np.flatnonzero(hit.any(axis=1)).tolist():
+            s = int(live[r])
             n = int(self.nbr_len[s])
-            keep = ~hit[s, :n]
+            keep = ~hit[r, :n]
             m = int(keep.sum())
             self.nbr[s, :m] = self.nbr[s, :n][keep]
             self.nbr_score[s, :m] = self.nbr_score[s, :n][keep]

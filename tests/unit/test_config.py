@@ -234,7 +234,6 @@ def test_unknown_env_key_is_a_config_error() -> None:
 # --------------------------------------------------------------------------- validation
 
 @pytest.mark.parametrize("override, match", [
-    ('job.execution_mode="fast"', "execution_mode"),
     ('job.state_backend="redis"', "state_backend"),
     ('kafka.delivery_guarantees.recommendations="maybe"',
      "kafka.delivery_guarantees.recommendations must be exactly-once, at-least-once or none"),
@@ -262,8 +261,8 @@ def test_invalid_values_are_rejected(override: str, match: str) -> None:
 
 def test_all_validation_problems_are_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        load('job.execution_mode="x"', "job.parallelism=0")
-    assert "execution_mode" in str(info.value) and "parallelism" in str(info.value)
+        load('job.state_backend="x"', "job.parallelism=0")
+    assert "state_backend" in str(info.value) and "parallelism" in str(info.value)
 
 
 # --------------------------------------------------------------------------- variants
@@ -383,7 +382,8 @@ def test_unknown_sink_error_lists_the_known_sinks() -> None:
 def test_removed_settings_are_the_documented_ones() -> None:
     assert set(REMOVED_SETTINGS) == {
         "similarity.shards", "similarity.flush_max_batch", "recommend.trending_snapshot_every",
-        "kafka.delivery_guarantee", "validation.max_list_items", "similarity.decay_landmark_ms"}
+        "kafka.delivery_guarantee", "validation.max_list_items", "similarity.decay_landmark_ms",
+        "job.execution_mode"}
     for name in REMOVED_SETTINGS:  # none of them is still a field
         section, key = name.split(".")
         assert key not in {f.name for f in dataclasses.fields(getattr(EngineConfig(), section))}

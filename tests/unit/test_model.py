@@ -130,11 +130,13 @@ def test_ranked_lists_hold_at_most_top_n():
 def test_ranked_prefix_partial_selection_keeps_ties_at_the_cut():
     values = np.array([0.0, 5.0, 3.0, 3.0, 9.0, 3.0, 1.0, 3.0, 2.0, 7.0, -1.0])
     cands = np.arange(len(values), dtype=np.int32)
-    assert ranked_prefix(values, cands, 3).tolist() == [4, 9, 1]
-    assert ranked_prefix(values, cands, 2).tolist() == [4, 9]  # argpartition path (> 4n)
-    assert ranked_prefix(values, cands, 5).tolist() == [4, 9, 1, 2, 3]
-    assert ranked_prefix(values, cands, 100).tolist() == [4, 9, 1, 2, 3, 5, 7, 8, 6]
-    assert ranked_prefix(values, cands[:0], 3).tolist() == []
+    hashes = np.array([50, 40, 3, 30, 20, 1, 60, 2, 70, 80, 90], dtype=np.uint64)
+    # the four items tied at 3.0 (2, 3, 5, 7) come in hash order: 5 (1), 7 (2), 2 (3), 3 (30)
+    assert ranked_prefix(values, hashes, cands, 3).tolist() == [4, 9, 1]
+    assert ranked_prefix(values, hashes, cands, 2).tolist() == [4, 9]  # argpartition (> 4n)
+    assert ranked_prefix(values, hashes, cands, 5).tolist() == [4, 9, 1, 5, 7]
+    assert ranked_prefix(values, hashes, cands, 100).tolist() == [4, 9, 1, 5, 7, 2, 3, 8, 6]
+    assert ranked_prefix(values, hashes, cands[:0], 3).tolist() == []
 
 
 def test_refresh_rebuilds_at_most_every_trending_refresh_ms():
@@ -154,11 +156,6 @@ def test_refresh_rebuilds_at_most_every_trending_refresh_ms():
     assert lists(m)[0] == ["a", "b"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ItemModel._build_trending ranks equal popularity by item code (ranked_prefix keeps "
-    "candidate order, candidates in code order = arrival order), so which tied items make a "
-    "list's top_n and the recommender's per-list `limit` depends on the order items arrived "
-    "in this process, not on the stable item hash the docs promise"))
 def test_popularity_ties_are_cut_by_item_hash_not_arrival_order():
     ids = ["x", "y", "z", "w"]
     expected = sorted(ids, key=id_hash)[:2]
@@ -364,11 +361,6 @@ def test_eviction_takes_the_least_recently_touched_and_calls_back_first():
     assert t.live_codes().tolist() == [c for c in range(16) if c != 6]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ItemTable.codes() touches the items it returns only after the loop, so interning a new "
-    "id can evict an id looked up earlier in the same call: the caller gets a stale code (the "
-    "evicted item's, then reused by the new id: two ids with one code, the first no longer in "
-    "the table); e.g. ItemStats.apply_activity then counts one item's activity on another"))
 def test_codes_never_returns_a_code_evicted_during_the_same_call():
     t = ItemTable(16)
     t.codes([f"i{k}" for k in range(16)])

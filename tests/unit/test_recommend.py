@@ -358,10 +358,6 @@ def test_max_reasons_and_min_reason_share():
                               "matches your interest in running", "trending now"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Recommender._because caches the reason text per (event type, item id) for the "
-    "Recommender's lifetime (cleared only past 100k entries), so a title that arrives or "
-    "changes in the catalogue later is never used: 'because you liked r1' stays"))
 def test_because_reason_uses_the_current_title():
     h = Hand(neighbors={"r1": [("x", 0.5)]})
     r = Recommender(h.model, h.cfg.recommend)

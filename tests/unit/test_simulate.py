@@ -34,18 +34,18 @@ def test_exact_cosine_and_cf_like_the_job():
     sim.process_event(ev("p1", "uA", "purchase", "a", 0))
     sim.process_event(ev("p2", "uA", "purchase", "b", 10))
     sim.drain()
-    nb = sim.model.neighbors
-    assert set(nb) == {"a", "b"} and [j for j, _ in nb["a"]] == ["b"]
-    assert nb["a"][0][1] == pytest.approx(1.0) and nb["b"][0][1] == pytest.approx(1.0)
+    assert sim.neighbors("a") == [("b", pytest.approx(1.0))]
+    assert sim.neighbors("b") == [("a", pytest.approx(1.0))]
+    assert sim.neighbors("c") == []
     sim.process_event(ev("p3", "uB", "purchase", "a", 20))
     sim.process_event(ev("p4", "uB", "view", "c", 30))
     sim.drain()
-    assert dict(sim.model.neighbors["a"]) == pytest.approx(
+    assert dict(sim.neighbors("a")) == pytest.approx(
         {"b": 10 / math.sqrt(20 * 10), "c": 1 / math.sqrt(20)})
-    recs = sim.process_event(ev("p5", "uE", "purchase", "a", 40))
-    assert recs[0].item_id == "b"
-    assert "because you purchased Alpha" in recs[0].reasons
-    assert "a" not in [r.item_id for r in recs]
+    rec = sim.process_event(ev("p5", "uE", "purchase", "a", 40))
+    assert rec.items[0] == "b" and rec.trigger_event_id == "p5"
+    assert "because you purchased Alpha" in rec.reasons[0]
+    assert "a" not in rec.items
 
 
 def test_validation_duplicates_and_dead_letters():
@@ -66,15 +66,16 @@ def test_flushes_follow_the_virtual_clock():
     c = cfg("similarity.flush_interval_ms=100", "similarity.emit_min_interval_ms=1000")
     sim = EngineSimulator(c, ms_per_event=10.0, wall_now_ms=T0)
     sim.add_items(ITEMS)
-    for n in range(4):  # 80 ms of processing time: no flush yet
+    for n in range(4):  # the first pair updates at 20 ms: flushed 100 ms later
         sim.process_event(ev(f"e{n}", f"u{n}", "purchase", "a" if n % 2 else "b", n))
         sim.process_event(ev(f"f{n}", f"u{n}", "purchase", "c", n + 1))
-    assert sim.stats.flushes == 0 and sim.model.neighbors == {}
-    sim.process_event(ev("g", "u9", "view", "d", 99))
-    sim.process_event(ev("h", "u9", "view", "d", 99))  # 100 ms: the timer fired
-    assert sim.stats.flushes == 1 and set(sim.model.neighbors) == {"a", "b", "c"}
+    assert sim.stats.flushes == 0 and all(not sim.neighbors(i) for i in "abcd")
+    for n in range(4):  # 80 ms more: the item operator's batch delay has passed
+        sim.process_event(ev(f"g{n}", "u9", "view", "d", 99 + n))
+    assert sim.stats.flushes == 1
+    assert {i for i in "abcd" if sim.neighbors(i)} == {"a", "b", "c"}
     sim.drain()
-    assert sim.stats.flushes >= 1 and set(sim.model.neighbors) == {"a", "b", "c"}
+    assert sim.stats.flushes >= 1 and {i for i in "abcd" if sim.neighbors(i)} == {"a", "b", "c"}
 
 
 def test_frozen_item_model_stops_learning():
@@ -82,10 +83,22 @@ def test_frozen_item_model_stops_learning():
     sim.add_items(ITEMS)
     sim.process_event(ev("p1", "uA", "purchase", "a", 0))
     sim.freeze_item_model()
+    occurrence_a = sim.occurrence("a")
     sim.process_event(ev("p2", "uA", "purchase", "b", 10))
     sim.drain()
-    assert sim.model.neighbors == {} and sim.occurrence == {"a": sim.occurrence["a"]}
-    assert [r.item_id for r in sim.profiles["uA"].recent_items] == ["b", "a"]
+    assert not sim.neighbors("a") and not sim.neighbors("b")
+    assert occurrence_a > 0 and sim.occurrence("a") == occurrence_a and sim.occurrence("b") == 0
+    assert sim.profile("uA").recent_ids == ["b", "a"]
+
+
+def test_frozen_by_configuration_like_the_job():
+    """similarity.freeze_item_model_at_ms: the job's own switch, in the simulator too."""
+    sim = EngineSimulator(cfg(f"similarity.freeze_item_model_at_ms={T0 + 5}"), wall_now_ms=T0)
+    sim.add_items(ITEMS)
+    sim.process_event(ev("p1", "uA", "purchase", "a", 0))
+    sim.process_event(ev("p2", "uA", "purchase", "b", 10))  # at/after the freeze
+    sim.drain()
+    assert not sim.neighbors("a") and sim.occurrence("b") == 0 and sim.occurrence("a") > 0
 
 
 def test_protocol_runners_and_baseline():

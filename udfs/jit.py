@@ -72,3 +72,36 @@ def lex_order(k1, k2, k3):
                 a = b
         i = j
     return order
+
+
+@kernel
+def best_n(neg, hashes, n):
+    """Indices of the ``n`` smallest ``neg`` (ties at the cut: smallest ``hashes`` first), in no
+    particular order: the set a full ``lex_order`` would put first, without sorting it all."""
+    m = len(neg)
+    if m <= n:
+        return np.arange(m)
+    cut = np.partition(neg, n - 1)[n - 1]
+    better = 0
+    for i in range(m):
+        if neg[i] < cut:
+            better += 1
+    tied = np.empty(m - better, dtype=np.int64)
+    out = np.empty(n, dtype=np.int64)
+    b = 0
+    t = 0
+    for i in range(m):
+        if neg[i] < cut:
+            out[b] = i
+            b += 1
+        elif neg[i] == cut:
+            tied[t] = i
+            t += 1
+    tied = tied[:t]
+    th = np.empty(t, dtype=np.uint64)
+    for i in range(t):
+        th[i] = hashes[tied[i]]
+    by_hash = np.argsort(th, kind="mergesort")
+    for i in range(n - b):
+        out[b + i] = tied[by_hash[i]]
+    return out

@@ -76,7 +76,8 @@ class ProfileStep:
         """Record ``event_id``; False when it was already seen within the dedup window.
 
         Ids are remembered as 48-bit hashes with the minute of their event (an id is remembered
-        up to a minute longer than the window), at most ``dedup_max_ids_per_user`` of them.
+        up to a minute longer than the window), at most ``dedup_max_ids_per_user`` of them (when
+        there are more, the oldest go until 7/8 of that bound are left).
         """
         h = id_hash(event_id) >> 16
         minute = ts // MINUTE_MS
@@ -91,8 +92,9 @@ class ProfileStep:
         if len(seen) > limit or not len(seen) & 255:
             oldest = u.dedup_base_minute - self.dedup_window_min
             kept = {e: m for e, m in seen.items() if m >= oldest}
-            if len(kept) > limit:  # the oldest go first
-                kept = dict(sorted(kept.items(), key=lambda em: em[1])[-limit:])
+            if len(kept) > limit:  # the oldest go first, down to 7/8 of the limit so that the
+                keep = limit - limit // 8  # next inserts do not each pay for a pruning pass
+                kept = dict(sorted(kept.items(), key=lambda em: em[1])[-keep:])
             u.dedup = kept
         return True
 
@@ -143,12 +145,14 @@ class ProfileStep:
         u.counts_all_time[t] += 1
         day = ts // DAY_MS
         bucket = u.counts_by_day.get(day)
-        if bucket is None:
+        if bucket is None:  # a new day: drop the buckets that left the window
             bucket = u.counts_by_day[day] = [0] * N_TYPES
+            limit = max(u.counts_by_day) * DAY_MS - self.p.recent_window_ms
+            for d in [d for d in u.counts_by_day if d * DAY_MS <= limit]:
+                del u.counts_by_day[d]
+            if day not in u.counts_by_day:
+                return
         bucket[t] += 1
-        limit = max(u.counts_by_day) * DAY_MS - self.p.recent_window_ms
-        for d in [d for d in u.counts_by_day if d * DAY_MS <= limit]:
-            del u.counts_by_day[d]
 
     def _update_interests(self, u: UserProfile, features: tuple[str, ...], weight: float,
                           ts: int) -> None:

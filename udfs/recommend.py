@@ -44,7 +44,7 @@ import numpy as np
 from state_schemas.config import EVENT_TYPES, RecommendConfig, VariantConfig
 from udfs.decay import decay_factors
 from udfs.items import NO_CODE
-from udfs.jit import kernel, lex_order
+from udfs.jit import best_n, kernel, lex_order
 from udfs.model import ItemModel
 
 COLLABORATIVE = "collaborative"
@@ -183,6 +183,8 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
     cf_sum = np.zeros(size, dtype=np.float64)
     cf_best = np.full(size, -1.0, dtype=np.float64)
     cf_r = np.full(size, -1, dtype=np.int32)
+    touched = np.empty(size, dtype=np.int64)
+    n_touched = 0
     for r in range(len(recent_codes)):
         rc = recent_codes[r]
         vote = recent_votes[r]
@@ -195,37 +197,34 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
                 continue
             v = sc * vote
             s = _slot_of(cf_table, j)
-            cf_table[s] = j
+            if cf_table[s] < 0:
+                cf_table[s] = j
+                touched[n_touched] = s
+                n_touched += 1
             cf_sum[s] += v
             if v > cf_best[s]:  # strictly: a tie keeps the newer recent item (lower r)
                 cf_best[s] = v
                 cf_r[s] = r
-    n_touched = 0
-    for s in range(size):
-        if cf_table[s] >= 0:
-            n_touched += 1
     cand = np.empty(n_touched, dtype=np.int64)
     n_cand = 0
-    for s in range(size):
+    for q in range(n_touched):
+        s = touched[q]
         j = cf_table[s]
-        if j < 0:
-            continue
         if in_catalog[j] and not usable[j]:
             continue
         if _in_set(blocked_set, j) or _in_set(consumed_set, hashes[j]):
             continue
         cand[n_cand] = s
         n_cand += 1
+    cand = cand[:n_cand]
     if n_cand > limit:  # the best `limit` by CF score, ties by hash
         neg = np.empty(n_cand, dtype=np.float64)
         hk = np.empty(n_cand, dtype=np.uint64)
         for i in range(n_cand):
             neg[i] = -cf_sum[cand[i]]
             hk[i] = hashes[cf_table[cand[i]]]
-        cand = cand[lex_order(neg, neg, hk)[:limit]]
+        cand = cand[best_n(neg, hk, limit)]
         n_cand = limit
-    else:
-        cand = cand[:n_cand]
 
     # -- the pool: every candidate of every source, with its per-source values --
     cap = n_cand
@@ -352,6 +351,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
         if cold or out_score[i] > 0:
             elig[n_el] = i
             n_el += 1
+    elig = elig[:n_el]
     k1 = np.empty(n_el, dtype=np.float64)
     k2 = np.empty(n_el, dtype=np.float64)
     k3 = np.empty(n_el, dtype=np.uint64)
@@ -360,23 +360,22 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
         k2[e] = -out_score[i]
         k1[e] = (0.0 if out_parts[i, 3] > 0 else 1.0) if cold else k2[e]
         k3[e] = out_hash[i]
-    cut = np.inf
-    if not cold and n_el > need:
-        cut = np.partition(k1, need - 1)[need - 1]
+    first = np.arange(n_el) if cold else best_n(k1, k3, need)
+    in_first = np.zeros(n_el, dtype=np.bool_)
+    for e in first:
+        in_first[e] = True
     n_chosen = 0
     for stage in range(2):
-        m = 0
-        for e in range(n_el):
-            if (k1[e] <= cut) if stage == 0 else (k1[e] > cut):
-                m += 1
-        part = np.empty(m, dtype=np.int64)
-        m = 0
-        for e in range(n_el):
-            if (k1[e] <= cut) if stage == 0 else (k1[e] > cut):
-                part[m] = e
-                m += 1
+        part = first
+        if stage == 1:  # rare: the category cap skipped too many of the best `need`
+            part = np.empty(n_el - len(first), dtype=np.int64)
+            m = 0
+            for e in range(n_el):
+                if not in_first[e]:
+                    part[m] = e
+                    m += 1
         order = lex_order(k1[part], k2[part], k3[part])
-        for q in range(m):
+        for q in range(len(part)):
             if n_chosen >= k:
                 break
             i = elig[part[order[q]]]
@@ -388,7 +387,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
                     cat_count[c] += 1
             out_order[n_chosen] = i
             n_chosen += 1
-        if n_chosen >= k or cut == np.inf:
+        if n_chosen >= k or len(first) == n_el:
             break
     if max_per_category > 0:
         for q in range(n_chosen):

@@ -94,10 +94,12 @@ class UserProfile:
     variant: str | None = None
     variant_salt: str | None = None
     # Not stored: the consumed hashes sorted, for the recommender (rebuilt when consumed changes),
-    # and the recent items' codes in the operator's item table (-1: unknown when looked up).
+    # the recent items' codes in the operator's item table (-1: unknown when looked up), and
+    # the recommender's prepared form of the interests (emptied whenever they change).
     consumed_sorted: np.ndarray | None = None
     recent_codes: list[int] | None = None
     codes_epoch: int = -1
+    interests_prepared: list | None = None
 
 
 def _arr(buf: memoryview, at: int, dtype: str, n: int) -> tuple[np.ndarray, int]:

@@ -75,9 +75,10 @@ def lex_order(k1, k2, k3):
 
 
 @kernel
-def best_n(neg, hashes, n):
-    """Indices of the ``n`` smallest ``neg`` (ties at the cut: smallest ``hashes`` first), in no
-    particular order: the set a full ``lex_order`` would put first, without sorting it all."""
+def best_n(neg, codes, hashes, n):
+    """Indices of the ``n`` smallest ``neg``, ties at the cut broken by the smallest
+    ``hashes[codes[i]]``, in no particular order: the set a full sort by (neg, hash) would put
+    first, without sorting it all (hashes are read only for the ties at the cut)."""
     m = len(neg)
     if m <= n:
         return np.arange(m)
@@ -100,7 +101,7 @@ def best_n(neg, hashes, n):
     tied = tied[:t]
     th = np.empty(t, dtype=np.uint64)
     for i in range(t):
-        th[i] = hashes[tied[i]]
+        th[i] = hashes[codes[tied[i]]]
     by_hash = np.argsort(th, kind="mergesort")
     for i in range(n - b):
         out[b + i] = tied[by_hash[i]]

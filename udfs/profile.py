@@ -162,6 +162,8 @@ class ProfileStep:
         grow past 2^64. Beyond ``interests_max`` the smallest |weight| is evicted."""
         if not features or weight == 0.0:
             return
+        if u.interests_prepared is not None:
+            u.interests_prepared[0] = None
         half_life = self.p.interest_half_life_ms
         interests = u.interests
         if not interests:
@@ -179,10 +181,15 @@ class ProfileStep:
             keep = sorted(interests.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
             u.interests = dict(keep[:self.p.interests_max])
 
+    def decay_to(self, u: UserProfile, now_ms: int) -> float:
+        """The factor turning the stored (forward-decayed) interest weights into their values
+        at ``now_ms``."""
+        exponent = forward_exponent(now_ms, u.interests_landmark, self.p.interest_half_life_ms)
+        return 2.0 ** -min(max(exponent, -MAX_EXPONENT), MAX_EXPONENT)
+
     def interests_at(self, u: UserProfile, now_ms: int) -> dict[str, float]:
         """The interest weights decayed to ``now_ms``."""
-        exponent = forward_exponent(now_ms, u.interests_landmark, self.p.interest_half_life_ms)
-        factor = 2.0 ** -min(max(exponent, -MAX_EXPONENT), MAX_EXPONENT)
+        factor = self.decay_to(u, now_ms)
         return {f: w * factor for f, w in u.interests.items()}
 
     def _consume(self, u: UserProfile, item_id: str) -> None:
@@ -306,10 +313,12 @@ class ProfileStep:
 
     def view(self, u: UserProfile, variant: str, items: ItemTable) -> UserView:
         """What the recommender needs of the profile (interests at any common scale)."""
+        if u.interests_prepared is None:
+            u.interests_prepared = [None]
         return UserView(u.user_id, u.recent_ids, self.recent_item_codes(u, items),
                         u.recent_types, u.recent_ts, u.recent_weights, u.interests,
                         self.consumed_sorted(u), u.not_interested,
-                        demographic_segment(u.attributes), variant)
+                        demographic_segment(u.attributes), variant, u.interests_prepared)
 
     # ------------------------------------------------------------------------ snapshots
     def snapshot_due(self, u: UserProfile, proc_now: int) -> int | None:
@@ -330,7 +339,11 @@ class ProfileStep:
         (the newest event or attributes seen), so replays produce the same snapshots."""
         now = max(u.last_seen or 0, u.attributes_ts)
         recent = self.recent_counts(u, now)
-        interests = sorted(self.interests_at(u, now).items(), key=lambda kv: -kv[1])
+        names = list(u.interests)
+        weights = np.fromiter(u.interests.values(), dtype=np.float64, count=len(names))
+        weights *= self.decay_to(u, now)
+        order = np.argsort(-weights, kind="stable").tolist()
+        rounded = np.round(weights, 6).tolist()
         snapshot = {
             "schema_version": 1,
             "user_id": u.user_id,
@@ -339,7 +352,7 @@ class ProfileStep:
             "counters": {"all_time": {EVENT_TYPES[t]: n for t, n in enumerate(u.counts_all_time)
                                       if n},
                          "recent": recent},
-            "interests": {f: round(w, 6) for f, w in interests},
+            "interests": {names[i]: rounded[i] for i in order},
             "recent_items": [{"item_id": i, "event_type": EVENT_TYPES[t], "ts": ts}
                              for i, t, ts in zip(u.recent_ids, u.recent_types, u.recent_ts)],
             "not_interested": list(u.not_interested),

@@ -77,6 +77,9 @@ class UserView:
     not_interested: list[str]
     segment: str
     variant: str
+    # A one-slot box the recommender may keep its prepared form of ``interests`` in; its owner
+    # empties it (``box[0] = None``) whenever the interests change.
+    prepared: list | None = None
 
 
 @dataclass(slots=True)
@@ -155,7 +158,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
                      lst_codes, lst_vals, lst_hash, lst_fptr, lst_fidx,
                      nbr_codes, nbr_scores, nbr_len, hashes, in_catalog, usable,
                      feat_start, feat_len, feat_idx, limit, w_cf, w_ct, w_tr, w_sg, feat_w,
-                     k, need, primary_cat, max_per_category, cat_count, min_share, feat_rank,
+                     pool_of, k, need, primary_cat, max_per_category, cat_count, min_share, feat_rank,
                      out_codes, out_parts, out_score, out_because, out_cat, out_order,
                      out_reasons, out_feature):
     """Score one user's candidates into the ``out_*`` arrays (in no particular order): code,
@@ -165,26 +168,29 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
     best first; for each, ``out_reasons`` the sources to give as reasons, in order (-1 ends),
     and ``out_feature`` the feature code behind its content reason (-1: none).
 
-    ``consumed`` (item hashes) and ``blocked`` (item codes: recent and "not interested" items)
-    become hash sets. ``ranges`` are the (start, end) rows of the ranked lists in ``lst_*`` to walk:
-    trending overall, in the user's segment, then in each favourite category; the lists hold
-    each entry's code, popularity, hash and features (CSR), contiguous, so the walks read memory
-    in order. Candidates are kept in small hash tables, not in arrays as large as the catalogue.
-    ``feat_w`` (per feature code) and ``cat_count`` (per category code) are zero on entry and
-    left zero. Returns ``(n candidates, n picked, cold start)``.
+    ``consumed`` (item hashes) becomes a small hash set; ``blocked`` (item codes: recent and
+    "not interested" items) is marked in ``pool_of``, a scratch array over item codes (all -1 on
+    entry and on exit) that also maps a candidate's code to its slot, so candidates are found
+    without hashing and nothing as large as the catalogue is allocated. ``ranges`` are the
+    (start, end) rows of the ranked lists in ``lst_*`` to walk: trending overall, in the user's
+    segment, then in each favourite category; the lists hold each entry's code, popularity, hash
+    and features (CSR), contiguous, so the walks read memory in order. ``feat_w`` (per feature
+    code) and ``cat_count`` (per category code) are zero on entry and left zero. Returns
+    ``(n candidates, n picked, cold start)``.
     """
-    blocked_set = _hash_set(blocked)
+    # Dense scratch over item codes: -1 = not seen, -2 = blocked, else an index (CF entry,
+    # then pool entry). Left all -1 on exit, so a call touches only the entries it uses.
+    for b in blocked:
+        if b >= 0:
+            pool_of[b] = -2
     consumed_set = _hash_set(consumed)
     # -- collaborative: scatter-add each recent item's vote over its neighbours --
-    size = 64
-    while size < 2 * (len(recent_codes) * nbr_codes.shape[1] + 1):
-        size *= 2
-    cf_table = np.full(size, -1, dtype=np.int64)
-    cf_sum = np.zeros(size, dtype=np.float64)
-    cf_best = np.full(size, -1.0, dtype=np.float64)
-    cf_r = np.full(size, -1, dtype=np.int32)
-    touched = np.empty(size, dtype=np.int64)
-    n_touched = 0
+    cap_cf = len(recent_codes) * nbr_codes.shape[1]
+    cf_code = np.empty(cap_cf, dtype=np.int64)
+    cf_sum = np.empty(cap_cf, dtype=np.float64)
+    cf_best = np.empty(cap_cf, dtype=np.float64)
+    cf_r = np.empty(cap_cf, dtype=np.int32)
+    n_cf = 0
     for r in range(len(recent_codes)):
         rc = recent_codes[r]
         vote = recent_votes[r]
@@ -195,46 +201,55 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
             sc = nbr_scores[rc, q]
             if j < 0 or not sc > 0:
                 continue
+            p = pool_of[j]
+            if p == -2:
+                continue
             v = sc * vote
-            s = _slot_of(cf_table, j)
-            if cf_table[s] < 0:
-                cf_table[s] = j
-                touched[n_touched] = s
-                n_touched += 1
-            cf_sum[s] += v
-            if v > cf_best[s]:  # strictly: a tie keeps the newer recent item (lower r)
-                cf_best[s] = v
-                cf_r[s] = r
-    cand = np.empty(n_touched, dtype=np.int64)
-    n_cand = 0
-    for q in range(n_touched):
-        s = touched[q]
-        j = cf_table[s]
-        if in_catalog[j] and not usable[j]:
-            continue
-        if _in_set(blocked_set, j) or _in_set(consumed_set, hashes[j]):
-            continue
-        cand[n_cand] = s
-        n_cand += 1
+            if p < 0:
+                p = n_cf
+                pool_of[j] = p
+                cf_code[p] = j
+                cf_sum[p] = 0.0
+                cf_best[p] = -1.0
+                cf_r[p] = -1
+                n_cf += 1
+            cf_sum[p] += v
+            if v > cf_best[p]:  # strictly: a tie keeps the newer recent item (lower r)
+                cf_best[p] = v
+                cf_r[p] = r
+    # The best `limit` allowed entries by CF score (ties by hash). Filtering reads per-item
+    # arrays at random codes, so it runs on the best entries first and looks further down only
+    # when too many of them are filtered out: any allowed entry outside the best `take` ranks
+    # below all of them.
+    neg = np.empty(n_cf, dtype=np.float64)
+    for p in range(n_cf):
+        neg[p] = -cf_sum[p]
+        pool_of[cf_code[p]] = -1
+    take = min(n_cf, limit + limit // 4 + 8)
+    while True:
+        top = best_n(neg, cf_code, hashes, take)
+        cand = np.empty(len(top), dtype=np.int64)
+        n_cand = 0
+        for p in top:
+            j = cf_code[p]
+            if in_catalog[j] and not usable[j]:
+                continue
+            if _in_set(consumed_set, hashes[j]):
+                continue
+            cand[n_cand] = p
+            n_cand += 1
+        if n_cand >= limit or take == n_cf:
+            break
+        take = min(n_cf, 2 * take)
     cand = cand[:n_cand]
-    if n_cand > limit:  # the best `limit` by CF score, ties by hash
-        neg = np.empty(n_cand, dtype=np.float64)
-        hk = np.empty(n_cand, dtype=np.uint64)
-        for i in range(n_cand):
-            neg[i] = -cf_sum[cand[i]]
-            hk[i] = hashes[cf_table[cand[i]]]
-        cand = cand[best_n(neg, hk, limit)]
+    if n_cand > limit:
+        cand = cand[best_n(neg[cand], cf_code[cand], hashes, limit)]
         n_cand = limit
 
     # -- the pool: every candidate of every source, with its per-source values --
     cap = n_cand
     for l in range(len(ranges)):
         cap += min(limit, ranges[l, 1] - ranges[l, 0])
-    psize = 64
-    while psize < 2 * cap + 1:
-        psize *= 2
-    table = np.full(psize, -1, dtype=np.int64)
-    where = np.empty(psize, dtype=np.int64)
     pool = np.empty(cap, dtype=np.int64)
     p_cf = np.zeros(cap, dtype=np.float64)
     p_tr = np.zeros(cap, dtype=np.float64)
@@ -248,20 +263,18 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
     n_pool = 0
     cf_max = 0.0
     for i in range(n_cand):
-        s = cand[i]
-        j = cf_table[s]
-        t = _slot_of(table, j)
-        table[t] = j
-        where[t] = n_pool
+        p = cand[i]
+        j = cf_code[p]
+        pool_of[j] = n_pool
         pool[n_pool] = j
         p_hash[n_pool] = hashes[j]
-        p_cf[n_pool] = cf_sum[s]
-        p_r[n_pool] = cf_r[s]
+        p_cf[n_pool] = cf_sum[p]
+        p_r[n_pool] = cf_r[p]
         if in_catalog[j]:
             p_fa[n_pool] = feat_start[j]
             p_fb[n_pool] = feat_start[j] + feat_len[j]
-        if cf_sum[s] > cf_max:
-            cf_max = cf_sum[s]
+        if cf_sum[p] > cf_max:
+            cf_max = cf_sum[p]
         n_pool += 1
 
     # -- trending overall, in the segment, in the favourite categories --
@@ -274,28 +287,33 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
             j = lst_codes[i]
             if not lst_vals[i] > 0:
                 break  # lists are sorted: nothing positive follows
-            if _in_set(blocked_set, j) or _in_set(consumed_set, lst_hash[i]):
+            q = pool_of[j]
+            if q == -2 or _in_set(consumed_set, lst_hash[i]):
                 continue
             if taken == 0:
                 top = lst_vals[i]
             taken += 1
-            t = _slot_of(table, j)
-            if table[t] == -1:
-                table[t] = j
-                where[t] = n_pool
+            if q < 0:
+                q = n_pool
+                pool_of[j] = q
                 pool[n_pool] = j
                 p_hash[n_pool] = lst_hash[i]
                 p_fa[n_pool] = lst_fptr[i]
                 p_fb[n_pool] = lst_fptr[i + 1]
                 p_flist[n_pool] = True
                 n_pool += 1
-            q = where[t]
             if l == 0:
                 p_tr[q] = lst_vals[i] / top
             elif l == 1:
                 p_sg[q] = lst_vals[i] / top
             elif p_cat[q] < 0:
                 p_cat[q] = l - 2
+
+    for q in range(n_pool):
+        pool_of[pool[q]] = -1
+    for b in blocked:
+        if b >= 0:
+            pool_of[b] = -1
 
     # -- content: cosine between the positive interests and each pool item's features --
     for i in range(len(int_feats)):
@@ -360,7 +378,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
         k2[e] = -out_score[i]
         k1[e] = (0.0 if out_parts[i, 3] > 0 else 1.0) if cold else k2[e]
         k3[e] = out_hash[i]
-    first = np.arange(n_el) if cold else best_n(k1, k3, need)
+    first = np.arange(n_el) if cold else best_n(k1, elig, out_hash, need)
     in_first = np.zeros(n_el, dtype=np.bool_)
     for e in first:
         in_first[e] = True
@@ -461,11 +479,14 @@ class Recommender:
         self._cache_version = -1
         self.cat_count = np.zeros(16, dtype=np.int32)
         self.feat_w = np.zeros(16, dtype=np.float64)
+        self.pool_of = np.full(16, -1, dtype=np.int32)
 
     def _scratch(self, out_size: int) -> None:
         n_feat = len(self.model.features)
         if len(self.cat_count) < len(self.model.categories):
             self.cat_count = np.zeros(2 * len(self.model.categories), dtype=np.int32)
+        if len(self.pool_of) < len(self.model.items.hashes):
+            self.pool_of = np.full(len(self.model.items.hashes), -1, dtype=np.int32)
         if len(self.feat_w) < n_feat:
             self.feat_w = np.zeros(2 * n_feat, dtype=np.float64)
         if self._out_size < out_size:
@@ -495,35 +516,23 @@ class Recommender:
             now_ms - np.asarray(user.recent_ts, dtype=np.float64), cfg.recency_half_life_ms)
         blocked = (np.concatenate([recent_codes, items.lookup(user.not_interested)])
                    if user.not_interested else recent_codes)
-        # positive interests: feature codes, weights, norm, favourite categories
-        feature_info = self._feature_info
-        int_feats, int_weights, cats = [], [], []
-        square_sum = 0.0
-        for f, w in user.interests.items():
-            if not 0.0 < w < math.inf:
-                continue
-            square_sum += w * w
-            info = feature_info.get(f)
-            if info is None:
-                info = self._describe_feature(f)
-            if info[0] != NO_CODE:
-                int_feats.append(info[0])
-                int_weights.append(w)
-            if info[1] is not None:
-                cats.append((-w, info[1]))
-        norm_p = math.sqrt(square_sum)
-        cats.sort()
-        top_cats = [c for _, c in cats[:max(0, cfg.max_interest_categories)]]
+        box = user.prepared
+        prepared = box[0] if box is not None else None
+        if prepared is None or prepared[0] != len(model.features):
+            prepared = self._prepare_interests(user.interests)
+            if box is not None:
+                box[0] = prepared
+        _, int_feats, int_weights, norm_p, top_cats = prepared
         ranges = model.list_ranges(user.segment, top_cats)
         self._scratch(limit * (3 + len(top_cats)))
         n, m, cold = score_candidates(
             recent_codes, votes, user.consumed, blocked,
-            np.array(int_feats, dtype=np.int32), np.array(int_weights, dtype=np.float64), norm_p,
+            int_feats, int_weights, norm_p,
             ranges, model.lst_codes, model.lst_vals, model.lst_hash, model.lst_fptr,
             model.lst_fidx, model.nbr_codes, model.nbr_scores, model.nbr_len, items.hashes,
             model.in_catalog, model.usable, model.feat_start, model.feat_len, model.feat_store,
             limit, float(weights.w_collaborative), float(weights.w_content),
-            float(weights.w_trending), float(weights.w_segment), self.feat_w,
+            float(weights.w_trending), float(weights.w_segment), self.feat_w, self.pool_of,
             k, 4 * k + 16, model.primary_cat, cfg.max_per_category, self.cat_count,
             float(cfg.min_reason_share), model.feature_rank(), self.out_codes, self.out_parts,
             self.out_score, self.out_because, self.out_cat, self.out_order, self.out_reasons,
@@ -560,6 +569,29 @@ class Recommender:
             all_reasons.append(reasons[:max_reasons])
         return Ranked([ids[c] for c in codes.tolist()], self.out_score[order].tolist(),
                       all_reasons, items.hashes[codes].tolist())
+
+    def _prepare_interests(self, interests: dict[str, float]) -> tuple:
+        """The positive interests as the kernel takes them: (size of the feature table they were
+        looked up in, feature codes, weights, norm, favourite categories best first)."""
+        feature_info = self._feature_info
+        int_feats, int_weights, cats = [], [], []
+        square_sum = 0.0
+        for f, w in interests.items():
+            if not 0.0 < w < math.inf:
+                continue
+            square_sum += w * w
+            info = feature_info.get(f)
+            if info is None:
+                info = self._describe_feature(f)
+            if info[0] != NO_CODE:
+                int_feats.append(info[0])
+                int_weights.append(w)
+            if info[1] is not None:
+                cats.append((-w, info[1]))
+        cats.sort()
+        return (len(self.model.features), np.array(int_feats, dtype=np.int32),
+                np.array(int_weights, dtype=np.float64), math.sqrt(square_sum),
+                [c for _, c in cats[:max(0, self.cfg.max_interest_categories)]])
 
     def _describe_feature(self, feature: str) -> tuple[int, str | None]:
         """(feature code or NO_CODE, category name or None), cached per feature name."""

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                              + per_event["item operator engine"], 1)
     # kernels against their twins (the twin also runs the helpers it calls in pure Python)
     compiled = time_calls(recommend.score_candidates, scoring_calls, repeat=3)
-    undo = with_twins(recommend, ["lex_order", "_hash_set", "_in_set", "_slot_of",
+    undo = with_twins(recommend, ["lex_order", "best_n", "_hash_set", "_in_set",
                                   "sorted_contains"])
     twin = time_calls(recommend.score_candidates.py, scoring_calls[:max(3, len(scoring_calls) // 3)])
     undo()

@@ -112,17 +112,6 @@ def sorted_contains(sorted_values, value):
 
 
 @kernel
-def _slot_of(table, code):
-    """Open-addressing lookup in a power-of-two table of codes (-1 = empty): the slot holding
-    ``code``, or the empty slot where it would go."""
-    mask = len(table) - 1
-    s = (np.int64(code) * np.int64(2654435761)) & mask
-    while table[s] != code and table[s] != -1:
-        s = (s + 1) & mask
-    return s
-
-
-@kernel
 def _hash_set(values):
     """An open-addressing set of the non-negative ``values`` (uint64 hashes or codes): a table
     of size a power of two, 0 marking an empty slot (values are stored plus one)."""

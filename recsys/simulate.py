@@ -138,6 +138,15 @@ class EngineSimulator:
             else:
                 self._to_items(key, rec.KIND_TIMER, b"", int(nxt))
 
+    def checkpoint(self) -> None:
+        """What the job's operators do before a checkpoint barrier: flush what they hold and
+        write their cached state (user profiles and impression logs, dirty similarity rows)
+        into keyed state (``user_state``/``item_state`` here)."""
+        proc_now = int(self.proc_ms)
+        self._flush_at = None
+        self._flush_items(proc_now, checkpoint=True)
+        self._user_batch([], proc_now, checkpoint=True)
+
     def drain(self) -> None:
         """Run every pending flush and timer: the state the job reaches once idle for a few
         seconds (rows flushed and emitted, model updates applied, trending rebuilt)."""
@@ -154,7 +163,7 @@ class EngineSimulator:
 
     # ------------------------------------------------------------------ the two operators
     def _user_batch(self, items: list[tuple[str | None, int, bytes, int]],
-                    proc_now: int) -> BatchResult:
+                    proc_now: int, checkpoint: bool = False) -> BatchResult:
         keys: list[str] = []
         index: dict[str, int] = {}
         records = []
@@ -167,7 +176,8 @@ class EngineSimulator:
                     keys.append(key)
             records.append(BatchRecord(kind, k, ts, 0, payload))
         states = [self.user_state.get(k, [None, None]) for k in keys]
-        result = self.user.process(keys, states, records, proc_now, -(1 << 63))
+        result = self.user.process(keys, states, records, proc_now, -(1 << 63),
+                                   checkpoint=checkpoint)
         for key, s, value in result.state_updates:
             name = keys[key] if isinstance(key, int) else key
             self.user_state.setdefault(name, [None, None])[s] = value
@@ -188,7 +198,7 @@ class EngineSimulator:
             self._flush_at = proc_now + self.cfg.similarity.flush_interval_ms
         self._inbox.append((key, kind, payload))
 
-    def _flush_items(self, proc_now: int) -> None:
+    def _flush_items(self, proc_now: int, checkpoint: bool = False) -> None:
         inbox, self._inbox = self._inbox, []
         keys: list[str] = []
         index: dict[str, int] = {}
@@ -202,8 +212,11 @@ class EngineSimulator:
                     keys.append(key)
             records.append(BatchRecord(kind, k, proc_now, 0, payload))
         states = [self.item_state.get(k, [None]) for k in keys]
-        result = self.item.process(keys, states, records, proc_now)
+        result = self.item.process(keys, states, records, proc_now, checkpoint=checkpoint)
         self.stats.flushes += 1
+        for key, s, value in result.state_updates:
+            name = keys[key] if isinstance(key, int) else key
+            self.item_state.setdefault(name, [None])[s] = value
         for key, time_ in result.timers:
             name = keys[key] if isinstance(key, int) else key
             heapq.heappush(self._timers, (float(time_), next(self._timer_seq), _ITEM, name))

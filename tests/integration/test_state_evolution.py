@@ -1,9 +1,16 @@
-"""A savepoint written by the previous release (state v1) restores into this code (state v2).
+"""Savepoints of earlier releases restore into this code, and this release's own savepoints
+restore at another parallelism.
 
-The previous release is checked out from git into a worktree and run with this venv; it takes a
-real savepoint through Flink's REST API; the current code starts from it (with
-``kafka.starting_offsets="latest"``, so a lost state could not be rebuilt by re-reading Kafka)
-and must continue every profile: counters, recent-window buckets (the migrated field), interests.
+An earlier release is checked out from git into a worktree and run with this venv; it takes a
+real savepoint through Flink's REST API; the current code starts from it, resuming the input
+from the offsets the old job committed (nothing is read twice, so a lost state could not be
+rebuilt by re-reading Kafka), and must continue every profile: counters, recent-window buckets, interests, first/last seen.
+Two releases: the one whose profile state is version 1 (pickled dicts), and the previous
+release (version 2, pickled, operators of the per-record design). This code stores version 3
+(``state_schemas/profile_state.py``) and migrates the others as it reads them. The operators of
+the previous design whose state is rebuilt from the stream (similarity shards, trending, the
+recommendation operator's caches) have no counterpart here, hence
+``job.allow_non_restored_state=true`` (docs/deploy.md, "Upgrading").
 """
 
 from __future__ import annotations
@@ -21,26 +28,32 @@ from recsys.job_process import log_tail, start_job_process, stop_job_process
 from recsys.kafka_local import free_port_pair
 from recsys.paths import PROJECT_ROOT
 from recsys.topics import ensure_topics
-from state_schemas.state import USER_PROFILE_STATE_VERSION
+from state_schemas.profile_state import PROFILE_STATE_VERSION
 from tests.conftest import unique_topic_names
 from tests.integration.conftest import FAST_SETTINGS, RunningJob, topic_overrides
 
 pytestmark = pytest.mark.slow
 
-# The last commit whose user profile state is version 1 (before the v2 migration landed).
+# The last commit whose user profile state is version 1 (before the v2 migration landed), and
+# the previous release (profile state version 2, before the micro-batch engine).
 STATE_V1_COMMIT = "745a576f7f2017e4981d248789f9520066f32a80"
+STATE_V2_COMMIT = "9fcbdd7cbd643787d31ebcc7fb453669334193c2"
 T0 = 1_767_225_600_000
 USERS = ["ua", "ub", "uc"]
 
 
-@pytest.fixture
-def v1_checkout(tmp_path):
-    if subprocess.run(["git", "cat-file", "-e", f"{STATE_V1_COMMIT}^{{commit}}"], cwd=PROJECT_ROOT,
+def checkout(commit: str, path: Path):
+    if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=PROJECT_ROOT,
                       capture_output=True).returncode != 0:
-        pytest.fail(f"commit {STATE_V1_COMMIT} (state v1 release) is not in this clone's history")
-    path = tmp_path / "v1"
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), STATE_V1_COMMIT],
+        pytest.fail(f"commit {commit} (an earlier release) is not in this clone's history")
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), commit],
                    cwd=PROJECT_ROOT, check=True, capture_output=True)
+
+
+@pytest.fixture(params=[STATE_V1_COMMIT, STATE_V2_COMMIT], ids=["state-v1", "state-v2"])
+def release_checkout(request, tmp_path):
+    path = tmp_path / "release"
+    checkout(request.param, path)
     try:
         yield path
     finally:
@@ -62,13 +75,30 @@ def first_job_id(jobmanager: str, timeout_s: float = 60) -> str:
         time.sleep(0.5)
 
 
+def wait_until_reading(job: RunningJob, timeout_s: float = 120) -> None:
+    """Until a job started at the latest offsets reads its input: a probe user's events are
+    sent until the probe's profile comes out (a record sent earlier would be skipped)."""
+    deadline = time.monotonic() + timeout_s
+    n = 0
+    while time.monotonic() < deadline:
+        job.produce("user_events", [ev(f"probe-{n}", "probe", "view", "i1", n)],
+                    key_field="user_id")
+        n += 1
+        seen = job.consume("user_profiles", lambda rs: any(r["key"] == "probe" for r in rs),
+                           timeout_s=3)
+        if any(r["key"] == "probe" for r in seen):
+            return
+    pytest.fail(f"the job read nothing within {timeout_s:.0f} s:\n{log_tail(job.log_path)}")
+
+
 def ev(eid, user, etype, item, dt):
     return {"event_id": eid, "user_id": user, "item_id": item, "event_type": etype,
             "ts": T0 + dt, "value": None}
 
 
-def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_checkout):
-    assert USER_PROFILE_STATE_VERSION == 2
+def test_earlier_release_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path,
+                                                             release_checkout):
+    assert PROFILE_STATE_VERSION == 3
     names = unique_topic_names()
     ensure_topics(kafka_bootstrap, names, 1)
     rest_port = free_port_pair()
@@ -77,10 +107,12 @@ def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_c
             ] + topic_overrides(names) + FAST_SETTINGS
     from recsys.paths import CACHE_DIR
 
-    env = {**os.environ, "PYTHONPATH": str(v1_checkout), "RECSYS_CACHE_DIR": str(CACHE_DIR)}
-    old = start_job_process(base + ['kafka.starting_offsets="earliest"'], tmp_path / "v1.log",
-                            env=env, project_root=v1_checkout)
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "v1.log", old)
+    env = {**os.environ, "PYTHONPATH": str(release_checkout), "RECSYS_CACHE_DIR": str(CACHE_DIR)}
+    # Settings this release added are unknown to the earlier one.
+    old_base = [o for o in base if not o.startswith("topics.item_model=")]
+    old = start_job_process(old_base + ['kafka.starting_offsets="earliest"'], tmp_path / "old.log",
+                            env=env, project_root=release_checkout)
+    job = RunningJob(kafka_bootstrap, names, tmp_path / "old.log", old)
     try:
         job.produce("item_catalog", [{"item_id": "i1", "ts": T0, "title": "One", "categories": ["c"],
                                       "tags": [], "price": 1.0, "available": True}], key_field="item_id")
@@ -98,10 +130,14 @@ def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_c
         stop_job_process(old)
     assert Path(savepoint.removeprefix("file:")).exists(), savepoint
 
-    new = start_job_process(base + ['kafka.starting_offsets="latest"', f'job.savepoint_path="{savepoint}"'],
-                            tmp_path / "v2.log")
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "v2.log", new)
+    # The earlier releases read each topic with a source of its own; this one reads the user
+    # inputs with one source, so their offsets do not restore: it starts from the latest ones.
+    new = start_job_process(base + ['kafka.starting_offsets="latest"',
+                                    f'job.savepoint_path="{savepoint}"',
+                                    "job.allow_non_restored_state=true"], tmp_path / "new.log")
+    job = RunningJob(kafka_bootstrap, names, tmp_path / "new.log", new)
     try:
+        wait_until_reading(job)
         job.produce("user_events", [ev(f"{u}-new", u, "click", "i1", 10_000) for u in USERS],
                     key_field="user_id")
 
@@ -111,7 +147,7 @@ def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_c
                        for u in USERS)
 
         profiles = job.consume("user_profiles", continued, timeout_s=120)
-        assert continued(profiles), log_tail(tmp_path / "v2.log")
+        assert continued(profiles), log_tail(tmp_path / "new.log")
         latest = {r["key"]: r["value"] for r in profiles}
         for u in USERS:
             p = latest[u]
@@ -123,44 +159,72 @@ def test_v1_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path, v1_c
         stop_job_process(new)
 
 
-def test_a_changed_shard_count_is_refused_with_the_setting_to_use(kafka_bootstrap, tmp_path):
-    """``similarity.shards`` is part of the state layout: restoring similarity rows written with
-    another shard count fails the job with a message naming the setting, instead of silently
-    orphaning every row."""
+def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
+    """Rescaling: a savepoint taken at parallelism 1 restores at parallelism 2. Keyed state (user
+    profiles, similarity rows) is redistributed by key group; the replicated item model
+    (catalogue, popularity) is restored into every subtask."""
     names = unique_topic_names()
-    ensure_topics(kafka_bootstrap, names, 1)
+    ensure_topics(kafka_bootstrap, names, 2)
     rest_port = free_port_pair()
-    base = [f'kafka.bootstrap_servers="{kafka_bootstrap}"', 'kafka.starting_offsets="earliest"',
-            f'kafka.group_id="shards-{uuid.uuid4().hex[:6]}"',
-            f'kafka.transactional_id_prefix="sh{uuid.uuid4().hex[:6]}"', f"job.rest_port={rest_port}",
-            "job.restart_attempts=1", "job.restart_delay_ms=500"] + topic_overrides(names) + FAST_SETTINGS
-    first = start_job_process(base + ["similarity.shards=4"], tmp_path / "first.log")
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "first.log", first)
+    base = [f'kafka.bootstrap_servers="{kafka_bootstrap}"',
+            f'kafka.group_id="rescale-{uuid.uuid4().hex[:6]}"',
+            f'kafka.transactional_id_prefix="rs{uuid.uuid4().hex[:6]}"', f"job.rest_port={rest_port}"
+            ] + topic_overrides(names) + FAST_SETTINGS
+    first = start_job_process(base + ['kafka.starting_offsets="earliest"', "job.parallelism=1"],
+                              tmp_path / "p1.log")
+    job = RunningJob(kafka_bootstrap, names, tmp_path / "p1.log", first)
+    users = [f"u{n}" for n in range(8)]
     try:
-        # Every item id lands in some shard of 4; with a few of them, shard keys 0-1 get rows.
-        items = [f"i{n}" for n in range(12)]
-        job.produce("user_events", [ev(f"s{n}", f"u{n % 3}", "purchase", item, n * 10)
-                                    for n, item in enumerate(items)], key_field="user_id")
-        job.consume("item_similarity", lambda rs: len({r["key"] for r in rs}) >= 6, timeout_s=120)
+        job.produce("item_catalog", [{"item_id": i, "ts": T0, "title": f"Item {i}",
+                                      "categories": ["c"], "tags": [], "price": 1.0,
+                                      "available": True} for i in ("i1", "i2")],
+                    key_field="item_id")
+        # u0 buys i1 only; everyone else buys i1 and i2: i2 becomes i1's neighbour.
+        bought = {u: ["i1"] if u == "u0" else ["i1", "i2"] for u in users}
+        job.produce("user_events", [ev(f"{u}-{n}", u, "purchase", item, n * 1000)
+                                    for u in users for n, item in enumerate(bought[u])],
+                    key_field="user_id")
+        job.consume("user_profiles", lambda rs: all(any(
+            r["key"] == u and sum(r["value"]["counters"]["all_time"].values()) == len(bought[u])
+            for r in rs) for u in users), timeout_s=120)
+        job.consume("item_similarity", lambda rs: {r["key"] for r in rs} >= {"i1", "i2"},
+                    timeout_s=120)
         jobmanager = f"127.0.0.1:{rest_port}"
         job_id = first_job_id(jobmanager)
+        cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
         savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "sp"))
         first.wait(60)
     finally:
         stop_job_process(first)
 
-    second = start_job_process(base + ["similarity.shards=2", f'job.savepoint_path="{savepoint}"'],
-                               tmp_path / "second.log")
+    second = start_job_process(base + ['kafka.starting_offsets="latest"', "job.parallelism=2",
+                                       f'job.savepoint_path="{savepoint}"'], tmp_path / "p2.log")
+    job = RunningJob(kafka_bootstrap, names, tmp_path / "p2.log", second)
     try:
-        # New items for the same users: pair updates with their restored histories.
-        RunningJob(kafka_bootstrap, names, tmp_path / "second.log", second).produce(
-            "user_events", [ev(f"t{n}", f"u{n % 3}", "purchase", f"j{n}", 10_000 + n)
-                            for n in range(12)], key_field="user_id")
-        second.wait(180)  # the restart strategy gives up after one more attempt
+        job.produce("user_events", [ev(f"{u}-new", u, "view", "i1", 10_000) for u in users],
+                    key_field="user_id")
+
+        def continued(rs):
+            latest = {r["key"]: r["value"] for r in rs}
+            return all(latest.get(u) and latest[u]["counters"]["all_time"].get("view") == 1
+                       for u in users)
+
+        profiles = job.consume("user_profiles", continued, timeout_s=120)
+        assert continued(profiles), log_tail(tmp_path / "p2.log")
+        latest = {r["key"]: r["value"] for r in profiles}
+        for u in users:
+            assert latest[u]["counters"]["all_time"] == {"purchase": len(bought[u]), "view": 1}
+            assert latest[u]["first_seen"] == T0
+        # i2, i1's neighbour from before the savepoint, is recommended to u0 for the i1 it
+        # bought (restored profile + restored model, catalogue titles in every subtask).
+        def answered(rs):
+            return any(r["value"] and r["value"].get("trigger_event_id") == "u0-new" for r in rs)
+
+        recs = job.consume("recommendations", answered, timeout_s=120)
+        rec = next(r["value"] for r in recs
+                   if r["value"] and r["value"].get("trigger_event_id") == "u0-new")
+        by_item = {i["item_id"]: i["reasons"] for i in rec["items"]}
+        assert "i2" in by_item, rec
+        assert "because you purchased Item i1" in by_item["i2"], rec
     finally:
         stop_job_process(second)
-    # The job's own output (the client's exception) and Flink's log (the task's failure).
-    log = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*.log"))
-    assert second.returncode != 0, log_tail(tmp_path / "second.log")
-    assert "similarity.shards is 2, but the restored similarity state was written with 4" in log, \
-        log_tail(tmp_path / "second.log")

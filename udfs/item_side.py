@@ -49,6 +49,11 @@ class ItemSide:
         self.stats = ItemStats(cfg)
         self.shard = SimilarityShard(cfg, self.stats)
         self.metrics = MetricDeltas()
+        # Registered at 0: Prometheus' increase() cannot see the growth of a series whose first
+        # scrape already holds its value, and dashboards show 0 rather than "no data".
+        for name in ("similarity_pair_updates", "similarity_batches",
+                     "similarity_updates_emitted", "similarity_rows_created"):
+            self.metrics.inc(name, 0)
 
     def restore(self, shared: dict[str, bytes]) -> None:
         self.stats.restore(shared)
@@ -88,6 +93,9 @@ class ItemSide:
         for e in emitted:
             out.outputs.emit(rec.ITEM_OUT_SIMILARITY, 0, e.item_id, similarity_message(e))
         self.metrics.inc("similarity_updates_emitted", len(emitted))
+        if self.shard.rows_created:
+            self.metrics.inc("similarity_rows_created", self.shard.rows_created)
+            self.shard.rows_created = 0
         popularity = self.stats.popularity_update()
         if self.subtask != 0:  # every subtask counts the same; one publishes
             popularity = None

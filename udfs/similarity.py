@@ -446,6 +446,7 @@ class SimilarityShard:
         self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.dirty: set[int] = set()        # slots changed since the last write-back
         self.evicted_writes: list[tuple[str, bytes | None]] = []
+        self.rows_created = 0  # rows started from nothing (no keyed state), for the metric
 
     def _alloc(self, n: int) -> None:
         old = len(self.code_of)
@@ -497,6 +498,7 @@ class SimilarityShard:
             return
         s = self._slot(code)
         if blob is None:
+            self.rows_created += 1
             return
         row = decode_row(blob)
         col_codes = self.stats.items.codes_of_hashes(row.col_hashes)

@@ -133,6 +133,8 @@ class UserSide:
                          rec.KIND_CATALOG: cfg.topics.item_catalog}
         # Registered at 0 before the first recommendation: Prometheus' increase() cannot see
         # the growth of a series whose first scrape already holds its value.
+        for name in ("late_events", "profiles_created", "profiles_updated", "users_forgotten"):
+            self.metrics.inc(name, 0)
         for variant in cfg.recommend.variants:
             for trigger in ("event", "request"):
                 self.metrics.inc("recommendations_emitted", 0,

@@ -113,7 +113,7 @@ def test_topics_create_makes_every_topic_once(kafka_bootstrap: str,
                                  *(f'topics.{f}="{getattr(names, f)}"' for f in vars(names))],
                       environ={})
     assert create_topics(cfg) == 0
-    assert "9 created, 0 already existed" in capsys.readouterr().out
+    assert "10 created, 0 already existed" in capsys.readouterr().out
 
     topics = names.all_topics()
     assert _partition_counts(kafka_bootstrap, topics) == {t: 2 for t in topics}
@@ -124,7 +124,7 @@ def test_topics_create_makes_every_topic_once(kafka_bootstrap: str,
     assert configs[names.events_dlq]["retention.ms"] == str(DLQ_RETENTION_MS)
 
     assert create_topics(cfg) == 0  # idempotent
-    assert "0 created, 9 already existed" in capsys.readouterr().out
+    assert "0 created, 10 already existed" in capsys.readouterr().out
 
 
 def test_topics_create_reports_an_unreachable_broker(capsys: pytest.CaptureFixture[str],

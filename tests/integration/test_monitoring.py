@@ -279,9 +279,20 @@ def monitored(promtool: str, kafka_bootstrap: str, tmp_path_factory: pytest.Temp
             http_get(f"http://127.0.0.1:{reporter_port}/metrics"),
             "flink_taskmanager_job_task_operator_model_catalog_items"), 60,
             "the catalogue in the recommender's model", job)
-        events = [ev(f"e{n}", f"u{n % 3}", ("view", "click", "like", "add_to_cart")[n % 4],
-                     "abcdefgh"[n % 8], 1_000 + n) for n in range(24)]
-        job.produce("user_events", events, key_field="user_id")
+        # Two waves: u0 and u1 act on half of the catalogue each; once their activity has made
+        # items popular (the item operator's model update reached the recommender), u2 acts,
+        # and has popular items left to be recommended.
+        kinds = ("view", "click", "like", "add_to_cart")
+        events = [ev(f"e{n}", f"u{n % 2}", kinds[n % 4], ("abcd", "efgh")[n % 2][(n // 2) % 4],
+                     1_000 + n) for n in range(20)]
+        events += [ev(f"e{n}", "u2", kinds[n % 4], "abcd"[n - 20], 1_000 + n)
+                   for n in range(20, 24)]
+        job.produce("user_events", events[:20], key_field="user_id")
+        _wait_for(lambda: any(v >= 1 for v in metric_values(
+            http_get(f"http://127.0.0.1:{reporter_port}/metrics"),
+            "flink_taskmanager_job_task_operator_model_trending_items")), 60,
+            "popular items in the recommender's model", job)
+        job.produce("user_events", events[20:], key_field="user_id")
         job.produce("user_events", [events[0]], key_field="user_id")  # duplicate_event
         job.produce_raw("user_events", [b"{not json"])  # malformed_json
         job.produce("recommendation_requests", [

@@ -432,62 +432,103 @@ def _reco_fields(raw: bytes | None) -> tuple[str | None, int | None]:
     return v.get("trigger_event_id"), v.get("generated_at")
 
 
+_TRIGGER = b'"trigger_event_id":"'
+_GENERATED = b'"generated_at":'
+
+
+def _trigger_and_generated(raw: bytes | None) -> tuple[bytes | None, int]:
+    """The trigger event id and generated_at of a recommendation record, found in its bytes
+    (the job writes them with orjson, without spaces): the harness must not spend the CPU the
+    job needs on parsing every record."""
+    if not raw:
+        return None, 0
+    a = raw.find(_TRIGGER)
+    if a < 0:
+        return None, 0
+    a += len(_TRIGGER)
+    trigger = raw[a:raw.index(b'"', a)]
+    g = raw.find(_GENERATED)
+    generated = 0
+    if g >= 0:
+        g += len(_GENERATED)
+        end = g
+        while end < len(raw) and raw[end] in b"0123456789":
+            end += 1
+        generated = int(raw[g:end])
+    return trigger, generated
+
+
 def paced_latency(job: JobRun, rate: float, seconds: float,
                   events: Iterator[dict[str, Any]], restamp: bool = True) -> dict[str, Any]:
-    """Events at ``rate``/s for ``seconds``; per event send -> visible (read_committed) latency."""
+    """Events at ``rate``/s for ``seconds``; per event send -> visible (read_committed) latency.
+
+    The harness shares the machine with the job, so it is kept lean: events are generated and
+    encoded before the clock starts, and producer and consumer are librdkafka's
+    (confluent-kafka), the consumer reading ids out of the record bytes."""
+    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition as CTopicPartition
+
     b = job.bench
-    sent: dict[str, float] = {}
-    seen: dict[str, tuple[float, int, int]] = {}  # id -> (arrival, generated_at, append ts)
+    n = int(rate * seconds)
+    batch = [next(events) for _ in range(n)]
+    ids = [ev["event_id"].encode() for ev in batch]
+    keys = [ev["user_id"].encode() for ev in batch]
+    if not restamp:
+        values = [orjson.dumps(ev) for ev in batch]
+    sent: dict[bytes, float] = {}
+    seen: dict[bytes, tuple[float, int, int]] = {}  # id -> (arrival, generated_at, append ts)
     stop = threading.Event()
-    consumer = KafkaConsumer(bootstrap_servers=b.bootstrap, group_id=None,
-                             isolation_level="read_committed", enable_auto_commit=False,
-                             client_id="bench-latency")
-    parts = [TopicPartition(job.names.recommendations, p)
-             for p in sorted(consumer.partitions_for_topic(job.names.recommendations))]
+    consumer = Consumer({"bootstrap.servers": b.bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 10})
+    meta = consumer.list_topics(job.names.recommendations, timeout=10)
+    parts = [CTopicPartition(job.names.recommendations, p, OFFSET_END)
+             for p in meta.topics[job.names.recommendations].partitions]
     consumer.assign(parts)
-    consumer.seek_to_end(*parts)
-    for tp in parts:
-        consumer.position(tp)
 
     def collect() -> None:
         while not stop.is_set():
-            for msgs in consumer.poll(timeout_ms=100).values():
+            # consume() waits for num_messages or the timeout: keep the timeout short, or the
+            # harness itself adds up to it to every latency
+            for m in consumer.consume(num_messages=1000, timeout=0.002):
+                if m.error():
+                    continue
                 now = time.time()
-                for m in msgs:
-                    eid, gen = _reco_fields(m.value)
-                    if eid is not None and eid not in seen:
-                        seen[eid] = (now, gen or 0, m.timestamp)
+                eid, gen = _trigger_and_generated(m.value())
+                if eid is not None and eid not in seen:
+                    seen[eid] = (now, gen, m.timestamp()[1])
 
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()
-    producer = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all", linger_ms=0,
-                             client_id="bench-paced")
+    time.sleep(1.0)  # the consumer has its partitions and sits at their end
+    producer = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 0})
+    topic = job.names.user_events
     load0 = loadavg()
-    n = int(rate * seconds)
     start = time.time()
     behind = 0.0
     for i in range(n):
-        ev = next(events)
         if restamp:
-            ev["ts"] = now_ms()
-        sent[ev["event_id"]] = time.time()
-        producer.send(job.names.user_events, key=ev["user_id"].encode(), value=orjson.dumps(ev))
+            batch[i]["ts"] = now_ms()
+            value = orjson.dumps(batch[i])
+        else:
+            value = values[i]
+        sent[ids[i]] = time.time()
+        producer.produce(topic, value=value, key=keys[i])
+        producer.poll(0)
         delay = start + (i + 1) / rate - time.time()
         if delay > 0:
             time.sleep(delay)
         else:
             behind = max(behind, -delay)
-    producer.flush()
+    producer.flush(30)
     send_s = time.time() - start
     deadline = time.time() + 30
-    while len(set(sent) & set(seen)) < len(sent) and time.time() < deadline:
+    while len(seen) < len(sent) and time.time() < deadline:
         if not job.alive():
             break
         time.sleep(0.2)
     stop.set()
     reader.join(5)
-    consumer.close(autocommit=False)
-    producer.close(timeout=10)
+    consumer.close()
     got = [e for e in sent if e in seen]
     visible = [(seen[e][0] - sent[e]) * 1000 for e in got]
     emitted = [seen[e][1] - sent[e] * 1000 for e in got]

@@ -36,42 +36,23 @@ from bench_e2e import Bench, JobRun, OffsetWatcher, log, loadavg, machine  # noq
 
 # (category, substring of a frame "function (file:line)"), first match from the leaf wins.
 CATEGORIES: list[tuple[str, str]] = [
-    ("similarity kernel (apply_pair_updates)", "apply_pair_updates"),
-    ("similarity row state (ItemRow to/from_state)", "ItemRow"),
-    ("similarity flush other (on_timer)", "SimilarityOperator"),
-    ("recommend(): collaborative", "collaborative_candidates"),
-    ("recommend(): trending candidates", "trending_candidates"),
-    ("recommend(): content scores", "content_scores"),
-    ("recommend(): blend", "blend"),
-    ("recommend(): diversify/explain", "explain"),
-    ("recommend(): other", "recommend (udfs/recommend.py"),
-    ("trending.record (broadcast activity)", "record (udfs/trending.py"),
-    ("trending other", "udfs/trending.py"),
-    ("impressions (ab.py)", "udfs/ab.py"),
-    ("recommend operator: output JSON + rest", "RecommendOperator"),
-    ("profile: apply_event", "apply_event"),
-    ("profile: remember_event_id", "remember_event_id"),
-    ("profile: state from/to (dataclass)", "state_schemas/state.py"),
-    ("profile: snapshot", "profile_snapshot"),
-    ("profile operator: trigger + rest", "ProfileOperator"),
-    ("parse_input (validation)", "parse_input"),
-    ("parse operator rest", "ParseInput"),
-    ("split operator", "SplitProfileOutput"),
-    ("pickle/unpickle (pyflink converters)", "converters.py"),
-    ("pyflink state access", "state_impl.py"),
-    ("pyflink operations/timers", "pyflink/fn_execution"),
-    ("pyflink other", "pyflink"),
+    ("item side: similarity kernel (apply_pairs)", "apply_pairs"),
+    ("item side: rows load/write-back, emissions", "udfs/similarity.py"),
+    ("item side: other", "udfs/item_side.py"),
+    ("recommend: scoring kernel (score_candidates)", "score_candidates"),
+    ("recommend: inputs and reasons (Recommender)", "udfs/recommend.py"),
+    ("item model: trending lists, model updates", "udfs/model.py"),
+    ("item table (interning)", "udfs/items.py"),
+    ("impressions and feedback (ab.py)", "udfs/ab.py"),
+    ("profile: snapshot message", "snapshot (udfs/profile.py"),
+    ("profile: step", "udfs/profile.py"),
+    ("state codecs (profile, impressions)", "state_schemas/profile_state.py"),
+    ("inter-operator record codecs", "state_schemas/records.py"),
+    ("edge validation (parse_input)", "udfs/validation.py"),
+    ("user side: recommendation message, routing", "udfs/user_side.py"),
+    ("batch host: decode/encode the batch", "flink_jobs/batch_host.py"),
+    ("pyflink", "pyflink"),
 ]
-
-
-def categorise(stack: list[str]) -> str:
-    for frame in reversed(stack):  # leaf last in py-spy raw output: search leaf -> root
-        pass
-    joined = stack
-    for cat, needle in CATEGORIES:
-        if any(needle in f for f in joined):
-            return cat
-    return "other (no project/pyflink frame)"
 
 
 def leaf_first_category(stack: list[str]) -> str:
@@ -86,8 +67,7 @@ def leaf_first_category(stack: list[str]) -> str:
 def outer_category(stack: list[str]) -> str:
     """Which operator the sample belongs to (outermost project frame)."""
     for frame in stack:
-        for name in ("ParseInput", "ProfileOperator", "SplitProfileOutput", "SimilarityOperator",
-                     "RecommendOperator", "similarity_message", "<lambda>"):
+        for name in ("UserSide", "ItemSide"):
             if name in frame:
                 return name
     return "framework/other"

@@ -138,11 +138,8 @@ class BatchFunction:
             freeze_survivors()
         import os
         if os.environ.get("RECSYS_DEBUG_TIMING"):
-            acc = self.__dict__.setdefault("_acc", [0, 0.0, 0.0, 0])
-            acc[0] += len(records); acc[1] += (engine_done - engine_started); acc[2] += self._cpu_us / 1e6; acc[3] += 1
-            if acc[3] % 20 == 0:
-                with open(os.environ["RECSYS_DEBUG_TIMING"] + f".{self.role}", "a") as fh:
-                    fh.write(f"{time.time():.1f} {acc[0]} {acc[1]:.3f} {acc[2]:.3f} {acc[3]}\n")
+            with open(os.environ["RECSYS_DEBUG_TIMING"] + f".{self.role}", "a") as fh:
+                fh.write(f"{started:.4f} {reason} {len(records)} {(engine_done - engine_started)*1e3:.2f} {self._cpu_us/1e3:.2f} {(time.perf_counter()-started)*1e3:.2f}\n")
         self._engine_us = (engine_done - engine_started) * 1e6
         self._glue_us = (time.perf_counter() - engine_done + engine_started - started) * 1e6
         return encoded

@@ -21,6 +21,7 @@ from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import get_j_env_configuration
 
+from flink_jobs.settings import prometheus_reporter_settings, restart_settings
 from state_schemas.config import EngineConfig
 from recsys.paths import PROJECT_ROOT, connector_jars
 
@@ -36,7 +37,6 @@ def prepare_python_environment() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([existing] if existing else []))
 
 
-PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
 
 def prometheus_reporter_jar() -> Path | None:
@@ -66,20 +66,6 @@ def prepare_local_reporter_classpath() -> None:
         os.environ["HADOOP_CLASSPATH"] = os.pathsep.join([str(jar)] + ([existing] if existing else []))
 
 
-def prometheus_reporter_settings(port: str) -> dict[str, str]:
-    """Flink configuration of the PrometheusReporter, named ``prom``, on ``port`` (or a range).
-
-    Label values are kept as they are (``filterLabelValueCharacters: false``): the default filter
-    would turn the histogram's ``le="+Inf"`` into ``"_Inf"`` (which breaks
-    ``histogram_quantile``) and ``user-events`` into ``user_events``.
-    """
-    return {
-        "metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY,
-        "metrics.reporter.prom.port": str(port),
-        "metrics.reporter.prom.filterLabelValueCharacters": "false",
-    }
-
-
 def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
     prepare_python_environment()
     if cfg.job.prometheus_port:
@@ -91,9 +77,8 @@ def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("pipeline.jars", ";".join(p.resolve().as_uri() for p in connector_jars()))
     conf.set_string("pipeline.name", cfg.job.name)
-    conf.set_string("restart-strategy.type", "fixed-delay")
-    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.job.restart_attempts))
-    conf.set_string("restart-strategy.fixed-delay.delay", f"{cfg.job.restart_delay_ms} ms")
+    for key, value in restart_settings(cfg).items():
+        conf.set_string(key, value)
     if cfg.job.state_backend == "rocksdb":
         conf.set_string("state.backend.type", "rocksdb")
         conf.set_string("execution.checkpointing.incremental", "true")

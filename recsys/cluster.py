@@ -183,7 +183,7 @@ def _yaml_value(value: Any) -> str:
 def cluster_settings(info: ClusterInfo, dist: Path,
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The flattened ``config.yaml`` of the cluster (Flink 2.x keys)."""
-    from flink_jobs.io import prometheus_reporter_settings
+    from flink_jobs.settings import prometheus_reporter_settings
 
     settings: dict[str, Any] = {
         "env.java.opts.all": _java_opts(dist),

@@ -108,8 +108,17 @@ class JobConfig:
     checkpoint_dir: str = ""  # empty: job manager memory (mini-cluster); file:///... for real use
     watermark_out_of_orderness_ms: int = 5_000
     source_idleness_ms: int = 10_000
-    restart_attempts: int = 3
-    restart_delay_ms: int = 2_000
+    # Restarts after a failure (a lost TaskManager, a broker outage): "exponential-delay" (Flink's
+    # own default with checkpointing) retries forever, waiting restart_delay_ms, then up to
+    # restart_max_delay_ms as failures repeat, and forgets past failures after
+    # restart_reset_after_ms of running without one; restart_attempts > 0 caps the attempts
+    # before that reset. "fixed-delay" retries restart_attempts times restart_delay_ms apart,
+    # then fails the job; "none" fails it at once.
+    restart_strategy: str = "exponential-delay"
+    restart_attempts: int = 0
+    restart_delay_ms: int = 1_000
+    restart_max_delay_ms: int = 60_000
+    restart_reset_after_ms: int = 600_000
     prometheus_port: str = ""  # e.g. "9249" or "9250-9260"; empty disables the reporter
     rest_port: int = 0  # >0: the local mini-cluster serves Flink's REST API there (savepoints)
     savepoint_path: str = ""  # start from this savepoint/checkpoint (state upgrade, migration)
@@ -127,6 +136,15 @@ class ValidationConfig:
     max_id_length: int = 256
     dedup_window_ms: int = DAY_MS
     dedup_max_ids_per_user: int = 1_000
+    # Bounds that keep every number the engine derives finite and every structure it stores
+    # or re-serialises small; a record beyond one goes to the DLQ (reasons out_of_range,
+    # too_deep, attributes_limit), nothing is clamped.
+    max_abs_value: float = 1e6         # |value| of an event (the rating of "rate")
+    max_price: float = 1e12            # catalogue prices are in [0, max_price]
+    max_nesting_depth: int = 8         # objects/arrays inside objects/arrays, e.g. in context
+    max_attributes: int = 64           # attributes of one user after a merge
+    max_attribute_key_chars: int = 64
+    max_attribute_value_chars: int = 1_024
 
 
 @dataclass
@@ -162,9 +180,14 @@ class ProfileConfig:
     ])
     inactive_user_ttl_ms: int = 0  # 0: keep forever; otherwise state TTL for idle users
     # Users whose decoded state a user-operator subtask keeps in memory (least recently seen
-    # evicted): keyed state is written at checkpoints, so a hot user is decoded and encoded
-    # once per checkpoint interval, not once per event. ~2-10 KB of memory each.
+    # evicted, written back first): a user's state is decoded once while it stays cached, not
+    # once per event. ~2-10 KB of memory each.
     state_cache_users: int = 20_000
+    # A changed user's state goes back to keyed state this long after the change (or at the
+    # next checkpoint, if sooner): writing it as the stream goes keeps checkpoints short (a
+    # checkpoint must otherwise encode every user changed since the last one at once, and the
+    # stream waits for it), while a user with many events in a row is encoded once for them.
+    state_write_back_ms: int = 200
 
 
 @dataclass
@@ -425,6 +448,15 @@ def validate_config(cfg: EngineConfig) -> None:
     problems = []
     if cfg.job.state_backend not in ("hashmap", "rocksdb"):
         problems.append("job.state_backend must be 'hashmap' or 'rocksdb'")
+    j = cfg.job
+    if j.restart_strategy not in ("exponential-delay", "fixed-delay", "none"):
+        problems.append("job.restart_strategy must be exponential-delay, fixed-delay or none")
+    if j.restart_attempts < 0 or j.restart_delay_ms < 0:
+        problems.append("job.restart_attempts and job.restart_delay_ms must be >= 0")
+    if j.restart_strategy == "exponential-delay" and not (
+            0 < j.restart_delay_ms <= j.restart_max_delay_ms and j.restart_reset_after_ms > 0):
+        problems.append("job.restart_delay_ms must be > 0 and <= job.restart_max_delay_ms, and "
+                        "job.restart_reset_after_ms > 0")
     sinks = {"recommendations", "user_profiles", "item_similarity", "events_dlq"}
     for sink, guarantee in cfg.kafka.delivery_guarantees.items():
         if sink not in sinks:
@@ -454,6 +486,8 @@ def validate_config(cfg: EngineConfig) -> None:
         if not 0 < value <= 65_535:
             problems.append(f"{where} must be within 1..65535 (a 16-bit count in the state "
                             f"layout)")
+    if cfg.profile.state_write_back_ms < 0:
+        problems.append("profile.state_write_back_ms must be >= 0")
     if cfg.profile.state_cache_users < 1:
         problems.append("profile.state_cache_users must be >= 1")
     if cfg.recommend.model_max_items < 16:

@@ -34,6 +34,9 @@ KIND_CATALOG = 5
 KIND_MODEL_UPDATE = 6
 KIND_ACTIVITY = 7
 KIND_PAIRS = 8
+KIND_NAMES = {KIND_TIMER: "timer", KIND_EVENT: "event", KIND_ATTRIBUTES: "attributes",
+              KIND_REQUEST: "request", KIND_PRIVACY: "privacy", KIND_CATALOG: "catalog",
+              KIND_MODEL_UPDATE: "model_update", KIND_ACTIVITY: "activity", KIND_PAIRS: "pairs"}
 
 # Output tags of the user operator (0 is the main output).
 USER_OUT_RECOMMENDATIONS = 0

@@ -66,22 +66,28 @@ class ItemSide:
         timer_items: list[str] = []
         pair_records = 0
         for r in records:
-            if r.kind == rec.KIND_ACTIVITY:
-                ids, weights, deltas, ts, segments = rec.decode_activity(r.payload)
-                self.stats.apply_activity(
-                    ids, np.asarray(weights, dtype=np.float64),
-                    np.asarray(deltas, dtype=np.float64), np.asarray(ts, dtype=np.int64),
-                    segments)
-            elif r.kind == rec.KIND_PAIRS:
-                item = keys[r.key]
-                self.shard.load(item, states[r.key][STATE_ROW])
-                cols, deltas, ts = rec.decode_pairs(r.payload)
-                self.shard.on_pairs(item, cols, deltas, ts)
-                pair_records += len(cols)
-            elif r.kind == rec.KIND_TIMER:
-                item = keys[r.key]
-                self.shard.load(item, states[r.key][STATE_ROW])
-                timer_items.append(item)
+            try:
+                if r.kind == rec.KIND_ACTIVITY:
+                    ids, weights, deltas, ts, segments = rec.decode_activity(r.payload)
+                    self.stats.apply_activity(
+                        ids, np.asarray(weights, dtype=np.float64),
+                        np.asarray(deltas, dtype=np.float64), np.asarray(ts, dtype=np.int64),
+                        segments)
+                elif r.kind == rec.KIND_PAIRS:
+                    item = keys[r.key]
+                    self.shard.load(item, states[r.key][STATE_ROW])
+                    cols, deltas, ts = rec.decode_pairs(r.payload)
+                    self.shard.on_pairs(item, cols, deltas, ts)
+                    pair_records += len(cols)
+                elif r.kind == rec.KIND_TIMER:
+                    item = keys[r.key]
+                    self.shard.load(item, states[r.key][STATE_ROW])
+                    timer_items.append(item)
+            except Exception:  # noqa: BLE001 - the boundary: no record fails the task
+                # Records here come from the user operator, validated there: a failure is a
+                # defect, counted (the internal_errors metric alerts) rather than crash-looping.
+                self.metrics.inc("internal_errors", 1,
+                                 (("kind", rec.KIND_NAMES.get(r.kind, "?")),))
         emitted, timers = self.shard.flush(proc_now)
         for item in timer_items:
             now_due, later = self.shard.on_timer(item, proc_now)

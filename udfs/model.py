@@ -80,6 +80,9 @@ class ItemModel:
         self.primary_cat = np.full(cap, NO_CODE, dtype=_I32)
         self.titles: dict[int, str] = {}
         self.item_cats: dict[int, tuple[str, ...]] = {}
+        # (item code, category code) of every catalogue item's categories, as arrays, rebuilt
+        # when item_cats changes (not on every trending refresh)
+        self._cat_pairs: tuple[np.ndarray, np.ndarray] | None = None
         self.item_tags: dict[int, tuple[str, ...]] = {}
         self.item_feature_names: dict[int, tuple[str, ...]] = {}
         # neighbours
@@ -162,6 +165,7 @@ class ItemModel:
         for c in victims.tolist():
             self.titles.pop(c, None)
             self.item_cats.pop(c, None)
+            self._cat_pairs = None
             self.item_tags.pop(c, None)
             self.item_feature_names.pop(c, None)
         self.feat_len[victims] = 0
@@ -197,6 +201,7 @@ class ItemModel:
         cats, tags = tuple(rec["categories"]), tuple(rec["tags"])
         self.titles[c] = rec["title"]
         self.item_cats[c] = cats
+        self._cat_pairs = None
         self.item_tags[c] = tags
         self.primary_cat[c] = self.categories.code(cats[0]) if cats else NO_CODE
         for cat in cats:
@@ -365,13 +370,16 @@ class ItemModel:
         self.cat_range = {}
         ncat = len(self.categories)
         if ncat:
-            by_cat: list[list[int]] = [[] for _ in range(ncat)]
-            for c in usable.tolist():
-                for cat in dict.fromkeys(self.item_cats.get(c, ())):
-                    by_cat[self.categories.get(cat)].append(c)
-            for k, members in enumerate(by_cat):
+            items, cats = self._category_pairs()
+            keep = self.usable[items]
+            items, cats = items[keep], cats[keep]
+            order = np.argsort(cats, kind="stable")
+            bounds_by_cat = np.searchsorted(cats[order], np.arange(ncat + 1))
+            members_sorted = items[order]
+            for k in range(ncat):
                 self.cat_range[k] = len(lists)
-                lists.append(ranked_prefix(self.pop, hashes, np.asarray(members, dtype=_I32), n))
+                members = members_sorted[bounds_by_cat[k]:bounds_by_cat[k + 1]]
+                lists.append(ranked_prefix(self.pop, hashes, members, n))
                 values.append(self.pop)
         bounds = np.zeros(len(lists) + 1, dtype=np.int64)
         np.cumsum([len(x) for x in lists], out=bounds[1:])
@@ -390,6 +398,17 @@ class ItemModel:
         self.lst_fidx = (self.feat_store[starts + offsets] if len(starts)
                          else np.zeros(0, _I32))
         self._trending_dirty = False
+
+    def _category_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._cat_pairs is None:
+            items: list[int] = []
+            cats: list[int] = []
+            for c, names in self.item_cats.items():
+                for cat in dict.fromkeys(names):
+                    items.append(c)
+                    cats.append(self.categories.get(cat))
+            self._cat_pairs = (np.asarray(items, dtype=np.int64), np.asarray(cats, dtype=np.int64))
+        return self._cat_pairs
 
     def list_ranges(self, segment: str, categories: Sequence[str]) -> np.ndarray:
         """(start, end) in the ``lst_*`` arrays of the lists a user's candidates come from:

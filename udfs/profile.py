@@ -274,6 +274,17 @@ class ProfileStep:
 
     # ------------------------------------------------------------------------ attributes
     @staticmethod
+    def merged_attribute_count(u: UserProfile, attributes: Mapping[str, Any]) -> int:
+        """How many attributes the profile would hold after merging ``attributes``."""
+        keys = set(u.attributes)
+        for k, v in attributes.items():
+            if v is None:
+                keys.discard(k)
+            else:
+                keys.add(k)
+        return len(keys)
+
+    @staticmethod
     def apply_attributes(u: UserProfile, attributes: Mapping[str, Any], ts: int) -> bool:
         """Merge newer attributes (a null value removes one); False if ``ts`` is older."""
         if ts < u.attributes_ts:

@@ -3,8 +3,9 @@
 Sources (each normalised to [0, 1] by its maximum before blending):
 
 * ``collaborative`` — item-to-item CF. Every recent item ``r`` with a positive action weight
-  votes with ``r.weight * 2^(-(now - r.ts) / recency_half_life)`` for each neighbour ``(j, s)``
-  of its row: ``cf[j] += s * vote``. The best ``candidates_per_source`` allowed items are kept.
+  votes with ``r.weight * 2^(-(ref - r.ts) / recency_half_life)`` for each neighbour ``(j, s)``
+  of its row: ``cf[j] += s * vote``, where ``ref`` is the newest recent item's time (or now, if
+  earlier): the same ranking as decaying from now, and defined after a gap of any length. The best ``candidates_per_source`` allowed items are kept.
 * ``content`` — cosine between the positive part of the user's interest vector and each
   candidate's 0/1 feature vector (``category:*``, ``tag:*``), over the candidates of every source
   plus the items trending in the user's favourite categories (the ``max_interest_categories``
@@ -501,8 +502,13 @@ class Recommender:
         limit = max(cfg.candidates_per_source, k)
         items = model.items
         recent_codes = user.recent_codes
+        # Recency is measured from the newest recent item (or now, if that is earlier): only the
+        # votes' ratios matter (CF scores are normalised by their maximum), and a long gap since
+        # the user's last event must not underflow every vote to zero.
+        ts = np.asarray(user.recent_ts, dtype=np.float64)
+        ref = min(float(now_ms), float(ts.max())) if len(ts) else float(now_ms)
         votes = np.asarray(user.recent_weights, dtype=np.float64) * decay_factors(
-            now_ms - np.asarray(user.recent_ts, dtype=np.float64), cfg.recency_half_life_ms)
+            ref - ts, cfg.recency_half_life_ms)
         blocked = (np.concatenate([recent_codes, items.lookup(user.not_interested)])
                    if user.not_interested else recent_codes)
         box = user.prepared

@@ -121,9 +121,12 @@ class UserSide:
         self.recommender = Recommender(self.model, cfg.recommend)
         self.step = ProfileStep(cfg)
         self.metrics = MetricDeltas()
-        # Decoded user state of the users seen lately (LRU). Keyed state is written at
-        # checkpoints only: between two of them a hot user is decoded once and encoded once.
+        # Decoded user state of the users seen lately (LRU): decoded once while cached.
         self.cache: OrderedDict[str, _UserSlot] = OrderedDict()
+        # Users whose cached state differs from keyed state -> when it first did (processing
+        # time), in that order: written back profile.state_write_back_ms later, or at the
+        # next checkpoint, whichever comes first.
+        self.dirty: dict[str, int] = {}
         # Offline replays of training data (the simulator) skip the per-event recommendation.
         self.recommend_on_events = True
         self.topic_of = {rec.KIND_EVENT: cfg.topics.user_events,
@@ -161,33 +164,58 @@ class UserSide:
         pairs: dict[str, tuple[list, list, list]] = {}
         for r in records:
             kind = r.kind
-            if kind == rec.KIND_TIMER:
-                self._on_timer(keys, states, r, proc_now, out)
-            elif kind == rec.KIND_CATALOG:
-                self._on_catalog(r, out)
-            elif kind == rec.KIND_MODEL_UPDATE:
-                rows, popularity = rec.decode_model_update(r.payload)
-                self._apply_model_update(rows, popularity)
-            else:
-                self._on_user_record(keys, states, r, proc_now, watermark, out, activity, pairs)
+            try:
+                if kind == rec.KIND_TIMER:
+                    self._on_timer(keys, states, r, proc_now, out)
+                elif kind == rec.KIND_CATALOG:
+                    self._on_catalog(r, out)
+                elif kind == rec.KIND_MODEL_UPDATE:
+                    rows, popularity = rec.decode_model_update(r.payload)
+                    self._apply_model_update(rows, popularity)
+                else:
+                    self._on_user_record(keys, states, r, proc_now, watermark, out, activity,
+                                         pairs)
+            except Exception as e:  # noqa: BLE001 - the boundary: no record fails the task
+                self._internal_error(r, e, out)
         if activity[0]:
             out.outputs.emit(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY, "",
                              rec.encode_activity(*activity))
         for row, (cols, deltas, ts) in pairs.items():
             out.outputs.emit(rec.USER_OUT_PAIRS, rec.KIND_PAIRS, row,
                              rec.encode_pairs(cols, deltas, ts))
+        for key in keys:  # the users this batch changed join the write-back queue
+            if key not in self.dirty:
+                slot = self.cache.get(key)
+                if slot is not None and (slot.profile_dirty or slot.impressions_dirty):
+                    self.dirty[key] = proc_now
         if checkpoint:
-            for key, slot in self.cache.items():
-                self._write_back(key, slot, out)
+            self._write_back_dirty(out, None)
             out.shared.update(self.model.snapshot())
             for name, value in self.model.sizes().items():
                 self.metrics.set(name, value)
             self.metrics.set("user_state_cached", len(self.cache))
+        else:
+            self._write_back_dirty(out, proc_now - self.cfg.profile.state_write_back_ms)
         while len(self.cache) > self.cfg.profile.state_cache_users:
             key, slot = self.cache.popitem(last=False)
             self._write_back(key, slot, out)
+            self.dirty.pop(key, None)
         out.metrics = self.metrics.drain()
         return out
+
+    def _write_back_dirty(self, out: BatchResult, changed_before: int | None) -> None:
+        """Write the users changed before ``changed_before`` (all: None) to keyed state, the
+        longest-changed first. Spread over the batches, so a checkpoint finds little left to
+        write and does not stall the stream."""
+        dirty = self.dirty
+        while dirty:
+            key, since = next(iter(dirty.items()))
+            if changed_before is not None and since > changed_before:
+                break
+            del dirty[key]
+            slot = self.cache.get(key)
+            if slot is not None:
+                self._write_back(key, slot, out)
 
     def _write_back(self, key: str, slot: _UserSlot, out: BatchResult) -> None:
         if slot.profile_dirty:
@@ -212,6 +240,19 @@ class UserSide:
             return None
         self.metrics.inc("records_accepted", 1, (("source_topic", topic),))
         return parsed
+
+    def _internal_error(self, r: Record, error: Exception, out: BatchResult) -> None:
+        """A record the engine failed on, for whatever reason: a dead letter (reason
+        ``internal_error``) instead of a failed task, which would restart and fail again on the
+        same record. What the record had already changed stays (the user's profile may hold part
+        of the event)."""
+        self.metrics.inc("internal_errors", 1, (("kind", rec.KIND_NAMES.get(r.kind, "?")),))
+        topic = self.topic_of.get(r.kind, f"internal:{rec.KIND_NAMES.get(r.kind, r.kind)}")
+        raw = r.payload if r.kind in self.topic_of else b""
+        self._dead_letter(edge.dead_letter(
+            raw, topic, "internal_error",
+            f"the engine failed on this record ({type(error).__name__}); it was not applied "
+            "completely", self.now_ms(), self.cfg.validation), out)
 
     def _dead_letter(self, letter: edge.DeadLetter, out: BatchResult) -> None:
         self.metrics.inc("dlq_records", 1, (("source_topic", letter.source_topic),
@@ -275,6 +316,13 @@ class UserSide:
             self._on_event(slot, parsed, r, proc_now, watermark, out, activity, pairs)
         elif r.kind == rec.KIND_ATTRIBUTES:
             u = self._profile(slot, user_id)
+            limit = self.cfg.validation.max_attributes
+            if self.step.merged_attribute_count(u, parsed["attributes"]) > limit:
+                self._dead_letter(edge.dead_letter(
+                    edge.redacted_attributes_payload(bytes(r.payload), self.cfg.profile), self.topic_of[r.kind],
+                    "attributes_limit", f"the user would have more than {limit} attributes",
+                    self.now_ms(), self.cfg.validation), out)
+                return
             if self.step.apply_attributes(u, parsed["attributes"], parsed["ts"]):
                 self.metrics.inc("profiles_updated")
                 slot.profile_dirty = True

@@ -70,8 +70,7 @@ def _has_non_finite(value: Any, depth: int = 0) -> bool:
     kind = type(value)
     if kind is float:
         return not _isfinite(value)
-    if depth > 8:
-        return False
+    # (the depth is bounded by validation.max_nesting_depth, checked first)
     if kind is dict:
         values = value.values()
     elif kind is list:
@@ -96,6 +95,49 @@ def _check_ts(ts: int, now_ms: int, cfg: ValidationConfig) -> str | None:
         return f"ts {ts} is before {cfg.min_ts_ms} (absurd timestamp)"
     if ts > now_ms + cfg.max_future_skew_ms:
         return f"ts {ts} is more than {cfg.max_future_skew_ms} ms in the future (absurd timestamp)"
+    return None
+
+
+def _nesting_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest deeper than ``limit`` levels below the record itself
+    (iterative: a crafted record must not exhaust the stack of the check either)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if type(v) is dict:
+            children = v.values()
+        elif type(v) is list:
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if type(c) in (dict, list))
+    return False
+
+
+def _out_of_range(rec: dict[str, Any], kind: str, cfg: ValidationConfig) -> str | None:
+    if kind == KIND_EVENT:
+        value = rec.get("value")
+        if value is not None and abs(value) > cfg.max_abs_value:
+            return f"value {value!r} is outside [-{cfg.max_abs_value:g}, {cfg.max_abs_value:g}]"
+    elif kind == KIND_ITEM:
+        price = rec.get("price")
+        if price is not None and not 0 <= price <= cfg.max_price:
+            return f"price {price!r} is outside [0, {cfg.max_price:g}]"
+    return None
+
+
+def _attributes_limit(attributes: dict[str, Any], cfg: ValidationConfig) -> str | None:
+    if len(attributes) > cfg.max_attributes:
+        return f"{len(attributes)} attributes; the limit is {cfg.max_attributes}"
+    for k, v in attributes.items():
+        if len(k) > cfg.max_attribute_key_chars:
+            return (f"an attribute name is {len(k)} characters long; the limit is "
+                    f"{cfg.max_attribute_key_chars}")
+        if isinstance(v, str) and len(v) > cfg.max_attribute_value_chars:
+            return (f"attribute {k[:cfg.max_attribute_key_chars]!r} is {len(v)} characters long; "
+                    f"the limit is {cfg.max_attribute_value_chars}")
     return None
 
 
@@ -126,6 +168,13 @@ def redact_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[st
         return rec
     return {**rec, "attributes": {k: "[redacted]" if is_pii_attribute(str(k), pii_names) else v
                                   for k, v in attributes.items()}}
+
+
+def redacted_attributes_payload(raw: bytes, profile_cfg: ProfileConfig) -> bytes:
+    """An attributes record (already parsed once) with its PII-looking values redacted, for a
+    dead letter rejected after parsing."""
+    pii = frozenset(n.lower() for n in profile_cfg.pii_attribute_names)
+    return orjson.dumps(redact_attributes(orjson.loads(raw), pii))
 
 
 def _normalise_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[str, Any]:
@@ -176,6 +225,9 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
         return reject("malformed_json", f"not valid JSON: {e}")
     if not isinstance(rec, dict):
         return reject("not_object", f"expected a JSON object, got {type(rec).__name__}")
+    if _nesting_depth_exceeds(rec, cfg.max_nesting_depth):
+        return reject("too_deep", f"objects or arrays nest deeper than "
+                                  f"{cfg.max_nesting_depth} levels")
     if kind == KIND_ATTRIBUTES:
         # A rejected attributes record must not carry personal data into the DLQ either.
         pii = frozenset(n.lower() for n in profile_cfg.pii_attribute_names)
@@ -187,6 +239,13 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
         return reject(_schema_reason(getattr(e, "rule", None), message), f"schema {kind}: {message}")
     if _has_non_finite(rec):
         return reject("non_finite_number", "record contains a non-finite number")
+    out_of_range = _out_of_range(rec, kind, cfg)
+    if out_of_range:
+        return reject("out_of_range", out_of_range)
+    if kind == KIND_ATTRIBUTES:
+        too_many = _attributes_limit(rec["attributes"], cfg)
+        if too_many:
+            return reject("attributes_limit", too_many)
     bad_ts = _check_ts(rec["ts"], now_ms, cfg)
     if bad_ts:
         return reject("absurd_timestamp", bad_ts)

@@ -87,7 +87,7 @@ def test_exactly_once_through_taskmanager_kills_and_a_broker_restart(broker, fli
         f'kafka.bootstrap_servers="{broker.bootstrap_servers}"', 'kafka.starting_offsets="earliest"',
         f'kafka.group_id="fault-{uuid.uuid4().hex[:6]}"',
         f'kafka.transactional_id_prefix="f{uuid.uuid4().hex[:6]}"',
-        "job.checkpoint_interval_ms=500", "job.restart_attempts=100", "job.restart_delay_ms=1000",
+        "job.checkpoint_interval_ms=500",  # the default restart strategy: exponential delay
         "profile.snapshot_min_interval_ms=200", "job.parallelism=2",
         'kafka.delivery_guarantees.recommendations="exactly-once"'] + topic_overrides(names),
         log_path=tmp_path / "submit.log", ship_code=False)  # see cluster.submit_job

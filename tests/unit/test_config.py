@@ -535,3 +535,35 @@ def test_client_properties_merge_across_layers_as_strings(tmp_path: Path) -> Non
 def test_client_property_with_a_list_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"kafka\.client_properties"):
         load("kafka.client_properties.bootstrap.servers=[1, 2]")
+
+
+def test_restart_strategy_defaults_to_unlimited_exponential_delay() -> None:
+    from flink_jobs.settings import restart_settings
+
+    opts = restart_settings(load())
+    assert opts["restart-strategy.type"] == "exponential-delay"
+    # no cap on attempts: a job that keeps failing keeps retrying, ever more slowly
+    assert "restart-strategy.exponential-delay.attempts-before-reset-backoff" not in opts
+    assert opts["restart-strategy.exponential-delay.initial-backoff"] == "1000 ms"
+    assert opts["restart-strategy.exponential-delay.max-backoff"] == "60000 ms"
+    assert opts["restart-strategy.exponential-delay.reset-backoff-threshold"] == "600000 ms"
+    capped = restart_settings(load("job.restart_attempts=50"))
+    assert capped["restart-strategy.exponential-delay.attempts-before-reset-backoff"] == "50"
+
+
+def test_fixed_delay_and_none_restart_strategies() -> None:
+    from flink_jobs.settings import restart_settings
+
+    fixed = restart_settings(load('job.restart_strategy="fixed-delay"', "job.restart_attempts=3",
+                                  "job.restart_delay_ms=2000"))
+    assert fixed == {"restart-strategy.type": "fixed-delay",
+                     "restart-strategy.fixed-delay.attempts": "3",
+                     "restart-strategy.fixed-delay.delay": "2000 ms"}
+    assert restart_settings(load('job.restart_strategy="none"')) == {"restart-strategy.type": "none"}
+
+
+@pytest.mark.parametrize("bad", ['job.restart_strategy="sometimes"', "job.restart_delay_ms=0",
+                                 "job.restart_max_delay_ms=10", "job.restart_attempts=-1"])
+def test_bad_restart_settings_are_config_errors(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"job\.restart"):
+        load(bad)

@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from state_schemas.config import DAY_MS, EVENT_TYPES, VariantConfig, load_config
 from state_schemas.ids import id_hash
@@ -428,3 +429,26 @@ def test_content_reason_names_the_best_liked_feature():
     assert recs.ids == ["i"]
     assert recs.scores == [1.0]
     assert recs.reasons == [["matches your interest in red", "trending in hats"]]
+
+
+# --------------------------------------------------------------------------- any time gap
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gap_days=st.one_of(st.integers(0, 10), st.integers(10, 10**7)),
+       ages=st.lists(st.integers(0, 400), min_size=1, max_size=4),
+       weights=st.lists(st.sampled_from([-8.0, 0.5, 1.0, 4.0, 10.0]), min_size=4, max_size=4),
+       interest=st.floats(-1e6, 1e6, allow_nan=False))
+def test_a_gap_of_any_length_leaves_the_ranking_defined_and_unchanged(gap_days, ages, weights,
+                                                                      interest):
+    """Scores stay finite and the ranking is the one at the user's last event, whether the
+    request comes a second or 27,000 years later (a uniform decay never changes a ranking)."""
+    h = hand()
+    recent = [(item, "click", NOW - age * HL // 10, w)
+              for item, age, w in zip(("r1", "r2", "a", "t1"), ages, weights)]
+    user = dict(recent=recent, interests={"category:hats": interest, "tag:running": 1.0},
+                segment="young")
+    at_last_event = h.recommend(user, now=NOW)
+    later = h.recommend(user, now=NOW + gap_days * DAY_MS)
+    assert all(math.isfinite(s) for s in later.scores)
+    assert later.ids == at_last_event.ids
+    assert later.scores == pytest.approx(at_last_event.scores)
+    assert later.reasons == at_last_event.reasons

@@ -1,0 +1,150 @@
+"""The user operator's engine on crafted records: no record's content can fail the task.
+
+Each case here crashed, or grew state without bound, in the per-record engine of the previous
+release (issue 13): huge ratings (infinite weights), deep nesting (the parser, the DLQ's
+re-serialisation), attribute floods (a profile snapshot over the broker's message limit). Each
+must now end as a dead letter with its own reason, and the records around it must be processed.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+import udfs.profile as profile_mod
+from state_schemas import records as rec
+from state_schemas.config import load_config
+from udfs.user_side import Record, UserSide
+
+T0 = 1_767_225_600_000
+
+
+def cfg(*overrides: str):
+    return load_config(overrides=list(overrides), environ={})
+
+
+def event(eid: str, user: str = "u1", item: str = "i1", etype: str = "view", value=None,
+          **extra) -> dict:
+    return {"event_id": eid, "user_id": user, "item_id": item, "event_type": etype,
+            "ts": T0, "value": value, **extra}
+
+
+def run(side: UserSide, records: list[tuple[int, str, bytes]]):
+    """One batch of (kind, user key, payload): dead-letter reasons, recommendations, dead
+    letters, metric deltas."""
+    keys = list(dict.fromkeys(k for _, k, _ in records))
+    batch = [Record(kind, keys.index(k), T0, 0, payload) for kind, k, payload in records]
+    out = side.process(keys, [[None, None] for _ in keys], batch, T0, -(1 << 63))
+    letters = [orjson.loads(v) for _, v in out.outputs.of(rec.USER_OUT_DLQ)]
+    recs = [orjson.loads(v) for _, v in out.outputs.of(rec.USER_OUT_RECOMMENDATIONS)]
+    metrics = {(path, name): v for path, name, _, v in out.metrics}
+    return [d["reason"] for d in letters], recs, letters, metrics
+
+
+def side(*overrides: str) -> UserSide:
+    return UserSide(cfg(*overrides), clock=lambda: T0 / 1000)
+
+
+def nested(depth: int) -> dict:
+    value: dict = {"leaf": 1}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def test_a_record_the_engine_fails_on_becomes_an_internal_error_dead_letter(monkeypatch):
+    original = profile_mod.ProfileStep.apply_event
+
+    def failing(self, u, ev, item):
+        if ev["event_id"] == "boom":
+            raise RuntimeError("a defect")
+        return original(self, u, ev, item)
+
+    monkeypatch.setattr(profile_mod.ProfileStep, "apply_event", failing)
+    s = side()
+    reasons, recs, letters, metrics = run(s, [
+        (rec.KIND_EVENT, "u1", orjson.dumps(event("ok-1"))),
+        (rec.KIND_EVENT, "u2", orjson.dumps(event("boom", user="u2"))),
+        (rec.KIND_EVENT, "u1", orjson.dumps(event("ok-2", item="i2")))])
+    assert reasons == ["internal_error"]
+    assert letters[0]["source_topic"] == s.cfg.topics.user_events
+    assert "RuntimeError" in letters[0]["error"] and "a defect" not in letters[0]["error"]
+    assert [r["trigger_event_id"] for r in recs] == ["ok-1", "ok-2"]
+    assert metrics[("kind=event", "internal_errors")] == 1
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, 1e7, -2e6])
+def test_ratings_beyond_the_bound_are_dead_letters_and_nothing_becomes_infinite(value):
+    s = side()
+    reasons, recs, _, _ = run(s, [
+        (rec.KIND_EVENT, "u1", orjson.dumps(event("r1", etype="rate", value=value))),
+        (rec.KIND_EVENT, "u1", orjson.dumps(event("r2", etype="rate", value=value, item="i2"))),
+        (rec.KIND_EVENT, "u1", orjson.dumps(event("r3", etype="rate", value=5.0, item="i3")))])
+    assert reasons == ["out_of_range", "out_of_range"]
+    assert [r["trigger_event_id"] for r in recs] == ["r3"]
+    u = s._profile(s.cache["u1"], "u1")
+    assert all(abs(w) < 1e30 for w in u.interests.values())
+
+
+def test_a_catalogue_price_beyond_the_bound_is_a_dead_letter():
+    s = side()
+    item = {"item_id": "i1", "ts": T0, "title": "T", "categories": [], "tags": [],
+            "price": 1e300, "available": True}
+    out = s.process([], [], [Record(rec.KIND_CATALOG, -1, T0, 0, orjson.dumps(item))], T0,
+                    -(1 << 63))
+    assert [orjson.loads(v)["reason"] for _, v in out.outputs.of(rec.USER_OUT_DLQ)] == \
+        ["out_of_range"]
+
+
+@pytest.mark.parametrize("depth", [9, 60, 253, 600])
+def test_deep_nesting_in_context_or_attributes_is_a_dead_letter(depth):
+    s = side()
+    deep_event = orjson.dumps(event("d1", context=nested(depth))) if depth < 250 else (
+        b'{"event_id":"d1","user_id":"u1","item_id":"i1","event_type":"view","ts":%d,'
+        b'"context":' % T0 + b'{"x":' * depth + b'1' + b'}' * depth + b'}')
+    deep_attrs = (b'{"user_id":"u1","ts":%d,"attributes":{"a":' % T0 + b'[' * depth + b'1'
+                  + b']' * depth + b'}}')
+    reasons, recs, _, _ = run(s, [
+        (rec.KIND_EVENT, "u1", deep_event),
+        (rec.KIND_ATTRIBUTES, "u1", deep_attrs),
+        (rec.KIND_EVENT, "u1", deep_event),  # a duplicate of a deep record: re-serialised
+        (rec.KIND_EVENT, "u1", orjson.dumps(event("ok")))])
+    # orjson's own limit (~255 levels) turns the deepest into malformed JSON
+    assert set(reasons) <= {"too_deep", "malformed_json"} and len(reasons) == 3
+    assert [r["trigger_event_id"] for r in recs] == ["ok"]
+
+
+def test_nesting_within_the_bound_is_accepted():
+    s = side()
+    reasons, recs, _, _ = run(s, [(rec.KIND_EVENT, "u1", orjson.dumps(event("d1",
+                                                                         context=nested(6))))])
+    assert reasons == [] and len(recs) == 1
+
+
+def test_attribute_floods_are_refused_and_the_profile_stays_small():
+    s = side()
+    records = []
+    for n in range(20):  # 20 records of 60 new attributes each: 1,200 keys if merged
+        attrs = {f"k{n}_{i}": "v" * 1000 for i in range(60)}
+        records.append((rec.KIND_ATTRIBUTES, "u1", orjson.dumps(
+            {"user_id": "u1", "ts": T0 + n, "attributes": attrs})))
+    records.append((rec.KIND_ATTRIBUTES, "u1", orjson.dumps(
+        {"user_id": "u1", "ts": T0 + 99, "attributes": {"x" * 65: "long name"}})))
+    records.append((rec.KIND_ATTRIBUTES, "u1", orjson.dumps(
+        {"user_id": "u1", "ts": T0 + 99, "attributes": {"bio": "y" * 1025}})))
+    reasons, _, _, _ = run(s, records)
+    assert reasons == ["attributes_limit"] * 21
+    u = s._profile(s.cache["u1"], "u1")
+    assert len(u.attributes) <= s.cfg.validation.max_attributes
+    snapshot = orjson.dumps(s.step.snapshot(u))
+    assert len(snapshot) < 100_000
+
+
+def test_attribute_dead_letters_carry_no_personal_data():
+    s = side()
+    attrs = {f"k{i}": i for i in range(70)}
+    attrs["email"] = "someone@example.com"
+    reasons, _, letters, _ = run(s, [(rec.KIND_ATTRIBUTES, "u1", orjson.dumps(
+        {"user_id": "u1", "ts": T0, "attributes": attrs}))])
+    assert reasons == ["attributes_limit"]
+    assert "someone@example.com" not in letters[0]["raw"]

@@ -136,10 +136,6 @@ class BatchFunction:
         encoded = encode_result(result)
         if checkpoint:
             freeze_survivors()
-        import os
-        if os.environ.get("RECSYS_DEBUG_TIMING"):
-            with open(os.environ["RECSYS_DEBUG_TIMING"] + f".{self.role}", "a") as fh:
-                fh.write(f"{started:.4f} {reason} {len(records)} {(engine_done - engine_started)*1e3:.2f} {self._cpu_us/1e3:.2f} {(time.perf_counter()-started)*1e3:.2f}\n")
         self._engine_us = (engine_done - engine_started) * 1e6
         self._glue_us = (time.perf_counter() - engine_done + engine_started - started) * 1e6
         return encoded

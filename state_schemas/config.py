@@ -77,6 +77,10 @@ class KafkaConfig:
         "recommendations": "at-least-once", "user_profiles": "exactly-once",
         "item_similarity": "exactly-once", "events_dlq": "exactly-once"})
     transaction_timeout_ms: int = 600_000
+    # The largest record the job writes (below the producers' max.request.size and the topics'
+    # max.message.bytes, 1 MiB by default): model updates are split to fit; a profile snapshot
+    # that would not fit goes to the DLQ instead (reason snapshot_too_large).
+    max_message_bytes: int = 900_000
     transactional_id_prefix: str = "recsys"
     # Extra client properties passed to every Kafka source and sink (security.protocol,
     # sasl.mechanism, sasl.jaas.config, ssl.truststore.location, ...).

@@ -81,6 +81,57 @@ def encode_model_update(rows: Sequence[tuple[str, list[str], list[float]]],
     return orjson.dumps([PAYLOAD_VERSION, rows, popularity])
 
 
+def encode_model_updates(rows: Sequence[tuple[str, list[str], list[float]]],
+                         popularity: dict[str, Any] | None, max_bytes: int) -> list[bytes]:
+    """The same content as :func:`encode_model_update`, in as many payloads of at most
+    ``max_bytes`` as it takes (a Kafka message has a size limit; one batch of a large catalogue
+    can change more rows than fit). Rows first, then the popularity, split by items."""
+    head = b"[%d,[" % PAYLOAD_VERSION
+    tail_no_pop = b"],null]"
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size = len(head) + len(tail_no_pop)
+    for row in rows:
+        encoded = orjson.dumps(row)
+        if parts and size + len(encoded) + 1 > max_bytes:
+            out.append(head + b",".join(parts) + tail_no_pop)
+            parts, size = [], len(head) + len(tail_no_pop)
+        parts.append(encoded)
+        size += len(encoded) + 1
+    pieces = [] if popularity is None else _split_popularity(popularity, max_bytes - 64)
+    if parts or not pieces:
+        out.append(head + b",".join(parts) + tail_no_pop)
+    out += [orjson.dumps([PAYLOAD_VERSION, [], piece]) for piece in pieces]
+    return out
+
+
+def _split_popularity(popularity: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+    """The popularity update in pieces of at most ``max_bytes`` encoded, each a popularity update
+    of its own (a slice of the items, with their segment values re-indexed)."""
+    size = len(orjson.dumps(popularity))
+    n_items = len(popularity["ids"])
+    if size <= max_bytes or n_items <= 1:
+        return [popularity]
+    n_pieces = min(n_items, -(-size // max_bytes) * 2)
+    step = -(-n_items // n_pieces)
+    by_item: dict[int, list[tuple[str, float]]] = {}
+    for seg, i, v in zip(popularity["seg"], popularity["seg_item"], popularity["seg_pop"]):
+        by_item.setdefault(i, []).append((seg, v))
+    pieces = []
+    for lo in range(0, n_items, step):
+        hi = min(n_items, lo + step)
+        seg, seg_item, seg_pop = [], [], []
+        for i in range(lo, hi):
+            for s, v in by_item.get(i, ()):
+                seg.append(s)
+                seg_item.append(i - lo)
+                seg_pop.append(v)
+        pieces.append({**popularity, "ids": popularity["ids"][lo:hi],
+                       "pop": popularity["pop"][lo:hi], "seg": seg, "seg_item": seg_item,
+                       "seg_pop": seg_pop})
+    return [p for piece in pieces for p in _split_popularity(piece, max_bytes)]
+
+
 def decode_model_update(payload: bytes) -> tuple[list, dict[str, Any] | None]:
     rows, popularity = load_versioned(payload, PAYLOAD_VERSION, "model update payload", 2)
     return rows, popularity

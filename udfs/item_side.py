@@ -106,8 +106,10 @@ class ItemSide:
         if self.subtask != 0:  # every subtask counts the same; one publishes
             popularity = None
         if emitted or popularity is not None:
-            out.outputs.emit(rec.ITEM_OUT_MODEL, rec.KIND_MODEL_UPDATE, "", rec.encode_model_update(
-                [(e.item_id, e.neighbor_ids, e.scores) for e in emitted], popularity))
+            for payload in rec.encode_model_updates(
+                    [(e.item_id, e.neighbor_ids, e.scores) for e in emitted], popularity,
+                    self.cfg.kafka.max_message_bytes):
+                out.outputs.emit(rec.ITEM_OUT_MODEL, rec.KIND_MODEL_UPDATE, "", payload)
         out.timers.extend(timers)
         if checkpoint:
             for item, blob in self.shard.dirty_rows():

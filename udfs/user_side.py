@@ -383,8 +383,7 @@ class UserSide:
         u = slot.profile
         due = self.step.snapshot_due(u, proc_now)
         if due is None:
-            out.outputs.emit(rec.USER_OUT_PROFILES, 0, u.user_id,
-                             orjson.dumps(self.step.snapshot(u, self.step.variant(u))))
+            self._emit_snapshot(u, out)
         elif due >= 0:
             out.timers.append((key, due))
 
@@ -397,8 +396,20 @@ class UserSide:
             u.last_snapshot_at = r.ts
             u.snapshot_pending = False
             slot.profile_dirty = True
-            out.outputs.emit(rec.USER_OUT_PROFILES, 0, u.user_id,
-                             orjson.dumps(self.step.snapshot(u, self.step.variant(u))))
+            self._emit_snapshot(u, out)
+
+    def _emit_snapshot(self, u: UserProfile, out: BatchResult) -> None:
+        """The user-profiles record, unless it is larger than a Kafka message may be (the
+        edge's limits make that unlikely; a failing sink would fail the task on every retry)."""
+        message = orjson.dumps(self.step.snapshot(u, self.step.variant(u)))
+        limit = self.cfg.kafka.max_message_bytes
+        if len(message) > limit:
+            self._dead_letter(edge.DeadLetter(
+                self.cfg.topics.user_profiles, "", False,
+                f"the profile snapshot is {len(message)} bytes; the limit is {limit} "
+                "(kafka.max_message_bytes)", "snapshot_too_large", self.now_ms()), out)
+            return
+        out.outputs.emit(rec.USER_OUT_PROFILES, 0, u.user_id, message)
 
     def _forget(self, slot: _UserSlot, key: int, user_id: str, out: BatchResult) -> None:
         """Right to be forgotten: drop both states, tombstone the compacted topics."""

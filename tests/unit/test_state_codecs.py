@@ -495,6 +495,40 @@ def test_model_update_payload_round_trips():
         [["i1", ["n1"], [0.5]]], None)
 
 
+@pytest.mark.parametrize("max_bytes", [300, 2_000, 1_000_000])
+def test_model_updates_are_split_to_fit_a_message_and_carry_the_same_content(max_bytes):
+    rng = np.random.default_rng(3)
+    rows = [[f"item-{n}", [f"nb-{n}-{j}" for j in range(5)], [round(float(x), 6)
+                                                             for x in rng.random(5)]]
+            for n in range(60)]
+    ids = [f"item-{n}" for n in range(200)]
+    seg, seg_item, seg_pop = [], [], []
+    for i in range(200):
+        for name in ("age:25-34", "gender:F")[: i % 3]:
+            seg.append(name)
+            seg_item.append(i)
+            seg_pop.append(float(i) / 7)
+    popularity = {"landmark": T0, "newest_ts": T0 + 1, "ids": ids,
+                  "pop": [float(i) for i in range(200)], "seg": seg, "seg_item": seg_item,
+                  "seg_pop": seg_pop}
+    payloads = records.encode_model_updates(rows, popularity, max_bytes)
+    assert all(len(p) <= max(max_bytes, 300) for p in payloads)
+    if max_bytes == 1_000_000:
+        assert len(payloads) == 2  # rows, then popularity: one message each
+    got_rows, got_pop, got_seg = [], {}, {}
+    for p in payloads:
+        r, pop = records.decode_model_update(p)
+        got_rows += r
+        if pop is not None:
+            assert (pop["landmark"], pop["newest_ts"]) == (T0, T0 + 1)
+            got_pop.update(zip(pop["ids"], pop["pop"]))
+            for name, i, v in zip(pop["seg"], pop["seg_item"], pop["seg_pop"]):
+                got_seg[(pop["ids"][i], name)] = v
+    assert got_rows == rows
+    assert got_pop == dict(zip(ids, popularity["pop"]))
+    assert got_seg == {(ids[i], name): v for name, i, v in zip(seg, seg_item, seg_pop)}
+
+
 def test_payloads_of_another_version_are_refused():
     with pytest.raises(StateVersionError, match="version"):
         records.decode_activity(orjson.dumps([2, [], [], [], [], []]))

@@ -148,3 +148,11 @@ def test_attribute_dead_letters_carry_no_personal_data():
         {"user_id": "u1", "ts": T0, "attributes": attrs}))])
     assert reasons == ["attributes_limit"]
     assert "someone@example.com" not in letters[0]["raw"]
+
+
+def test_a_snapshot_larger_than_a_kafka_message_is_a_dead_letter_not_a_failing_sink():
+    s = side("kafka.max_message_bytes=300")
+    reasons, recs, letters, _ = run(s, [(rec.KIND_EVENT, "u1", orjson.dumps(event("e1")))])
+    assert reasons == ["snapshot_too_large"]
+    assert letters[0]["source_topic"] == s.cfg.topics.user_profiles and letters[0]["raw"] == ""
+    assert len(recs) == 1  # the event itself was processed

@@ -20,7 +20,8 @@ What it does, in one run, on one broker it starts itself (free port, temporary d
    broker's append time. *Sustained* is the rate over the second half of the backlog, once the
    JVM's JIT compiler and the item model have warmed up. Every event id must come back as a
    ``trigger_event_id``.
-3. **Latency** at ``--latency-fraction`` (½) of that sustained rate, in the same warm job: a
+3. **Latency** at ``--latency-fraction`` (½) of that sustained rate, and at the rates of
+   ``--latency-curve``, in the same warm job: a
    producer paces fresh events (ts = now) for ``--latency-seconds`` while a read_committed
    consumer matches ``trigger_event_id``s: send -> visible p50/p95/p99, and send ->
    ``generated_at``. Recommendations are at-least-once by default (visible when written); the
@@ -603,7 +604,8 @@ class Bench:
     # -- phases -------------------------------------------------------------------------------
     def synthetic_run(self, label: str, overrides: list[str], partitions: int = 1,
                       n_events: int | None = None, max_s: float | None = None,
-                      latency_rate: float | str | None = None) -> dict[str, Any]:
+                      latency_rate: float | str | None = None,
+                      curve: Iterable[float] = ()) -> dict[str, Any]:
         n = n_events or self.args.events
         job = JobRun(self, label, partitions, overrides)
         self.preload_synthetic(job, n)
@@ -622,6 +624,15 @@ class Bench:
                                                self.live_events())
                 log(f"{label}: latency at {latency_rate:.0f}/s: "
                     f"{res['latency']['latency_ms_send_to_visible']}")
+                if curve:
+                    res["latency_curve"] = []
+                    for rate in curve:
+                        time.sleep(3)  # let the previous phase's backlog drain
+                        point = paced_latency(job, rate, self.args.curve_seconds,
+                                              self.live_events())
+                        res["latency_curve"].append(point)
+                        log(f"{label}: latency at {rate:.0f}/s: "
+                            f"{point['latency_ms_send_to_visible']}")
             res["job_log_errors"] = _log_errors(job.log_path)
             res["job_input_topic"] = job.names.user_events
             return res
@@ -864,6 +875,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     L.append(f"| latency at ½ sustained peak, at-least-once recommendations, checkpoint "
              f"{a['checkpoint_ms']} ms | {lat(base)} | p99 ≤ 100 ms | "
              f"{_status(_p99(base), TARGETS['p99_at_least_once_ms'], False)} |")
+    for point in (base or {}).get("latency_curve") or []:
+        L.append(f"| latency at {point['rate_events_per_s']} ev/s, at-least-once | "
+                 f"{lat({'latency': point})} | | |")
     eo = r.get("synthetic_p1_exactly_once")
     bound = a["checkpoint_ms"] + TARGETS["eo_slack_ms"]
     L.append(f"| latency at the same rate, exactly-once recommendations, checkpoint "
@@ -997,6 +1011,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="bound of each throughput phase after the first output")
     ap.add_argument("--latency-seconds", type=float, default=30)
     ap.add_argument("--latency-fraction", type=float, default=0.5)
+    ap.add_argument("--latency-curve", default="100,300,600",
+                    help="also measure latency at these rates (events/s), after the ½-peak phase")
+    ap.add_argument("--curve-seconds", type=float, default=15)
     ap.add_argument("--skip", action="append", default=[],
                     choices=["hot_path", "exactly_once", "ml100k", "cluster", "copy", "pymap",
                              "consume"])
@@ -1062,7 +1079,8 @@ def _run_all(bench: Bench, args: argparse.Namespace, save: Callable[[], None]) -
     ckpt = [f"job.checkpoint_interval_ms={args.checkpoint_ms}"]
     # Throughput (drain the backlog), then latency at half the sustained peak in the same,
     # warm job; recommendations at-least-once (the default).
-    base = bench.synthetic_run("synthetic_p1", ckpt, latency_rate="auto")
+    base = bench.synthetic_run("synthetic_p1", ckpt, latency_rate="auto",
+                               curve=[float(x) for x in args.latency_curve.split(",") if x])
     r["synthetic_p1"] = base
     rate = (base.get("latency") or {}).get("rate_events_per_s") or 0
     save()

@@ -36,7 +36,7 @@ for the values used on this data set and why.
 
 Note the timestamps are from 1997-98, before the engine's default sanity floor
 (``validation.min_ts_ms`` = 2000-01-01): replaying ml-100k needs ``deploy/ml-100k.toml`` (or an
-equivalent override), which also moves ``similarity.decay_landmark_ms`` next to the data.
+equivalent override).
 """
 
 from __future__ import annotations

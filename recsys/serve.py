@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import copy
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -32,14 +33,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from recsys import kafka_io
-from state_schemas.config import EngineConfig
+from recsys.api_security import (READ, WRITE, Authenticator, TokenBuckets, check_bind,
+                                 host_allowed, load_api_keys, retry_after_header)
+from state_schemas.config import ConfigError, EngineConfig
 from recsys.paths import PROJECT_ROOT
 from state_schemas import load_schema
 from udfs.validation import KIND_EVENT, KIND_REQUEST, DeadLetter, parse_input
@@ -128,7 +131,7 @@ class LiveView:
         self.profiles: dict[str, dict[str, Any]] = {}
         self.items: dict[str, dict[str, Any]] = {}
         self.caught_up = threading.Event()
-        self.status_message = f"starting: connecting to Kafka at {cfg.kafka.bootstrap_servers}"
+        self.status_message = "starting: connecting to Kafka"
         self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,7 +208,8 @@ class LiveView:
             try:
                 self._follow()
             except Exception as e:  # broker down, topic missing, ...: say so in /healthz, retry
-                self.status_message = f"starting: {type(e).__name__}: {e}"
+                # /healthz is public: the reason without addresses or exception text
+                self.status_message = "starting: Kafka is not reachable yet (see the service log)"
                 log.warning("serve: consumer error (retrying in %.0f s): %s", RECONNECT_DELAY_S, e)
                 self._stop.wait(RECONNECT_DELAY_S)
 
@@ -295,8 +299,9 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=orjson.dumps(body), status=status, content_type=JSON, headers=headers)
 
 
-def error_response(status: int, error: str, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": error, "message": message, **extra}, status)
+def error_response(status: int, error: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> web.Response:
+    return json_response({"error": error, "message": message, **extra}, status, headers)
 
 
 def _with_titles(rows: list[dict[str, Any]], items: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -382,8 +387,10 @@ async def refresh_recommendations(request: web.Request) -> web.Response:
     try:
         try:
             await state.publish(cfg.topics.recommendation_requests, user_id, record)
-        except Exception as e:
-            return error_response(503, "kafka_unavailable", f"could not publish the request: {e}")
+        except Exception:
+            log.exception("serve: publishing a recommendation request failed")
+            return error_response(503, "kafka_unavailable", "could not publish the request "
+                                  "(Kafka unavailable; see the service log)")
         try:
             rec = await asyncio.wait_for(answer, timeout_s)
         except asyncio.TimeoutError:
@@ -399,15 +406,21 @@ async def refresh_recommendations(request: web.Request) -> web.Response:
 async def post_event(request: web.Request) -> web.Response:
     state = request.app[STATE]
     cfg = state.cfg
-    raw = await request.read()
+    try:
+        raw = await asyncio.wait_for(request.read(), cfg.serve.body_timeout_s)
+    except asyncio.TimeoutError:
+        return error_response(408, "request_timeout",
+                              f"the body did not arrive within {cfg.serve.body_timeout_s:g} s")
     topic = cfg.topics.user_events
     event = parse_input(raw, KIND_EVENT, topic, now_ms(), cfg.validation, cfg.profile)
     if isinstance(event, DeadLetter):
         return error_response(422, "invalid_event", event.error, reason=event.reason)
     try:
         meta = await state.publish(topic, event["user_id"], event)
-    except Exception as e:
-        return error_response(503, "kafka_unavailable", f"could not publish the event: {e}")
+    except Exception:
+        log.exception("serve: publishing an event failed")
+        return error_response(503, "kafka_unavailable", "could not publish the event "
+                              "(Kafka unavailable; see the service log)")
     return json_response({"status": "accepted", "event_id": event["event_id"],
                           "user_id": event["user_id"], "topic": topic, "partition": meta.partition,
                           "offset": meta.offset}, 202)
@@ -486,15 +499,68 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+@dataclass
+class Security:
+    """The service's access rules (``recsys/api_security.py``), fixed at start."""
+    auth: Authenticator
+    buckets: TokenBuckets
+    bind_host: str
+
+
+SECURITY = web.AppKey("recsys_serve_security", Security)
+# Reachable without a key: the page and its files (they hold no user data; the page asks for a
+# key), health, the API description and the service's own metrics.
+OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/metrics"})
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host check, API key and scope, rate limit, JSON-only POSTs (see api_security)."""
+    security = request.app[SECURITY]
+    cfg = request.app[STATE].cfg
+    if not host_allowed(request.headers.get("Host"), security.bind_host, cfg.serve):
+        return error_response(421, "misdirected_request",
+                              "this service answers to its loopback address only")
+    caller = security.auth.caller(request.headers, request.remote or "?")
+    if request.path not in OPEN_PATHS and not request.path.startswith("/static/"):
+        if caller is None:
+            return error_response(401, "unauthorized", "an API key is required (X-API-Key "
+                                  "header, or Authorization: Bearer)",
+                                  headers={"WWW-Authenticate": 'Bearer realm="recsys"'})
+        needed = WRITE if request.method == "POST" else READ
+        if needed not in caller.scopes:
+            return error_response(403, "forbidden", f"this API key has no {needed} scope")
+    identity = caller.identity if caller is not None else f"peer:{request.remote}"
+    wait = security.buckets.take(identity, time.monotonic())
+    if wait > 0:
+        return error_response(429, "rate_limited", "too many requests; retry later",
+                              headers={"Retry-After": retry_after_header(wait)})
+    if request.method == "POST" and request.content_type != JSON:
+        # Also what keeps a cross-site form (text/plain, no preflight) from posting here.
+        return error_response(415, "unsupported_media_type",
+                              f"POST bodies must be {JSON} (send Content-Type: {JSON})")
+    return await handler(request)
+
+
 # --------------------------------------------------------------------------- the app
 
-def build_app(cfg: EngineConfig) -> web.Application:
-    """The service as an aiohttp app; the consumer thread starts with the app and stops with it."""
+def build_app(cfg: EngineConfig, bind_host: str = "127.0.0.1",
+              environ: Mapping[str, str] | None = None) -> web.Application:
+    """The service as an aiohttp app; the consumer thread starts with the app and stops with it.
+    ``bind_host`` is the address it will listen on (the Host-header rule depends on it); API
+    keys come from ``environ`` (default: the process environment) or the config."""
+    keys = load_api_keys(cfg.serve, os.environ if environ is None else environ)
+    refused = check_bind(bind_host, bool(keys))
+    if refused:
+        raise ConfigError(refused)
     metrics_ = ServeMetrics()
     state = ServeState(cfg, metrics_, LiveView(cfg, metrics_), _user_key_function(cfg))
-    app = web.Application(middlewares=[observe],
+    app = web.Application(middlewares=[observe, guard],
                           client_max_size=max(1 << 20, 2 * cfg.validation.max_record_bytes))
     app[STATE] = state
+    app[SECURITY] = Security(Authenticator(keys), TokenBuckets(cfg.serve.rate_limit_per_s,
+                                                              cfg.serve.rate_limit_burst),
+                             bind_host)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -529,7 +595,12 @@ def serve(cfg: EngineConfig, port: int = DEFAULT_PORT, host: str = "127.0.0.1") 
               f"API description at /openapi.json)", flush=True)
 
     try:
-        web.run_app(build_app(cfg), host=host, port=port, access_log=None, print=listening,
+        app = build_app(cfg, bind_host=host)
+    except ConfigError as e:
+        print(f"serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, print=listening,
                     handle_signals=True)
     except OSError as e:
         print(f"serve: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
@@ -615,7 +686,7 @@ def openapi_spec(cfg: EngineConfig) -> dict[str, Any]:
         return {"name": "limit", "in": "query", "required": False,
                 "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX, "default": default}}
 
-    return {
+    spec = {
         "openapi": "3.1.0",
         "info": {"title": "recsys serving API", "version": "1.0.0",
                  "description": "Live profiles and recommendations of the flink-recsys job, read from "
@@ -650,6 +721,7 @@ def openapi_spec(cfg: EngineConfig) -> dict[str, Any]:
                 "operationId": "postEvent", "summary": "Validate a user event and publish it to user-events",
                 "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": "#/components/schemas/UserEvent"}}}},
                 "responses": {"202": _response("Published", "EventAccepted"), "413": _response("Body too large", "Error"),
+                              "408": _response("The body did not arrive in time", "Error"),
                               "422": invalid, "503": kafka_down}}},
             "/users": {"get": {
                 "operationId": "listUsers", "summary": "Most recently recommended user ids",
@@ -706,6 +778,33 @@ def openapi_spec(cfg: EngineConfig) -> dict[str, Any]:
                                       "items": {"type": "integer", "minimum": 0}}},
         }},
     }
+    _add_security(spec)
+    return spec
+
+
+def _add_security(spec: dict[str, Any]) -> None:
+    """API keys (``recsys/api_security.py``): the schemes, who needs which scope, the answers of
+    the guard (401, 403, 415, 429) on every operation it applies to."""
+    spec["components"]["securitySchemes"] = {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                   "description": "Scope read: GET of user data; write: POST, and GET. Required "
+                                  "when the service has keys (always when it listens on a "
+                                  "non-loopback address)."},
+        "Bearer": {"type": "http", "scheme": "bearer",
+                   "description": "The same API key as `Authorization: Bearer <key>`."}}
+    spec["security"] = [{"ApiKey": []}, {"Bearer": []}]
+    limited = _response("Rate limit of this key reached; see Retry-After", "Error")
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            op["responses"]["429"] = limited
+            if path in OPEN_PATHS:
+                op["security"] = []
+                continue
+            op["responses"]["401"] = _response("No valid API key", "Error")
+            op["responses"]["403"] = _response(
+                f"The key lacks the {'write' if method == 'post' else 'read'} scope", "Error")
+            if method == "post":
+                op["responses"]["415"] = _response(f"Content-Type is not {JSON}", "Error")
 
 
 # `python -m recsys.serve --port P --bootstrap-servers H:P` works before the CLI wiring exists.

@@ -264,6 +264,22 @@ class PrivacyConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The HTTP service (``recsys serve``): who may call it and how often."""
+    # API keys, one "key:scope" per line (scope read: GET; write: POST events and refreshes, and
+    # GET). Also from $RECSYS_API_KEYS ("key1:read,key2:write"), which takes precedence. Without
+    # any key the service only listens on a loopback address.
+    api_keys_file: str = ""
+    # Token bucket per API key (per client address when no keys are configured).
+    rate_limit_per_s: float = 50.0
+    rate_limit_burst: int = 100
+    body_timeout_s: float = 5.0  # to read a request body; slower clients get 408
+    # Host header names accepted besides the loopback names (when bound to a loopback address,
+    # only those are accepted: a DNS-rebinding page cannot reach the API through the browser).
+    allowed_hosts: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EngineConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicNames = field(default_factory=TopicNames)
@@ -273,6 +289,7 @@ class EngineConfig:
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -490,6 +507,10 @@ def validate_config(cfg: EngineConfig) -> None:
         if not 0 < value <= 65_535:
             problems.append(f"{where} must be within 1..65535 (a 16-bit count in the state "
                             f"layout)")
+    if not (cfg.serve.rate_limit_per_s > 0 and cfg.serve.rate_limit_burst >= 1
+            and cfg.serve.body_timeout_s > 0):
+        problems.append("serve.rate_limit_per_s and serve.body_timeout_s must be > 0, "
+                        "serve.rate_limit_burst >= 1")
     if cfg.profile.state_write_back_ms < 0:
         problems.append("profile.state_write_back_ms must be >= 0")
     if cfg.profile.state_cache_users < 1:

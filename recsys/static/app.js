@@ -27,11 +27,21 @@ function setStatus(text, isError = false) {
   s.classList.toggle("error", isError);
 }
 
+// The service may require an API key (X-API-Key); it is kept in this browser's session only.
+const KEY_STORE = "recsys-api-key";
+
+function apiKey() {
+  return $("#api-key").value.trim();
+}
+
 async function api(method, path, body) {
   const init = { method, headers: {} };
-  if (body !== undefined) {
+  const key = apiKey();
+  if (key) init.headers["X-API-Key"] = key;
+  if (method === "POST") {
+    // the service takes JSON bodies only (a cross-site form cannot send this content type)
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    if (body !== undefined) init.body = JSON.stringify(body);
   }
   const res = await fetch(path, init);
   let data = null;
@@ -261,6 +271,11 @@ async function health() {
 $("#lookup-form").addEventListener("submit", (ev) => { ev.preventDefault(); lookup($("#user-input").value); });
 $("#event-form").addEventListener("submit", postEvent);
 $("#refresh-btn").addEventListener("click", refresh);
+$("#api-key").value = sessionStorage.getItem(KEY_STORE) || "";
+$("#api-key").addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORE, apiKey());
+  loadLists();
+});
 
 (async () => {
   await Promise.all([loadLists(), health()]);

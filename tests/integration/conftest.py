@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from aiohttp import web
 
 from recsys import kafka_io
 from state_schemas.config import TopicNames
@@ -81,3 +84,28 @@ def running_job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
         yield job
     finally:
         stop_job_process(job.process)
+
+
+class ServerThread:
+    """The aiohttp app on 127.0.0.1:<free port>, in a thread with its own event loop."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app, access_log=None)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.base_url = ""
+
+    def start(self) -> str:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.runner.setup(), self.loop).result(30)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        asyncio.run_coroutine_threadsafe(site.start(), self.loop).result(30)
+        host, port = self.runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+        return self.base_url
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -9,8 +9,6 @@ reports/explorer.png), and a schemathesis run over /openapi.json that must find 
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from state_schemas.config import EngineConfig, load_config
@@ -27,7 +24,8 @@ from recsys.job_process import stop_job_process
 from recsys.paths import PROJECT_ROOT
 from recsys.serve import build_app
 from state_schemas import validator
-from tests.integration.conftest import RunningJob, start_running_job, topic_overrides
+from tests.integration.conftest import (RunningJob, ServerThread, start_running_job,
+                                        topic_overrides)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -96,40 +94,17 @@ def job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stop_job_process(running.process)
 
 
-class ServerThread:
-    """The aiohttp app on 127.0.0.1:<free port>, in a thread with its own event loop."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app, access_log=None)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.base_url = ""
-
-    def start(self) -> str:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.runner.setup(), self.loop).result(30)
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        asyncio.run_coroutine_threadsafe(site.start(), self.loop).result(30)
-        host, port = self.runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-        return self.base_url
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def serve_config(job: RunningJob) -> EngineConfig:
+    # (the rate limit out of the way of schemathesis' bursts; test_serve_security tests it)
     return load_config(overrides=[f'kafka.bootstrap_servers="{job.bootstrap}"',
+                                  "serve.rate_limit_per_s=100000", "serve.rate_limit_burst=100000",
                                   *topic_overrides(job.topics)], environ={})
 
 
 @pytest.fixture(scope="module")
 def base_url(serve_config: EngineConfig) -> Iterator[str]:
-    server = ServerThread(build_app(serve_config))
+    server = ServerThread(build_app(serve_config, environ={}))
     url = server.start()
     try:
         wait_for(lambda: requests.get(f"{url}/healthz", timeout=5).status_code == 200, 60,

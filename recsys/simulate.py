@@ -85,6 +85,24 @@ class Recommendation:
     request_id: str | None = None
 
 
+def _keyed_batch(items: Iterable[tuple[str | None, int, bytes, int]]
+                 ) -> tuple[list[str], list[BatchRecord]]:
+    """(key or None, kind, payload, ts) -> the batch's distinct keys, in first-seen order, and
+    its records indexing them (-1: no key), as the Java operator hands a batch to Python."""
+    keys: list[str] = []
+    index: dict[str, int] = {}
+    records = []
+    for key, kind, payload, ts in items:
+        k = -1
+        if key is not None:
+            k = index.get(key)
+            if k is None:
+                k = index[key] = len(keys)
+                keys.append(key)
+        records.append(BatchRecord(kind, k, ts, 0, payload))
+    return keys, records
+
+
 class EngineSimulator:
     """The job's two operators in one process (see the module docstring)."""
 
@@ -177,17 +195,7 @@ class EngineSimulator:
     # ------------------------------------------------------------------ the two operators
     def _user_batch(self, items: list[tuple[str | None, int, bytes, int]],
                     proc_now: int, checkpoint: bool = False) -> BatchResult:
-        keys: list[str] = []
-        index: dict[str, int] = {}
-        records = []
-        for key, kind, payload, ts in items:
-            k = -1
-            if key is not None:
-                k = index.get(key)
-                if k is None:
-                    k = index[key] = len(keys)
-                    keys.append(key)
-            records.append(BatchRecord(kind, k, ts, 0, payload))
+        keys, records = _keyed_batch(items)
         states = [self.user_state.get(k, [None, None]) for k in keys]
         result = self.user.process(keys, states, records, proc_now, -(1 << 63),
                                    checkpoint=checkpoint)
@@ -213,17 +221,7 @@ class EngineSimulator:
 
     def _flush_items(self, proc_now: int, checkpoint: bool = False) -> None:
         inbox, self._inbox = self._inbox, []
-        keys: list[str] = []
-        index: dict[str, int] = {}
-        records = []
-        for key, kind, payload in inbox:
-            k = -1
-            if key is not None:
-                k = index.get(key)
-                if k is None:
-                    k = index[key] = len(keys)
-                    keys.append(key)
-            records.append(BatchRecord(kind, k, proc_now, 0, payload))
+        keys, records = _keyed_batch((key, kind, payload, proc_now) for key, kind, payload in inbox)
         states = [self.item_state.get(k, [None]) for k in keys]
         result = self.item.process(keys, states, records, proc_now, checkpoint=checkpoint)
         self.stats.flushes += 1

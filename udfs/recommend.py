@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 
 from state_schemas.config import EVENT_TYPES, RecommendConfig, VariantConfig
@@ -627,66 +625,9 @@ def _title_of(model: ItemModel, item_id: str) -> str:
     return model.title(c) if c != NO_CODE else item_id
 
 
-def matched_feature(positive: dict[str, float], model: ItemModel, code: int) -> str | None:
-    """The item's feature the user is most interested in (ties: feature name), or None."""
-    best: tuple[float, str] | None = None
-    for name in model.feature_names(code):
-        w = positive.get(name)
-        if w is not None and (best is None or (-w, name) < best):
-            best = (-w, name)
-    return best[1] if best is not None else None
-
-
 def _feature_label(feature: str) -> str:
     return feature.split(":", 1)[1] if ":" in feature else feature
 
 
+# Source indices of the kernel's out_parts/out_reasons, in SOURCES order.
 _CF, _CT, _TR, _SG = range(4)
-_ALL_SOURCES = (_CF, _CT, _TR, _SG)
-_SOURCE_INDEX = {COLLABORATIVE: _CF, CONTENT: _CT, TRENDING: _TR, SEGMENT: _SG}
-
-
-def explain(contributions: Sequence[float], *,
-            because: tuple[int, str] | None = None, interest_feature: str | None = None,
-            trending_category: str | None = None, first: str | None = None,
-            max_reasons: int = 3, min_share: float = 0.1) -> list[str]:
-    """Human-readable reasons from an item's weighted source contributions (in ``SOURCES``
-    order).
-
-    A source is named when it gives at least ``min_share`` of the item's score; largest first
-    (ties in ``SOURCES`` order); ``first`` puts one source first regardless. ``because`` is the
-    (event type code, title) of the recent item behind the CF score.
-    """
-    c = contributions
-    a, b, t, g = c
-    threshold = min_share * ((a if a > 0 else 0.0) + (b if b > 0 else 0.0)
-                             + (t if t > 0 else 0.0) + (g if g > 0 else 0.0))
-    picked = [s for s in _ALL_SOURCES if c[s] > 0 and c[s] >= threshold]
-    if len(picked) > 1:
-        picked.sort(key=c.__getitem__, reverse=True)  # stable: ties keep SOURCES order
-    if first is not None:
-        f = _SOURCE_INDEX[first]
-        picked = [f] + [s for s in picked if s != f]
-    reasons: list[str] = []
-    for s in picked:
-        if s == _CF:
-            if because is not None:
-                verb = EVENT_VERBS.get(EVENT_TYPES[because[0]], "interacted with")
-                reason = f"because you {verb} {because[1]}"
-            else:
-                reason = "because of your recent activity"
-        elif s == _CT:
-            if interest_feature is not None:
-                reason = f"matches your interest in {_feature_label(interest_feature)}"
-                if reason not in reasons:
-                    reasons.append(reason)
-            if trending_category is None or _TR in picked:
-                continue
-            reason = f"trending in {trending_category}"
-        elif s == _TR:
-            reason = "trending now"
-        else:
-            reason = "popular with users like you"
-        if reason not in reasons:
-            reasons.append(reason)
-    return reasons[:max(0, max_reasons)]

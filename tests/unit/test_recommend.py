@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from state_schemas.config import DAY_MS, EVENT_TYPES, VariantConfig, load_config
 from state_schemas.ids import id_hash
 from udfs.model import ItemModel
-from udfs.recommend import (EVENT_VERBS, NOTHING, Ranked, Recommender, UserView, explain,
-                            matched_feature)
+from udfs.recommend import EVENT_VERBS, NOTHING, Ranked, Recommender, UserView
 
 NOW = 1_750_000_000_000
 HL = 3 * DAY_MS  # default recency half-life
@@ -377,46 +376,11 @@ def test_because_reason_uses_the_current_title():
     ("view", "viewed"), ("click", "clicked"), ("like", "liked"), ("share", "shared"),
     ("comment", "commented on"), ("add_to_cart", "added to cart"), ("purchase", "purchased"),
     ("rate", "rated highly")])
-def test_explain_uses_the_verb_and_title(event_type, verb):
+def test_because_reason_uses_the_verb_and_title(event_type, verb):
     assert EVENT_VERBS[event_type] == verb
-    reasons = explain([1.0, 0.0, 0.0, 0.0], because=(EVENT_TYPES.index(event_type), "The Title"))
-    assert reasons == [f"because you {verb} The Title"]
     h = Hand([rec("r", "The Title")], {"r": [("x", 1.0)]})
     assert h.recommend(dict(recent=[("r", event_type, NOW, 1.0)])).reasons == [
         [f"because you {verb} The Title"]]
-
-
-def test_explain_order_share_and_forced_first():
-    contributions = [0.05, 0.5, 0.3, 0.3]  # collaborative, content, trending, segment
-    reasons = explain(contributions, because=(EVENT_TYPES.index("like"), "zz"),
-                      interest_feature="category:hats", trending_category="hats")
-    # collaborative is under 10 % of the score; trending ties segment (source order decides);
-    # "trending in hats" is not given when "trending now" is
-    assert reasons == ["matches your interest in hats", "trending now",
-                       "popular with users like you"]
-    assert explain(contributions, first="segment", max_reasons=1) == [
-        "popular with users like you"]
-    assert explain([1.0, 0, 0, 0], because=(EVENT_TYPES.index("like"), "zz")) == [
-        "because you liked zz"]
-    assert explain([1.0, 0, 0, 0]) == ["because of your recent activity"]
-    assert explain([0.0, 1.0, 0.0, 0.0], interest_feature="tag:wool",
-                   trending_category="hats") == ["matches your interest in wool",
-                                                 "trending in hats"]
-    assert explain([0.0, 0.0, 0.0, 0.0]) == []
-    assert explain([0.5, 0.5, 0.5, 0.5], max_reasons=0) == []
-    # an unknown event type (not_interested has no verb) still reads as a sentence
-    assert explain([1.0, 0, 0, 0], because=(EVENT_TYPES.index("not_interested"), "t")) == [
-        "because you interacted with t"]
-
-
-def test_matched_feature_prefers_weight_then_name():
-    h = Hand([rec("i", "I", ["hats"], ["red", "wool"]), rec("j", "J", ["shoes"])])
-    code = h.model.items.get("i")
-    positive = {"category:hats": 1.0, "tag:red": 2.0, "tag:wool": 2.0}
-    assert matched_feature(positive, h.model, code) == "tag:red"  # tie: name order
-    assert matched_feature({"category:hats": 1.0}, h.model, code) == "category:hats"
-    assert matched_feature(positive, h.model, h.model.items.get("j")) is None
-    assert matched_feature(positive, h.model, h.model.code("not-in-catalogue")) is None
 
 
 def test_content_reason_names_the_best_liked_feature():

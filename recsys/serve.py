@@ -462,7 +462,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_spec(request.app[STATE].cfg))
+    return json_response(openapi_spec(request.app[STATE].cfg,
+                                      api_keys=request.app[SECURITY].auth.enabled))
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -521,6 +522,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not host_allowed(request.headers.get("Host"), security.bind_host, cfg.serve):
         return error_response(421, "misdirected_request",
                               "this service answers to its loopback address only")
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # no such route or method: 404/405 as they are
     caller = security.auth.caller(request.headers, request.remote or "?")
     if request.path not in OPEN_PATHS and not request.path.startswith("/static/"):
         if caller is None:
@@ -657,10 +660,12 @@ def _response(description: str, ref: str) -> dict[str, Any]:
             "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
-def openapi_spec(cfg: EngineConfig) -> dict[str, Any]:
+def openapi_spec(cfg: EngineConfig, api_keys: bool = True) -> dict[str, Any]:
     """OpenAPI 3.1 description, built from the message schemas in ``state_schemas/json`` so it
     cannot drift from the contract. The event's ``ts`` window is computed now (the job rejects
-    timestamps before ``validation.min_ts_ms`` or more than ``max_future_skew_ms`` ahead)."""
+    timestamps before ``validation.min_ts_ms`` or more than ``max_future_skew_ms`` ahead). With
+    ``api_keys`` (the service has keys) it declares the key schemes and who needs which scope;
+    without, the service is loopback-only and open, and says so."""
     rec = _message_schema("recommendation")
     rec["properties"]["items"]["items"]["properties"]["title"] = {
         "type": ["string", "null"], "description": "from item-catalog; null if unknown"}
@@ -706,7 +711,10 @@ def openapi_spec(cfg: EngineConfig) -> dict[str, Any]:
                 "summary": "Ask the job for fresh recommendations and wait for its answer",
                 "description": "Publishes a recommendation-requests record with a new request_id and "
                                "waits for the recommendation carrying it. Unknown users get "
-                               "trending items (cold start).",
+                               "trending items (cold start). Send Content-Type: application/json "
+                               "(the body, e.g. {}, is ignored): the service takes no other POSTs.",
+                "requestBody": {"required": True, "content": {JSON: {"schema": {
+                    "description": "any JSON, ignored"}}}},
                 "parameters": [user_id,
                                {"name": "k", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 1, "maximum": cfg.recommend.max_k,
@@ -778,13 +786,22 @@ def openapi_spec(cfg: EngineConfig) -> dict[str, Any]:
                                       "items": {"type": "integer", "minimum": 0}}},
         }},
     }
-    _add_security(spec)
+    if api_keys:
+        _add_security(spec)
+    else:
+        spec["info"]["description"] += (" This instance has no API keys: it listens on a "
+                                        "loopback address only, and asks for none.")
+    for ops in spec["paths"].values():  # the guard's rate limit and media type apply anyway
+        for method, op in ops.items():
+            op["responses"]["429"] = _response("Rate limit reached; see Retry-After", "Error")
+            if method == "post":
+                op["responses"]["415"] = _response(f"Content-Type is not {JSON}", "Error")
     return spec
 
 
 def _add_security(spec: dict[str, Any]) -> None:
-    """API keys (``recsys/api_security.py``): the schemes, who needs which scope, the answers of
-    the guard (401, 403, 415, 429) on every operation it applies to."""
+    """API keys (``recsys/api_security.py``): the schemes, who needs which scope, the guard's
+    401 and 403 on every operation it applies to."""
     spec["components"]["securitySchemes"] = {
         "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
                    "description": "Scope read: GET of user data; write: POST, and GET. Required "
@@ -793,18 +810,14 @@ def _add_security(spec: dict[str, Any]) -> None:
         "Bearer": {"type": "http", "scheme": "bearer",
                    "description": "The same API key as `Authorization: Bearer <key>`."}}
     spec["security"] = [{"ApiKey": []}, {"Bearer": []}]
-    limited = _response("Rate limit of this key reached; see Retry-After", "Error")
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
-            op["responses"]["429"] = limited
             if path in OPEN_PATHS:
                 op["security"] = []
                 continue
             op["responses"]["401"] = _response("No valid API key", "Error")
             op["responses"]["403"] = _response(
                 f"The key lacks the {'write' if method == 'post' else 'read'} scope", "Error")
-            if method == "post":
-                op["responses"]["415"] = _response(f"Content-Type is not {JSON}", "Error")
 
 
 # `python -m recsys.serve --port P --bootstrap-servers H:P` works before the CLI wiring exists.

@@ -164,7 +164,8 @@ def test_health_openapi_and_profile(base_url: str) -> None:
 
 
 def test_refresh_round_trip_returns_the_answer_to_its_request(base_url: str) -> None:
-    r = requests.post(f"{base_url}/users/uS/recommendations:refresh", params={"k": 3}, timeout=20)
+    r = requests.post(f"{base_url}/users/uS/recommendations:refresh", params={"k": 3}, json={},
+                      timeout=20)
     assert r.status_code == 200, r.text
     rec = r.json()
     assert rec["request_id"].startswith("http-") and rec["user_id"] == "uS"
@@ -217,9 +218,11 @@ def test_bad_event_bodies_are_422_with_the_reason(base_url: str, body: bytes, re
 
 def test_bad_refresh_parameters_are_422(base_url: str) -> None:
     for params in ({"k": 0}, {"k": "ten"}, {"k": 10_000}, {"timeout_s": 0}, {"timeout_s": 31}, {"timeout_s": "soon"}):
-        r = requests.post(f"{base_url}/users/uS/recommendations:refresh", params=params, timeout=5)
+        r = requests.post(f"{base_url}/users/uS/recommendations:refresh", params=params, json={},
+                          timeout=5)
         assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", (params, r.text)
-    r = requests.post(f"{base_url}/users/{'x' * 300}/recommendations:refresh", timeout=5)
+    r = requests.post(f"{base_url}/users/{'x' * 300}/recommendations:refresh", json={},
+                      timeout=5)
     assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
 
 

@@ -70,9 +70,14 @@ def test_user_data_needs_a_key_with_the_right_scope(keyed):
     r = requests.post(f"{keyed}/events", json={"event_id": "e"}, headers={"X-API-Key": WRITER},
                       timeout=5)
     assert r.status_code == 422
-    # the page, health and the API description stay open
+    # the page, health and the API description stay open; the description declares the keys
     for path in ("/", "/healthz", "/openapi.json"):
         assert requests.get(f"{keyed}{path}", timeout=5).status_code in (200, 503), path
+    spec = requests.get(f"{keyed}/openapi.json", timeout=5).json()
+    assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+    assert spec["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    assert "401" in spec["paths"]["/events"]["post"]["responses"]
 
 
 def test_posts_must_be_json(keyed):

@@ -151,12 +151,12 @@ def input_source(env: StreamExecutionEnvironment, cfg: EngineConfig, topics: lis
     builder = jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
     builder.setBootstrapServers(cfg.kafka.bootstrap_servers)
     builder.setTopics(_array(jvm, jvm.java.lang.String, [t.topic for t in topics]))
-    builder.setGroupId(cfg.kafka.group_id)
+    builder.setGroupId(cfg.consumer_group())
     builder.setStartingOffsets(_starting_offsets(jvm, cfg))
     builder.setDeserializer(deserializer)
     # Read only committed output of transactional producers (our own loop-backs too).
     builder.setProperty("isolation.level", "read_committed")
-    builder.setProperty("client.id.prefix", f"{cfg.kafka.group_id}-{uid}")
+    builder.setProperty("client.id.prefix", f"{cfg.consumer_group()}-{uid}")
     builder.setProperty("partition.discovery.interval.ms", "60000")
     for key, value in cfg.kafka.client_properties.items():
         builder.setProperty(key, str(value))
@@ -219,7 +219,7 @@ def kafka_sink(cfg: EngineConfig, topic: str, name: str, guarantee: str):
                .setDeliveryGuarantee(delivery)
                .setProperty("transaction.timeout.ms", str(cfg.kafka.transaction_timeout_ms)))
     if guarantee == "exactly-once":
-        builder = builder.setTransactionalIdPrefix(f"{cfg.kafka.transactional_id_prefix}-{name}")
+        builder = builder.setTransactionalIdPrefix(f"{cfg.transactional_id_prefix()}-{name}")
     for key, value in cfg.kafka.client_properties.items():
         builder = builder.setProperty(key, str(value))
     return builder.build()

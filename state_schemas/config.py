@@ -59,7 +59,9 @@ class TopicNames:
 @dataclass
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "recsys-engine"
+    # Empty: job.name (see EngineConfig.consumer_group). Two deployments on one Kafka cluster
+    # need different job names, or different group ids and transactional id prefixes.
+    group_id: str = ""
     # "earliest" replays the topics from the start on a fresh job (no checkpoint/savepoint);
     # "committed" resumes from the group's committed offsets, falling back to earliest.
     starting_offsets: str = "committed"
@@ -81,7 +83,9 @@ class KafkaConfig:
     # max.message.bytes, 1 MiB by default): model updates are split to fit; a profile snapshot
     # that would not fit goes to the DLQ instead (reason snapshot_too_large).
     max_message_bytes: int = 900_000
-    transactional_id_prefix: str = "recsys"
+    # Prefix of the exactly-once sinks' transactional ids; empty: job.name. Two jobs writing
+    # with one prefix fence each other's transactions, so it must be unique per deployment.
+    transactional_id_prefix: str = ""
     # Extra client properties passed to every Kafka source and sink (security.protocol,
     # sasl.mechanism, sasl.jaas.config, ssl.truststore.location, ...).
     client_properties: dict[str, str] = field(default_factory=dict)
@@ -293,6 +297,15 @@ class EngineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def consumer_group(self) -> str:
+        """The sources' consumer group: ``kafka.group_id``, else the job's name."""
+        return self.kafka.group_id or self.job.name
+
+    def transactional_id_prefix(self) -> str:
+        """The exactly-once sinks' transactional id prefix: ``kafka.transactional_id_prefix``,
+        else the job's name (unique per deployment, so deployments never fence each other)."""
+        return self.kafka.transactional_id_prefix or self.job.name
 
 
 class ConfigError(ValueError):

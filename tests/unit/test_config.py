@@ -100,8 +100,19 @@ checkpoint_interval_ms = 10_000
     assert cfg.similarity.top_k == 30
     assert cfg.similarity.popularity_alpha == 1.0 and isinstance(cfg.similarity.popularity_alpha, float)
     assert cfg.job.checkpoint_interval_ms == 10_000
-    assert cfg.kafka.group_id == "recsys-engine"  # untouched default
+    assert cfg.consumer_group() == "recsys-engine"  # untouched default: the job's name
     assert cfg.similarity.metric == "cosine"
+
+
+def test_group_and_transactional_ids_follow_the_job_name_unless_set() -> None:
+    # Two deployments with different job names never share a consumer group or fence each
+    # other's transactions; explicit settings win.
+    a, b = load(RECSYS__JOB__NAME="shop-eu"), load(RECSYS__JOB__NAME="shop-us")
+    assert (a.consumer_group(), a.transactional_id_prefix()) == ("shop-eu", "shop-eu")
+    assert b.transactional_id_prefix() == "shop-us" != a.transactional_id_prefix()
+    c = load(RECSYS__JOB__NAME="shop-eu", RECSYS__KAFKA__GROUP_ID="g",
+             RECSYS__KAFKA__TRANSACTIONAL_ID_PREFIX="t")
+    assert (c.consumer_group(), c.transactional_id_prefix()) == ("g", "t")
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:

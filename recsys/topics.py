@@ -15,7 +15,7 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from state_schemas.config import DAY_MS, EngineConfig, TopicNames
+from state_schemas.config import DAY_MS, EngineConfig, PrivacyConfig, TopicNames
 from recsys.kafka_io import client_kwargs
 
 REPLICATION_FACTOR = 1  # the local broker is a single node
@@ -31,14 +31,20 @@ class TopicsResult:
     existing: list[str] = field(default_factory=list)
 
 
-def topic_configs(topic: str, names: TopicNames) -> dict[str, str]:
-    """Per-topic settings: compaction for the keyed state topics, 7-day retention for the DLQ."""
+def topic_configs(topic: str, names: TopicNames,
+                  privacy: PrivacyConfig | None = None) -> dict[str, str]:
+    """Per-topic settings: compaction for the keyed state topics (with bounded compaction lag,
+    so an erased user's values go within ``privacy.compaction_max_lag_ms``), 7-day retention
+    for the DLQ."""
+    privacy = privacy or PrivacyConfig()
     # The job's output records carry event time; on replays of old data that would make the
     # broker roll segments at once and compact or expire records by their (old) timestamps.
     # Output topics therefore keep the broker's append time.
     append_time = {"message.timestamp.type": "LogAppendTime"}
     if topic in names.compacted_topics():
-        return {"cleanup.policy": "compact", **append_time}
+        return {"cleanup.policy": "compact",
+                "max.compaction.lag.ms": str(privacy.compaction_max_lag_ms),
+                "delete.retention.ms": str(privacy.tombstone_retention_ms), **append_time}
     if topic == names.events_dlq:
         return {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS), **append_time}
     if topic == names.item_model:
@@ -49,25 +55,26 @@ def topic_configs(topic: str, names: TopicNames) -> dict[str, str]:
     return {}
 
 
-def topic_specs(names: TopicNames, partitions: int) -> dict[str, dict[str, Any]]:
+def topic_specs(names: TopicNames, partitions: int,
+                privacy: PrivacyConfig | None = None) -> dict[str, dict[str, Any]]:
     """kafka-python's dict form of CreateTopics: {name: {num_partitions, replication_factor, configs}}."""
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     return {topic: {"num_partitions": 1 if topic == names.item_model else partitions,
                     "replication_factor": REPLICATION_FACTOR,
-                    "configs": topic_configs(topic, names)}
+                    "configs": topic_configs(topic, names, privacy)}
             for topic in dict.fromkeys(names.all_topics())}
 
 
 def ensure_topics(bootstrap: str, topic_names: TopicNames, partitions: int = 1,
-                  **admin_kwargs: Any) -> TopicsResult:
+                  privacy: PrivacyConfig | None = None, **admin_kwargs: Any) -> TopicsResult:
     """Create the missing topics of ``topic_names``; existing ones are left as they are.
 
     Topics that already exist are not altered (their partition count or configs may differ
     from what would be created now). Returns once the new topics have leaders, so producers
     and consumers can use them straight away.
     """
-    specs = topic_specs(topic_names, partitions)
+    specs = topic_specs(topic_names, partitions, privacy)
     result = TopicsResult()
     admin_kwargs.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
     admin_kwargs.setdefault("client_id", "recsys-topics")
@@ -93,12 +100,12 @@ def create_topics(cfg: EngineConfig) -> int:
     """``recsys topics create``: every topic of ``cfg.topics`` with ``cfg.kafka.partitions``."""
     try:
         result = ensure_topics(cfg.kafka.bootstrap_servers, cfg.topics, cfg.kafka.partitions,
-                               **client_kwargs(cfg.kafka))
+                               cfg.privacy, **client_kwargs(cfg.kafka))
     except KafkaError as e:
         print(f"topics: cannot create topics on {cfg.kafka.bootstrap_servers}: {e!r} "
               "(is the broker running? `recsys kafka status`)", file=sys.stderr)
         return 1
-    specs = topic_specs(cfg.topics, cfg.kafka.partitions)
+    specs = topic_specs(cfg.topics, cfg.kafka.partitions, cfg.privacy)
     for topic in specs:
         state = "created" if topic in result.created else "exists"
         extras = ", ".join(f"{k}={v}" for k, v in specs[topic]["configs"].items())

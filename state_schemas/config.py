@@ -265,6 +265,16 @@ class PrivacyConfig:
     key_env: str = "RECSYS_PSEUDONYM_KEY"
     key_file: str = ""
     pseudonym_hex_chars: int = 32
+    # Erasure. After a forget, later events, attributes and requests for the user go to the DLQ
+    # (reason forgotten_user, without their payload) for this long, so a late or replayed record
+    # cannot bring the profile back: keep it at least as long as the input topics' retention.
+    forgotten_marker_ttl_ms: int = 7 * DAY_MS
+    # The compacted topics (profiles, similarities, recommendations) compact a key at most this
+    # long after its tombstone or newer value is written (max.compaction.lag.ms), and keep a
+    # tombstone this long afterwards (delete.retention.ms), so consumers replaying the topic
+    # see the deletion. Bounds how long an erased user's old values stay readable.
+    compaction_max_lag_ms: int = DAY_MS
+    tombstone_retention_ms: int = DAY_MS
 
 
 @dataclass

@@ -110,6 +110,7 @@ def test_topics_create_makes_every_topic_once(kafka_bootstrap: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     names = topic_names_factory(create=False)
     cfg = load_config(overrides=[f'kafka.bootstrap_servers="{kafka_bootstrap}"', "kafka.partitions=2",
+                                 "privacy.compaction_max_lag_ms=3600000",
                                  *(f'topics.{f}="{getattr(names, f)}"' for f in vars(names))],
                       environ={})
     assert create_topics(cfg) == 0
@@ -125,6 +126,9 @@ def test_topics_create_makes_every_topic_once(kafka_bootstrap: str,
         expected = "compact" if topic in names.compacted_topics() else "delete"
         assert configs[topic]["cleanup.policy"] == expected, topic
     assert configs[names.events_dlq]["retention.ms"] == str(DLQ_RETENTION_MS)
+    for topic in names.compacted_topics():  # erased users' values go within a bounded time
+        assert configs[topic]["max.compaction.lag.ms"] == str(cfg.privacy.compaction_max_lag_ms)
+        assert configs[topic]["delete.retention.ms"] == str(cfg.privacy.tombstone_retention_ms)
 
     assert create_topics(cfg) == 0  # idempotent
     assert "0 created, 10 already existed" in capsys.readouterr().out

@@ -570,5 +570,14 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("job.buffer_timeout_ms must be >= 0")
     if cfg.similarity.freeze_item_model_at_ms < 0:
         problems.append("similarity.freeze_item_model_at_ms must be >= 0 (0: never freeze)")
+    privacy = cfg.privacy
+    if min(privacy.forgotten_marker_ttl_ms, privacy.compaction_max_lag_ms,
+           privacy.tombstone_retention_ms) < 0:
+        problems.append("privacy.forgotten_marker_ttl_ms, compaction_max_lag_ms and "
+                        "tombstone_retention_ms must be >= 0")
+    if 0 < cfg.profile.inactive_user_ttl_ms < privacy.forgotten_marker_ttl_ms:
+        # The marker lives in the profile's state slot, which Flink's TTL would clear first.
+        problems.append("privacy.forgotten_marker_ttl_ms must be <= profile.inactive_user_ttl_ms "
+                        "(the state TTL would drop the marker earlier)")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -12,6 +12,10 @@ Versions:
   :func:`decode_profile` recognises a pickle by its first byte and migrates it.
 * v3: this module.
 
+The same state slot holds a **forgotten-user marker** after a privacy "forget" (its own magic
+``"FU"``, version 1: ``"FU" u8 version u8 0 i64 forgotten_at``): it keeps a late or replayed
+record from re-creating the profile until it expires (``privacy.forgotten_marker_ttl_ms``).
+
 Layout of v3 (little-endian)::
 
     "UP" u8 version u8 flags
@@ -49,6 +53,9 @@ PROFILE_STATE_VERSION = 3
 IMPRESSION_STATE_VERSION = 2
 _MAGIC = b"UP"
 _IMAGIC = b"IL"
+FORGOTTEN_MAGIC = b"FU"
+FORGOTTEN_MARKER_VERSION = 1
+_FORGOTTEN = struct.Struct("<2sBBq")
 N_TYPES = len(EVENT_TYPES)
 TYPE_CODE: dict[str, int] = {t: n for n, t in enumerate(EVENT_TYPES)}
 
@@ -250,6 +257,21 @@ def decode_impressions(blob: bytes) -> ImpressionLog:
     rows = zip((base - first).tolist(), (base - last.astype(np.int64)).tolist(),
                variant.tolist(), kinds.tolist())
     return ImpressionLog(dict(zip(items.tolist(), rows)), orjson.loads(buf[at:]))
+
+
+def encode_forgotten(forgotten_at: int) -> bytes:
+    """The forgotten-user marker: when (processing time) the user was erased."""
+    return _FORGOTTEN.pack(FORGOTTEN_MAGIC, FORGOTTEN_MARKER_VERSION, 0, forgotten_at)
+
+
+def decode_forgotten(blob: bytes) -> int | None:
+    """When the user was erased, if ``blob`` is a forgotten-user marker; None for a profile."""
+    if blob[:2] != FORGOTTEN_MAGIC:
+        return None
+    if blob[2] != FORGOTTEN_MARKER_VERSION or len(blob) != _FORGOTTEN.size:
+        raise StateVersionError(f"forgotten-user marker version {blob[2]} is not supported "
+                                f"(this code reads {FORGOTTEN_MARKER_VERSION})")
+    return _FORGOTTEN.unpack(blob)[3]
 
 
 def day_index(ts: int) -> int:

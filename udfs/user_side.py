@@ -14,14 +14,17 @@ Per record kind:
   model is frozen), a rate-limited profile snapshot, feedback attribution, a recommendation;
 * attributes — merged into the profile (snapshot when they changed);
 * recommendation request — a recommendation for the profile as it is (nothing is stored);
-* privacy "forget" — both keyed states cleared, tombstones on the compacted topics;
-* timer — the trailing profile snapshot of the rate limit;
+* privacy "forget" — both keyed states cleared, tombstones on the compacted topics, and a
+  forgotten-user marker in the profile's place: until it expires, the user's records go to the
+  dead-letter topic (reason ``forgotten_user``, without payload) instead of re-creating state;
+* timer — the trailing profile snapshot of the rate limit, or the forgotten-user marker's expiry;
 * catalogue record (broadcast) — validated (subtask 0 dead-letters), applied to the model;
 * model update (broadcast) — neighbour rows and popularity applied to the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -34,13 +37,13 @@ from state_schemas.config import EngineConfig
 from state_schemas.ids import id_hash
 from state_schemas.legacy import LEGACY_CATALOG_STATE, legacy_catalog_record
 from state_schemas.profile_state import (
-    ImpressionLog, UserProfile, decode_impressions, decode_profile, encode_impressions,
-    encode_profile)
+    ImpressionLog, UserProfile, decode_forgotten, decode_impressions, decode_profile,
+    encode_forgotten, encode_impressions, encode_profile)
 from udfs import validation as edge
 from udfs.ab import attribute_feedback, record_impressions
 from udfs.model import ItemModel
 from udfs.observability import MetricDeltas
-from udfs.privacy import pseudonymize
+from udfs.privacy import pseudonymize, pseudonymize_raw_user_ids, redact_personal_text
 from udfs.profile import ProfileStep, demographic_segment
 from udfs.recommend import Ranked, Recommender
 
@@ -105,6 +108,7 @@ class _UserSlot:
     impressions_dirty: bool = False
     stored: bool = False  # keyed state holds a profile for this user
     last_access: int = 0  # processing time
+    forgotten_at: int | None = None  # keyed state holds a forgotten-user marker from then
 
 
 class UserSide:
@@ -176,7 +180,7 @@ class UserSide:
                     self._on_user_record(keys, states, r, proc_now, watermark, out, activity,
                                          pairs)
             except Exception as e:  # noqa: BLE001 - the boundary: no record fails the task
-                self._internal_error(r, e, out)
+                self._internal_error(r, e, out, keys[r.key] if 0 <= r.key < len(keys) else None)
         if activity[0]:
             out.outputs.emit(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY, "",
                              rec.encode_activity(*activity))
@@ -229,19 +233,21 @@ class UserSide:
             slot.impressions_dirty = False
 
     # ------------------------------------------------------------------------ records
-    def _parse(self, r: Record, out: BatchResult, dead_letter: bool = True) -> dict | None:
+    def _parse(self, r: Record, out: BatchResult, dead_letter: bool = True,
+               user_key: str | None = None) -> dict | None:
         topic = self.topic_of[r.kind]
         parsed = edge.parse_input(bytes(r.payload), _SCHEMA_KIND[r.kind], topic, self.now_ms(),
                                   self.cfg.validation, self.cfg.profile,
                                   self.cfg.recommend.default_k, self.cfg.recommend.max_k)
         if isinstance(parsed, edge.DeadLetter):
             if dead_letter:
-                self._dead_letter(parsed, out)
+                self._dead_letter(parsed, out, user_key)
             return None
         self.metrics.inc("records_accepted", 1, (("source_topic", topic),))
         return parsed
 
-    def _internal_error(self, r: Record, error: Exception, out: BatchResult) -> None:
+    def _internal_error(self, r: Record, error: Exception, out: BatchResult,
+                        user_key: str | None) -> None:
         """A record the engine failed on, for whatever reason: a dead letter (reason
         ``internal_error``) instead of a failed task, which would restart and fail again on the
         same record. What the record had already changed stays (the user's profile may hold part
@@ -252,12 +258,29 @@ class UserSide:
         self._dead_letter(edge.dead_letter(
             raw, topic, "internal_error",
             f"the engine failed on this record ({type(error).__name__}); it was not applied "
-            "completely", self.now_ms(), self.cfg.validation), out)
+            "completely", self.now_ms(), self.cfg.validation), out, user_key)
 
-    def _dead_letter(self, letter: edge.DeadLetter, out: BatchResult) -> None:
+    def _dead_letter(self, letter: edge.DeadLetter, out: BatchResult,
+                     user_key: str | None = None) -> None:
+        """Write a dead letter, keyed by the user it concerns (the routing key: pseudonymised
+        when pseudonymisation is on) where one was read, else by its source topic. Its raw text
+        loses email- and phone-shaped values, and with pseudonymisation on its user ids (or,
+        if one cannot be replaced for sure, the whole raw text)."""
+        raw = letter.raw
+        if raw:
+            raw = redact_personal_text(raw)
+            if self.pseudonym_key is not None and letter.source_topic != self.cfg.topics.item_catalog:
+                raw = pseudonymize_raw_user_ids(raw, self.pseudonym_key,
+                                                self.cfg.privacy.pseudonym_hex_chars)
+                if raw is None:
+                    raw = ""
+                    letter = dataclasses.replace(letter, raw_truncated=False, error=(
+                        letter.error + " [raw text withheld: it may name a user id that "
+                        "cannot be pseudonymised]"))
+            letter = dataclasses.replace(letter, raw=raw)
         self.metrics.inc("dlq_records", 1, (("source_topic", letter.source_topic),
                                             ("reason", letter.reason)))
-        out.outputs.emit(rec.USER_OUT_DLQ, 0, letter.source_topic,
+        out.outputs.emit(rec.USER_OUT_DLQ, 0, user_key or letter.source_topic,
                          orjson.dumps(letter.to_message()))
 
     def _slot(self, keys: Sequence[str], states, k: int, proc_now: int) -> _UserSlot:
@@ -270,8 +293,12 @@ class UserSide:
             slot = None
         if slot is None:
             profile_blob, impressions_blob = states[k]
+            forgotten_at = decode_forgotten(profile_blob) if profile_blob is not None else None
+            if forgotten_at is not None:
+                profile_blob = None
             slot = self.cache[key] = _UserSlot(None, None, profile_blob, impressions_blob,
-                                               stored=profile_blob is not None)
+                                               stored=profile_blob is not None,
+                                               forgotten_at=forgotten_at)
         else:
             self.cache.move_to_end(key)
         slot.last_access = proc_now
@@ -296,7 +323,8 @@ class UserSide:
 
     def _on_user_record(self, keys, states, r: Record, proc_now: int, watermark: int,
                         out: BatchResult, activity, pairs) -> None:
-        parsed = self._parse(r, out)
+        routing_key = keys[r.key] if r.key >= 0 else None
+        parsed = self._parse(r, out, user_key=routing_key)
         if parsed is None:
             return
         user_id = parsed["user_id"]
@@ -309,9 +337,22 @@ class UserSide:
             self._dead_letter(edge.dead_letter(
                 r.payload, self.topic_of[r.kind], "invalid_field",
                 "user_id is ambiguous (the record names it more than once)", self.now_ms(),
-                self.cfg.validation), out)
+                self.cfg.validation), out, routing_key)
             return
         slot = self._slot(keys, states, r.key, proc_now)
+        if slot.forgotten_at is not None:
+            if proc_now - slot.forgotten_at < self.cfg.privacy.forgotten_marker_ttl_ms:
+                if r.kind != rec.KIND_PRIVACY:
+                    # Erased: a late, replayed or new record must not bring anything back, and
+                    # its payload (personal data) is not kept either.
+                    self._dead_letter(edge.DeadLetter(
+                        self.topic_of[r.kind], "", False,
+                        "the user was erased; records for this user are not processed until "
+                        "privacy.forgotten_marker_ttl_ms has passed", "forgotten_user",
+                        self.now_ms()), out, routing_key)
+                    return
+            else:
+                slot.forgotten_at = None  # expired: the user starts afresh
         if r.kind == rec.KIND_EVENT:
             self._on_event(slot, parsed, r, proc_now, watermark, out, activity, pairs)
         elif r.kind == rec.KIND_ATTRIBUTES:
@@ -321,7 +362,7 @@ class UserSide:
                 self._dead_letter(edge.dead_letter(
                     edge.redacted_attributes_payload(bytes(r.payload), self.cfg.profile), self.topic_of[r.kind],
                     "attributes_limit", f"the user would have more than {limit} attributes",
-                    self.now_ms(), self.cfg.validation), out)
+                    self.now_ms(), self.cfg.validation), out, user_id)
                 return
             if self.step.apply_attributes(u, parsed["attributes"], parsed["ts"]):
                 self.metrics.inc("profiles_updated")
@@ -332,7 +373,7 @@ class UserSide:
             self._recommend(slot, u, parsed["ts"], parsed["k"], out, r.ingest_ms,
                             request_id=parsed["request_id"])
         elif r.kind == rec.KIND_PRIVACY:
-            self._forget(slot, r.key, user_id, out)
+            self._forget(slot, r.key, user_id, proc_now, out)
 
     def _on_event(self, slot: _UserSlot, event: dict, r: Record, proc_now: int, watermark: int,
                   out: BatchResult, activity, pairs) -> None:
@@ -340,9 +381,10 @@ class UserSide:
         u = self._profile(slot, event["user_id"])
         if not self.step.remember_event_id(u, event["event_id"], event["ts"]):
             self._dead_letter(edge.dead_letter(
-                orjson.dumps(event), cfg.topics.user_events, "duplicate_event",
+                bytes(r.payload), cfg.topics.user_events, "duplicate_event",
                 f"event_id {event['event_id']!r} was already processed within "
-                f"{cfg.validation.dedup_window_ms} ms", self.now_ms(), cfg.validation), out)
+                f"{cfg.validation.dedup_window_ms} ms", self.now_ms(), cfg.validation), out,
+                event["user_id"])
             return
         self.metrics.inc("events_in", 1, (("event_type", event["event_type"]),))
         if event["ts"] < watermark:
@@ -389,6 +431,11 @@ class UserSide:
 
     def _on_timer(self, keys, states, r: Record, proc_now: int, out: BatchResult) -> None:
         slot = self._slot(keys, states, r.key, proc_now)
+        if slot.forgotten_at is not None:
+            if r.ts >= slot.forgotten_at + self.cfg.privacy.forgotten_marker_ttl_ms:
+                out.state_updates.append((r.key, STATE_PROFILE, None))  # the marker's expiry
+                slot.forgotten_at = None
+            return
         if slot.profile is None and slot.profile_blob is None:
             return
         u = self._profile(slot, keys[r.key])
@@ -407,17 +454,27 @@ class UserSide:
             self._dead_letter(edge.DeadLetter(
                 self.cfg.topics.user_profiles, "", False,
                 f"the profile snapshot is {len(message)} bytes; the limit is {limit} "
-                "(kafka.max_message_bytes)", "snapshot_too_large", self.now_ms()), out)
+                "(kafka.max_message_bytes)", "snapshot_too_large", self.now_ms()), out, u.user_id)
             return
         out.outputs.emit(rec.USER_OUT_PROFILES, 0, u.user_id, message)
 
-    def _forget(self, slot: _UserSlot, key: int, user_id: str, out: BatchResult) -> None:
-        """Right to be forgotten: drop both states, tombstone the compacted topics."""
+    def _forget(self, slot: _UserSlot, key: int, user_id: str, proc_now: int,
+                out: BatchResult) -> None:
+        """Right to be forgotten: drop both states, tombstone the compacted topics, and keep a
+        forgotten-user marker (with an expiry timer) in the profile's place. Repeating a forget
+        repeats the tombstones and restarts the marker's time."""
         slot.profile = slot.impressions = None
         slot.profile_blob = slot.impressions_blob = None
         slot.profile_dirty = slot.impressions_dirty = False
         slot.stored = False
-        out.state_updates.append((key, STATE_PROFILE, None))
+        self.dirty.pop(user_id, None)
+        ttl = self.cfg.privacy.forgotten_marker_ttl_ms
+        if ttl > 0:
+            slot.forgotten_at = proc_now
+            out.state_updates.append((key, STATE_PROFILE, encode_forgotten(proc_now)))
+            out.timers.append((key, proc_now + ttl))
+        else:
+            out.state_updates.append((key, STATE_PROFILE, None))
         out.state_updates.append((key, STATE_IMPRESSIONS, None))
         self.metrics.inc("users_forgotten")
         out.outputs.emit(rec.USER_OUT_PROFILES, 0, user_id, None)

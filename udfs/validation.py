@@ -9,6 +9,7 @@ adds the checks a schema cannot express (size, encoding, time sanity, finite num
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import orjson
 
 from state_schemas.config import ProfileConfig, ValidationConfig
 from state_schemas import validator
+from udfs.privacy import redact_personal_text
 
 # Logical input kinds and the schema each is validated against.
 KIND_EVENT = "user-event"
@@ -155,10 +157,31 @@ def _normalise_event(rec: dict[str, Any]) -> dict[str, Any] | str:
             "context": context if isinstance(context, dict) else None}
 
 
+# Letters of other scripts that look like Latin ones (Unicode confusables), so "еmail" with a
+# Cyrillic "е" is still an email attribute. NFKC already folds full-width and compatibility
+# forms; zero-width characters are dropped.
+_HOMOGLYPHS = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "х": "x", "у": "y", "і": "i",
+    "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l", "ո": "n", "ս": "u", "α": "a",
+    "ε": "e", "ο": "o", "ρ": "p", "ι": "i", "κ": "k", "ν": "v", "τ": "t", "μ": "m",
+    "\u200b": None, "\u200c": None, "\u200d": None, "\u2060": None, "\ufeff": None,
+    "\u00ad": None})
+
+
+def normalised_name(name: str) -> str:
+    """An attribute name as the personal-data check compares it: NFKC, zero-width characters
+    and soft hyphens removed, homoglyphs mapped to Latin, case-folded, separators as "_"."""
+    key = unicodedata.normalize("NFKC", name).translate(_HOMOGLYPHS).casefold().strip()
+    return key.replace("-", "_").replace(" ", "_").replace(".", "_")
+
+
 def is_pii_attribute(name: str, pii_names: frozenset[str]) -> bool:
-    """Attribute names that look like personal data: exact list plus obvious substrings."""
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    return key in pii_names or any(s in key for s in ("email", "phone", "address", "passport"))
+    """Attribute names that look like personal data: exact list plus obvious substrings, on
+    the normalised name."""
+    key = normalised_name(name) if not name.isascii() else \
+        name.strip().lower().replace("-", "_").replace(" ", "_").replace(".", "_")
+    return key in pii_names or any(s in key for s in ("email", "e_mail", "phone", "address",
+                                                      "passport"))
 
 
 def redact_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[str, Any]:
@@ -178,7 +201,9 @@ def redacted_attributes_payload(raw: bytes, profile_cfg: ProfileConfig) -> bytes
 
 
 def _normalise_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[str, Any]:
-    attributes = {k: v for k, v in rec["attributes"].items()
+    # Values shaped like emails or phone numbers are redacted whatever the attribute's name.
+    attributes = {k: redact_personal_text(v) if isinstance(v, str) else v
+                  for k, v in rec["attributes"].items()
                   if not is_pii_attribute(k, pii_names) and not isinstance(v, (dict, list))}
     return {"user_id": rec["user_id"], "ts": rec["ts"], "attributes": attributes}
 

@@ -74,7 +74,7 @@ def build_pipeline(env, cfg: EngineConfig) -> None:
         name="item operator", uid=ITEM_OPERATOR_UID, state_names=item_side.STATE_NAMES,
         shared_state="item-stats", legacy_shared_states=(),
         max_records=cfg.job.batch_max_records, max_delay_ms=cfg.similarity.flush_interval_ms,
-        state_ttl_ms=0, side_outputs=("model",))
+        state_ttl_ms=cfg.similarity.row_ttl_ms, side_outputs=("model",))
     io.sink_to(items, io.kafka_sink(cfg, t.item_similarity, "similarity",
                                     sinks["item_similarity"]),
                "sink:item-similarity", "sink-item-similarity")

@@ -217,6 +217,13 @@ class SimilarityConfig:
     freeze_item_model_at_ms: int = 0
     hoeffding_delta: float = 0.05
     hoeffding_min_obs: int = 5
+    # Which items enter the global models (popularity, occurrence, similarity rows): "all", or
+    # "catalogue" (only items the item-catalog topic has announced), which keeps events naming
+    # unknown ids from growing them. Users' profiles still record such events.
+    admit: str = "all"
+    # > 0: a similarity row not updated for this long is dropped from keyed state (Flink state
+    # TTL), so rows of items nobody touches any more do not accumulate; 0 keeps them.
+    row_ttl_ms: int = 0
 
 
 @dataclass
@@ -546,6 +553,10 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("similarity.metric must be cosine, jaccard or popularity_penalised")
     if not 0.0 < cfg.similarity.hoeffding_delta < 1.0:
         problems.append("similarity.hoeffding_delta must be within (0, 1)")
+    if cfg.similarity.admit not in ("all", "catalogue"):
+        problems.append("similarity.admit must be all or catalogue")
+    if cfg.similarity.row_ttl_ms < 0:
+        problems.append("similarity.row_ttl_ms must be >= 0 (0: keep rows)")
     if cfg.similarity.hoeffding_min_obs < 1:
         problems.append("similarity.hoeffding_min_obs must be >= 1")
     if not 0.0 <= cfg.similarity.popularity_alpha <= 1.0:

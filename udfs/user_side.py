@@ -140,7 +140,8 @@ class UserSide:
                          rec.KIND_CATALOG: cfg.topics.item_catalog}
         # Registered at 0 before the first recommendation: Prometheus' increase() cannot see
         # the growth of a series whose first scrape already holds its value.
-        for name in ("late_events", "profiles_created", "profiles_updated", "users_forgotten"):
+        for name in ("late_events", "profiles_created", "profiles_updated", "users_forgotten",
+                     "items_not_admitted"):
             self.metrics.inc(name, 0)
         for variant in cfg.recommend.variants:
             for trigger in ("event", "request"):
@@ -395,7 +396,13 @@ class UserSide:
         self.metrics.inc("profiles_updated")
         slot.profile_dirty = True
         frozen = 0 < cfg.similarity.freeze_item_model_at_ms <= event["ts"]
-        if not frozen:
+        # With similarity.admit = "catalogue", items the catalogue does not know never enter
+        # the global models (popularity, occurrence, similarity rows): a flood of made-up ids
+        # then costs profile space only, which is bounded per user.
+        catalogue_only = cfg.similarity.admit == "catalogue"
+        if catalogue_only and info is None:
+            self.metrics.inc("items_not_admitted")
+        elif not frozen:
             if outcome.weight > 0:
                 activity[0].append(item_id)
                 activity[1].append(outcome.weight)
@@ -403,6 +410,8 @@ class UserSide:
                 activity[3].append(event["ts"])
                 activity[4].append(demographic_segment(u.attributes))
             for row, col, delta in outcome.pairs:
+                if catalogue_only and self.model.info(col if row == item_id else row) is None:
+                    continue
                 entry = pairs.get(row)
                 if entry is None:
                     entry = pairs[row] = ([], [], [])

@@ -237,3 +237,32 @@ def test_the_marker_must_outlive_no_state_ttl():
         load_config(overrides=["profile.inactive_user_ttl_ms=3600000"], environ={})
     cfg = load_config(overrides=["profile.inactive_user_ttl_ms=" + str(30 * DAY_MS)], environ={})
     assert cfg.privacy.forgotten_marker_ttl_ms <= cfg.profile.inactive_user_ttl_ms
+
+
+# --------------------------------------------------------------------------- bounded state
+
+def test_with_admit_catalogue_unknown_items_stay_out_of_the_global_models():
+    catalogue = orjson.dumps({"item_id": "known", "ts": T0, "title": "K", "categories": ["c"],
+                              "tags": [], "price": 1.0, "available": True})
+    for admit, expected_items in (("all", {"known", "made-up-1", "made-up-2"}),
+                                  ("catalogue", {"known"})):
+        h = Host(f'similarity.admit="{admit}"')
+        h.side.process([], [], [Record(rec.KIND_CATALOG, -1, T0, 0, catalogue)], T0, NO_WATERMARK)
+        h.batch([(rec.KIND_EVENT, "u1", event("e1", item="known")),
+                 (rec.KIND_EVENT, "u1", event("e2", item="made-up-1")),
+                 (rec.KIND_EVENT, "u1", event("e3", item="made-up-2")),
+                 (rec.KIND_EVENT, "u1", event("e4", item="known", etype="view"))])
+        # (what the item operator would receive, taken from a fresh batch's outputs)
+        out = h.side.process(
+            ["u2"], [[None, None]],
+            [Record(rec.KIND_EVENT, 0, T0, 0, event("e5", "u2", "made-up-1")),
+             Record(rec.KIND_EVENT, 0, T0, 0, event("e6", "u2", "known"))], T0, NO_WATERMARK)
+        activity = [rec.decode_activity(v)[0] for _, v in
+                    out.outputs.of(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY)]
+        pair_items = {k for k, _ in out.outputs.of(rec.USER_OUT_PAIRS, rec.KIND_PAIRS)}
+        for _, v in out.outputs.of(rec.USER_OUT_PAIRS, rec.KIND_PAIRS):
+            pair_items.update(rec.decode_pairs(v)[0])
+        seen = set(activity[0]) | pair_items
+        assert seen <= expected_items and "known" in seen, (admit, seen)
+        if admit == "all":
+            assert "made-up-1" in seen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from aiohttp import web
 
-from recsys import kafka_io
+from recsys import cluster, kafka_io
 from state_schemas.config import TopicNames
 from recsys.job_process import log_tail, start_job_process, stop_job_process
 from recsys.topics import ensure_topics
@@ -84,6 +85,21 @@ def running_job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
         yield job
     finally:
         stop_job_process(job.process)
+
+
+def first_job_id(jobmanager: str, timeout_s: float = 60) -> str:
+    """The id of the first job the JobManager lists (the mini-cluster's REST endpoint can come
+    up after the job's first output)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            jobs = cluster.list_jobs(jobmanager)
+            if jobs:
+                return jobs[0]["jid"]
+        except cluster.ClusterError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 class ServerThread:

@@ -30,7 +30,7 @@ from recsys.paths import PROJECT_ROOT
 from recsys.topics import ensure_topics
 from state_schemas.profile_state import PROFILE_STATE_VERSION
 from tests.conftest import unique_topic_names
-from tests.integration.conftest import FAST_SETTINGS, RunningJob, topic_overrides
+from tests.integration.conftest import FAST_SETTINGS, RunningJob, first_job_id, topic_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -59,20 +59,6 @@ def release_checkout(request, tmp_path):
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=PROJECT_ROOT,
                        capture_output=True)
-
-
-def first_job_id(jobmanager: str, timeout_s: float = 60) -> str:
-    """The mini-cluster's REST endpoint can come up after the job's first output."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            jobs = cluster.list_jobs(jobmanager)
-            if jobs:
-                return jobs[0]["jid"]
-        except cluster.ClusterError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.5)
 
 
 def wait_until_reading(job: RunningJob, timeout_s: float = 120) -> None:

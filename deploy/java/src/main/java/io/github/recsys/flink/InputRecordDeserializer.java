@@ -113,9 +113,11 @@ public class InputRecordDeserializer implements KafkaRecordDeserializationSchema
                         ts = t == JsonToken.VALUE_NUMBER_INT
                                 && p.getNumberType() != JsonParser.NumberType.BIG_INTEGER
                                 ? p.getLongValue() : Long.MIN_VALUE;
-                    } else {
-                        p.skipChildren();
                     }
+                    // An object or array value (also of the key or ts field, e.g. a duplicate
+                    // {"ts": [], ..., "ts": 1}) is skipped whole, or its inner names would be
+                    // read as top-level ones. (A no-op for scalars.)
+                    p.skipChildren();
                 }
             }
         } catch (Exception e) {

@@ -58,7 +58,7 @@ def build_pipeline(env, cfg: EngineConfig) -> None:
         name="user operator", uid=USER_OPERATOR_UID, state_names=user_side.STATE_NAMES,
         shared_state="item-model", legacy_shared_states=(LEGACY_CATALOG_STATE,),
         max_records=cfg.job.batch_max_records, max_delay_ms=cfg.job.batch_max_delay_ms,
-        state_ttl_ms=cfg.profile.inactive_user_ttl_ms,
+        state_ttl_ms=cfg.user_state_backstop_ttl_ms(),
         side_outputs=("profiles", "dlq", "pairs", "activity"))
     io.sink_to(users, io.kafka_sink(cfg, t.recommendations, "recommendations",
                                     sinks["recommendations"]),

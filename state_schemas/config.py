@@ -186,7 +186,10 @@ class ProfileConfig:
         "name", "first_name", "last_name", "full_name", "email", "e_mail", "phone",
         "phone_number", "mobile", "address", "street", "ssn", "passport", "ip", "ip_address",
     ])
-    inactive_user_ttl_ms: int = 0  # 0: keep forever; otherwise state TTL for idle users
+    # > 0: a user with no event or attributes record for this long (processing time) is
+    # dropped, with tombstones on user-profiles and recommendations, like a forget (but
+    # without the forgotten-user marker). 0: keep users forever.
+    inactive_user_ttl_ms: int = 0
     # Users whose decoded state a user-operator subtask keeps in memory (least recently seen
     # evicted, written back first): a user's state is decoded once while it stays cached, not
     # once per event. ~2-10 KB of memory each.
@@ -314,6 +317,13 @@ class EngineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def user_state_backstop_ttl_ms(self) -> int:
+        """Flink's own state TTL on the user operator's state: a backstop, well beyond both the
+        engine's inactive-user expiry (which writes tombstones) and the forgotten-user marker,
+        for values that never get an expiry timer (written before it existed, never again)."""
+        ttl = self.profile.inactive_user_ttl_ms
+        return 2 * ttl + self.privacy.forgotten_marker_ttl_ms if ttl > 0 else 0
 
     def consumer_group(self) -> str:
         """The sources' consumer group: ``kafka.group_id``, else the job's name."""
@@ -586,9 +596,5 @@ def validate_config(cfg: EngineConfig) -> None:
            privacy.tombstone_retention_ms) < 0:
         problems.append("privacy.forgotten_marker_ttl_ms, compaction_max_lag_ms and "
                         "tombstone_retention_ms must be >= 0")
-    if 0 < cfg.profile.inactive_user_ttl_ms < privacy.forgotten_marker_ttl_ms:
-        # The marker lives in the profile's state slot, which Flink's TTL would clear first.
-        problems.append("privacy.forgotten_marker_ttl_ms must be <= profile.inactive_user_ttl_ms "
-                        "(the state TTL would drop the marker earlier)")
     if problems:
         raise ConfigError("; ".join(problems))

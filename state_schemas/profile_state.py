@@ -21,7 +21,9 @@ Layout of v3 (little-endian)::
     "UP" u8 version u8 flags
     i64 attributes_ts, interests_landmark, first_seen, last_seen, last_snapshot_at, base_ts,
         dedup_base_minute
-    f64 purchase_amount_sum   u32 purchase_priced_count   u32 (unused, 0)
+    f64 purchase_amount_sum   u32 purchase_priced_count
+    u32 last_active_at, in seconds since 2020-01-01 (processing time; 0: not recorded, as in
+        values written before it was, which had 0 in this place)
     u16 n_days, n_interests, n_recent, n_consumed, n_dedup
     u32[EVENT_TYPES]      counts_all_time
     u32[n_days]           day index (ts // DAY_MS) of each recent-window bucket
@@ -96,6 +98,9 @@ class UserProfile:
     dedup: dict[int, int] = field(default_factory=dict)
     dedup_base_minute: int = 0  # the newest minute seen
     last_snapshot_at: int = 0  # processing time of the last user-profiles record
+    # Processing time of the last event or attributes record (0: unknown), for the
+    # inactive-user TTL; kept to the second.
+    last_active_at: int = 0
     snapshot_pending: bool = False
     # A/B assignment, kept while the experiment salt is unchanged.
     variant: str | None = None
@@ -125,7 +130,8 @@ def encode_profile(p: UserProfile) -> bytes:
     header = _HEADER.pack(
         _MAGIC, PROFILE_STATE_VERSION, flags, p.attributes_ts, p.interests_landmark,
         p.first_seen if p.first_seen is not None else 0, base, p.last_snapshot_at, base,
-        p.dedup_base_minute, p.purchase_amount_sum, p.purchase_priced_count, 0,
+        p.dedup_base_minute, p.purchase_amount_sum, p.purchase_priced_count,
+        _active_seconds(p.last_active_at),
         len(days), len(p.interests), len(p.recent_ids), len(p.consumed), len(p.dedup))
     parts = [header,
              np.asarray(p.counts_all_time, dtype="<u4").tobytes(),
@@ -140,6 +146,13 @@ def encode_profile(p: UserProfile) -> bytes:
              orjson.dumps([p.user_id, p.attributes, list(p.interests), p.recent_ids,
                            p.not_interested, p.variant, p.variant_salt])]
     return b"".join(parts)
+
+
+_ACTIVE_EPOCH_S = 1_577_836_800  # 2020-01-01: u32 seconds from here last until 2156
+
+
+def _active_seconds(at_ms: int) -> int:
+    return min(max(at_ms // 1000 - _ACTIVE_EPOCH_S, 0), 0xFFFFFFFF) if at_ms > 0 else 0
 
 
 def _pack_dedup(seen: dict[int, int], base_minute: int) -> bytes:
@@ -171,7 +184,7 @@ def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
         raise StateVersionError(f"user profile state version {blob[2]} is not supported "
                                 f"(this code reads up to {PROFILE_STATE_VERSION})")
     (_, _, flags, attributes_ts, landmark, first_seen, last_seen, last_snapshot_at, base,
-     dedup_base_minute, amount, priced, _, n_days, n_int, n_recent, n_consumed,
+     dedup_base_minute, amount, priced, active_s, n_days, n_int, n_recent, n_consumed,
      n_dedup) = _HEADER.unpack_from(blob)
     buf = memoryview(blob)
     at = _HEADER.size
@@ -200,6 +213,7 @@ def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
         purchase_amount_sum=amount, purchase_priced_count=priced,
         dedup=_unpack_dedup(dedup, dedup_base_minute), dedup_base_minute=dedup_base_minute,
         last_snapshot_at=last_snapshot_at, snapshot_pending=bool(flags & _F_PENDING),
+        last_active_at=(active_s + _ACTIVE_EPOCH_S) * 1000 if active_s else 0,
         variant=variant, variant_salt=salt)
 
 

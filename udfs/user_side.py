@@ -17,7 +17,8 @@ Per record kind:
 * privacy "forget" — both keyed states cleared, tombstones on the compacted topics, and a
   forgotten-user marker in the profile's place: until it expires, the user's records go to the
   dead-letter topic (reason ``forgotten_user``, without payload) instead of re-creating state;
-* timer — the trailing profile snapshot of the rate limit, or the forgotten-user marker's expiry;
+* timer — the trailing profile snapshot of the rate limit, the forgotten-user marker's expiry,
+  or the inactive-user expiry (state dropped, tombstones written, as for a forget);
 * catalogue record (broadcast) — validated (subtask 0 dead-letters), applied to the model;
 * model update (broadcast) — neighbour rows and popularity applied to the model.
 """
@@ -107,7 +108,6 @@ class _UserSlot:
     profile_dirty: bool = False
     impressions_dirty: bool = False
     stored: bool = False  # keyed state holds a profile for this user
-    last_access: int = 0  # processing time
     forgotten_at: int | None = None  # keyed state holds a forgotten-user marker from then
 
 
@@ -141,7 +141,7 @@ class UserSide:
         # Registered at 0 before the first recommendation: Prometheus' increase() cannot see
         # the growth of a series whose first scrape already holds its value.
         for name in ("late_events", "profiles_created", "profiles_updated", "users_forgotten",
-                     "items_not_admitted"):
+                     "users_expired", "items_not_admitted"):
             self.metrics.inc(name, 0)
         for variant in cfg.recommend.variants:
             for trigger in ("event", "request"):
@@ -229,6 +229,14 @@ class UserSide:
                 slot.stored = True
             out.state_updates.append((key, STATE_PROFILE, encode_profile(slot.profile)))
             slot.profile_dirty = False
+            ttl = self.cfg.profile.inactive_user_ttl_ms
+            if ttl > 0:
+                # The expiry check, a little after the TTL runs out. Rounded up to a quarter of
+                # the TTL so that a busy user has at most five such timers pending (Flink keeps
+                # one timer per key and time), not one per write.
+                step = max(ttl // 4, 1000)
+                due = (slot.profile.last_active_at or self.now_ms()) + ttl
+                out.timers.append((key, -(-due // step) * step))
         if slot.impressions_dirty:
             out.state_updates.append((key, STATE_IMPRESSIONS, encode_impressions(slot.impressions)))
             slot.impressions_dirty = False
@@ -284,14 +292,9 @@ class UserSide:
         out.outputs.emit(rec.USER_OUT_DLQ, 0, user_key or letter.source_topic,
                          orjson.dumps(letter.to_message()))
 
-    def _slot(self, keys: Sequence[str], states, k: int, proc_now: int) -> _UserSlot:
+    def _slot(self, keys: Sequence[str], states, k: int) -> _UserSlot:
         key = keys[k]
         slot = self.cache.get(key)
-        ttl = self.cfg.profile.inactive_user_ttl_ms
-        if slot is not None and ttl > 0 and proc_now - slot.last_access > ttl \
-                and not (slot.profile_dirty or slot.impressions_dirty):
-            del self.cache[key]  # its keyed state may have expired since: read it again
-            slot = None
         if slot is None:
             profile_blob, impressions_blob = states[k]
             forgotten_at = decode_forgotten(profile_blob) if profile_blob is not None else None
@@ -302,7 +305,6 @@ class UserSide:
                                                forgotten_at=forgotten_at)
         else:
             self.cache.move_to_end(key)
-        slot.last_access = proc_now
         return slot
 
     def _profile(self, slot: _UserSlot, user_id: str) -> UserProfile:
@@ -340,7 +342,7 @@ class UserSide:
                 "user_id is ambiguous (the record names it more than once)", self.now_ms(),
                 self.cfg.validation), out, routing_key)
             return
-        slot = self._slot(keys, states, r.key, proc_now)
+        slot = self._slot(keys, states, r.key)
         if slot.forgotten_at is not None:
             if proc_now - slot.forgotten_at < self.cfg.privacy.forgotten_marker_ttl_ms:
                 if r.kind != rec.KIND_PRIVACY:
@@ -367,6 +369,7 @@ class UserSide:
                 return
             if self.step.apply_attributes(u, parsed["attributes"], parsed["ts"]):
                 self.metrics.inc("profiles_updated")
+                u.last_active_at = proc_now
                 slot.profile_dirty = True
                 self._maybe_snapshot(slot, r.key, proc_now, out)
         elif r.kind == rec.KIND_REQUEST:
@@ -394,6 +397,7 @@ class UserSide:
         info = self.model.info(item_id)
         outcome = self.step.apply_event(u, event, info)
         self.metrics.inc("profiles_updated")
+        u.last_active_at = proc_now
         slot.profile_dirty = True
         frozen = 0 < cfg.similarity.freeze_item_model_at_ms <= event["ts"]
         # With similarity.admit = "catalogue", items the catalogue does not know never enter
@@ -439,7 +443,7 @@ class UserSide:
             out.timers.append((key, due))
 
     def _on_timer(self, keys, states, r: Record, proc_now: int, out: BatchResult) -> None:
-        slot = self._slot(keys, states, r.key, proc_now)
+        slot = self._slot(keys, states, r.key)
         if slot.forgotten_at is not None:
             if r.ts >= slot.forgotten_at + self.cfg.privacy.forgotten_marker_ttl_ms:
                 out.state_updates.append((r.key, STATE_PROFILE, None))  # the marker's expiry
@@ -448,6 +452,11 @@ class UserSide:
         if slot.profile is None and slot.profile_blob is None:
             return
         u = self._profile(slot, keys[r.key])
+        ttl = self.cfg.profile.inactive_user_ttl_ms
+        if ttl > 0 and r.ts - (u.last_active_at or u.last_snapshot_at) >= ttl:
+            self._erase(slot, r.key, u.user_id, out)
+            self.metrics.inc("users_expired")
+            return
         if u.snapshot_pending:
             u.last_snapshot_at = r.ts
             u.snapshot_pending = False
@@ -469,23 +478,27 @@ class UserSide:
 
     def _forget(self, slot: _UserSlot, key: int, user_id: str, proc_now: int,
                 out: BatchResult) -> None:
-        """Right to be forgotten: drop both states, tombstone the compacted topics, and keep a
-        forgotten-user marker (with an expiry timer) in the profile's place. Repeating a forget
-        repeats the tombstones and restarts the marker's time."""
+        """Right to be forgotten: erase the user, and keep a forgotten-user marker (with an
+        expiry timer) in the profile's place. Repeating a forget repeats the tombstones and
+        restarts the marker's time."""
+        ttl = self.cfg.privacy.forgotten_marker_ttl_ms
+        self._erase(slot, key, user_id, out, encode_forgotten(proc_now) if ttl > 0 else None)
+        self.metrics.inc("users_forgotten")
+        if ttl > 0:
+            slot.forgotten_at = proc_now
+            out.timers.append((key, proc_now + ttl))
+
+    def _erase(self, slot: _UserSlot, key: int, user_id: str, out: BatchResult,
+               profile_value: bytes | None = None) -> None:
+        """Drop both states (the profile's may take ``profile_value``) and tombstone the
+        compacted topics (forget, inactive-user expiry)."""
         slot.profile = slot.impressions = None
         slot.profile_blob = slot.impressions_blob = None
         slot.profile_dirty = slot.impressions_dirty = False
         slot.stored = False
         self.dirty.pop(user_id, None)
-        ttl = self.cfg.privacy.forgotten_marker_ttl_ms
-        if ttl > 0:
-            slot.forgotten_at = proc_now
-            out.state_updates.append((key, STATE_PROFILE, encode_forgotten(proc_now)))
-            out.timers.append((key, proc_now + ttl))
-        else:
-            out.state_updates.append((key, STATE_PROFILE, None))
+        out.state_updates.append((key, STATE_PROFILE, profile_value))
         out.state_updates.append((key, STATE_IMPRESSIONS, None))
-        self.metrics.inc("users_forgotten")
         out.outputs.emit(rec.USER_OUT_PROFILES, 0, user_id, None)
         out.outputs.emit(rec.USER_OUT_RECOMMENDATIONS, 0, user_id, None)
 

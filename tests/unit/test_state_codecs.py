@@ -32,7 +32,7 @@ STORED = ("user_id", "attributes", "attributes_ts", "counts_all_time", "counts_b
           "interests", "interests_landmark", "recent_ids", "recent_types", "recent_ts",
           "recent_weights", "not_interested", "consumed", "first_seen", "last_seen",
           "purchase_amount_sum", "purchase_priced_count", "dedup", "dedup_base_minute",
-          "last_snapshot_at", "snapshot_pending", "variant", "variant_salt")
+          "last_snapshot_at", "snapshot_pending", "last_active_at", "variant", "variant_salt")
 
 
 def stored(p: UserProfile) -> dict:
@@ -82,6 +82,7 @@ def big_profile() -> UserProfile:
         dedup_base_minute=base_minute,
         last_snapshot_at=T0 + 99,
         snapshot_pending=True,
+        last_active_at=T0 // 1000 * 1000 + 5_000,  # kept to the second
         variant="content_heavy",
         variant_salt="exp-2026-1",
     )

@@ -37,6 +37,7 @@ from state_schemas import records as rec
 from state_schemas.config import EngineConfig
 from state_schemas.ids import id_hash
 from state_schemas.legacy import LEGACY_CATALOG_STATE, legacy_catalog_record
+from state_schemas.model_state import AB_TOTALS_PREFIX, decode_ab_totals, encode_ab_totals
 from state_schemas.profile_state import (
     ImpressionLog, UserProfile, decode_forgotten, decode_impressions, decode_profile,
     encode_forgotten, encode_impressions, encode_profile)
@@ -147,6 +148,10 @@ class UserSide:
             for trigger in ("event", "request"):
                 self.metrics.inc("recommendations_emitted", 0,
                                  (("variant", variant), ("trigger", trigger)))
+        # A/B impressions and feedback, per (metric, variant, kind): totals kept in checkpointed
+        # state and published as gauges, so a replay after a failure does not count twice.
+        self.ab_totals: dict[tuple[str, str, str], int] = {}
+        self._publish_ab_totals()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -157,6 +162,21 @@ class UserSide:
         self.model.restore(shared)
         for value in legacy.get(LEGACY_CATALOG_STATE, {}).values():
             self.model.upsert_item(legacy_catalog_record(value))
+        self.ab_totals = decode_ab_totals(shared.get(f"{AB_TOTALS_PREFIX}{self.subtask}"))
+        self._publish_ab_totals()
+
+    def _publish_ab_totals(self) -> None:
+        for variant in self.cfg.recommend.variants:
+            for key in (("impressions", variant, "new"), ("feedback_events", variant, "click"),
+                        ("feedback_events", variant, "purchase")):
+                self.ab_totals.setdefault(key, 0)
+        for (metric, variant, kind), n in self.ab_totals.items():
+            self.metrics.set(metric, n, (("variant", variant), ("kind", kind)))
+
+    def _count_ab(self, metric: str, n: int, variant: str, kind: str) -> None:
+        key = (metric, variant, kind)
+        total = self.ab_totals[key] = self.ab_totals.get(key, 0) + n
+        self.metrics.set(metric, total, (("variant", variant), ("kind", kind)))
 
     # ------------------------------------------------------------------------ the batch
     def process(self, keys: Sequence[str], states: Sequence[Sequence[bytes | None]],
@@ -196,6 +216,7 @@ class UserSide:
         if checkpoint:
             self._write_back_dirty(out, None)
             out.shared.update(self.model.snapshot())
+            out.shared[f"{AB_TOTALS_PREFIX}{self.subtask}"] = encode_ab_totals(self.ab_totals)
             for name, value in self.model.sizes().items():
                 self.metrics.set(name, value)
             self.metrics.set("user_state_cached", len(self.cache))
@@ -428,7 +449,7 @@ class UserSide:
                                  cfg.recommend.feedback_window_ms)
         if hit is not None:
             slot.impressions_dirty = True
-            self.metrics.inc("feedback_events", 1, (("variant", hit[0]), ("kind", hit[1])))
+            self._count_ab("feedback_events", 1, hit[0], hit[1])
         if self.recommend_on_events:
             self._recommend(slot, u, event["ts"], cfg.recommend.default_k, out, r.ingest_ms,
                             trigger_event_id=event["event_id"])
@@ -516,7 +537,7 @@ class UserSide:
                                        cfg.impressions_max, window_ms=cfg.feedback_window_ms)
             slot.impressions_dirty = True
             if shown:
-                self.metrics.inc("impressions", shown, (("variant", variant), ("kind", "new")))
+                self._count_ab("impressions", shown, variant, "new")
         trigger = "request" if request_id is not None else "event"
         self.metrics.inc("recommendations_emitted", 1, (("variant", variant),
                                                         ("trigger", trigger)))

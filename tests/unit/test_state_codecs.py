@@ -595,3 +595,13 @@ def test_legacy_catalog_entry_becomes_an_item_catalog_record():
 def test_legacy_catalog_entry_of_an_unknown_shape_is_refused(entry):
     with pytest.raises(StateVersionError):
         legacy_catalog_record(pickle.dumps(entry))
+
+
+def test_ab_totals_round_trip_and_reject_other_versions():
+    from state_schemas.model_state import decode_ab_totals, encode_ab_totals
+
+    totals = {("impressions", "control", "new"): 12, ("feedback_events", "control", "click"): 3}
+    assert decode_ab_totals(encode_ab_totals(totals)) == totals
+    assert decode_ab_totals(None) == {}
+    with pytest.raises(StateVersionError):
+        decode_ab_totals(b'[9, []]')

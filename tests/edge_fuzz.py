@@ -117,10 +117,15 @@ deep_values = st.integers(1, 1_100).map(nested)  # past orjson's and Jackson's l
 
 # ------------------------------------------------------------------------ valid templates
 
+FULL_WIDTH = {c: c + 0xFEE0 for c in range(0x21, 0x7F)}  # "u1" -> "ｕ１"
+
 def template(topic: str, i: int, draw) -> dict[str, Any]:
     now = int(time.time() * 1000)
     ts = now - draw(st.integers(0, 3_600_000))
     user = f"{USER_POOL.get(topic, 'fu')}{draw(st.integers(0, 39))}"
+    # the same user written differently: full-width letters, a zero-width space inside
+    user = draw(st.sampled_from([user, user, user.translate(FULL_WIDTH),
+                                 user[:1] + "\u200b" + user[1:]]))
     if topic == "user_events":
         etype = draw(st.sampled_from(["view", "click", "like", "share", "comment",
                                       "add_to_cart", "purchase", "rate", "not_interested"]))
@@ -182,13 +187,13 @@ def fuzz_record(draw, i: int) -> FuzzRecord:
 
 def routing_key(topic: str, value: bytes | None) -> str:
     """The key the Java deserializer routes by: the top-level key field's last string value,
-    else empty."""
+    normalised like the edge's ids, else empty."""
     try:
         obj = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return ""
     v = obj.get(KEY_FIELD[topic]) if isinstance(obj, dict) else None
-    return v if isinstance(v, str) else ""
+    return edge.normalise_id(v) if isinstance(v, str) else ""
 
 
 @dataclass(frozen=True)

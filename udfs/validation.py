@@ -56,6 +56,25 @@ def dead_letter(raw: bytes | str, source_topic: str, reason: str, error: str, no
     return DeadLetter(source_topic, text, truncated, error, reason, now_ms)
 
 
+# The identifiers of each input kind, normalised at the edge (and, for the routing key, in
+# the Java deserializer, which must agree: deploy/java/.../InputRecordDeserializer.java).
+ID_FIELDS: dict[str, tuple[str, ...]] = {
+    KIND_EVENT: ("user_id", "item_id"), KIND_ATTRIBUTES: ("user_id",), KIND_ITEM: ("item_id",),
+    KIND_REQUEST: ("user_id",), KIND_PRIVACY: ("user_id",)}
+# Invisible characters that would make two ids look the same and differ: zero-width space,
+# non-joiner and joiner, word joiner, byte-order mark, soft hyphen, Mongolian vowel separator.
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"
+_DROP_ZERO_WIDTH = dict.fromkeys(map(ord, ZERO_WIDTH))
+
+
+def normalise_id(value: str) -> str:
+    """A user or item id as the engine knows it: zero-width characters removed, then Unicode
+    NFKC (full-width and other compatibility forms folded). ASCII ids are unchanged."""
+    if value.isascii():
+        return value
+    return unicodedata.normalize("NFKC", value.translate(_DROP_ZERO_WIDTH))
+
+
 def _schema_reason(rule: str | None, message: str) -> str:
     if rule == "required":
         return "missing_field"
@@ -274,6 +293,13 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
     bad_ts = _check_ts(rec["ts"], now_ms, cfg)
     if bad_ts:
         return reject("absurd_timestamp", bad_ts)
+    for field in ID_FIELDS[kind]:
+        value = rec[field] = normalise_id(rec[field])
+        if not value:
+            return reject("empty_key", f"{field} is empty once normalised")
+        if len(value) > cfg.max_id_length:
+            return reject("invalid_field", f"{field} is longer than {cfg.max_id_length} "
+                                           f"characters once normalised (NFKC)")
     if kind == KIND_EVENT:
         out = _normalise_event(rec)
         if isinstance(out, str):

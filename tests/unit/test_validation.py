@@ -126,3 +126,19 @@ def test_rejected_attributes_record_is_redacted_in_the_dlq():
                 KIND_ATTRIBUTES)
     assert isinstance(out, DeadLetter)
     assert "ann@example.com" not in out.raw and "[redacted]" in out.raw
+
+
+@pytest.mark.parametrize("written", ["ｕ１", "u\u200b1", "\ufeffu1", "u\u00ad1", "u1"])
+def test_ids_are_normalised_so_look_alikes_are_one_user(written):
+    out = parse(event(user_id=written, item_id=written.replace("u", "i").replace("ｕ", "ｉ")))
+    assert (out["user_id"], out["item_id"]) == ("u1", "i1")
+    for kind, rec in ((KIND_PRIVACY, {"user_id": written, "ts": NOW, "action": "forget"}),
+                      (KIND_REQUEST, {"request_id": "r", "user_id": written, "ts": NOW})):
+        assert parse(rec, kind)["user_id"] == "u1"
+
+
+def test_an_id_that_is_empty_or_too_long_once_normalised_is_rejected():
+    assert parse(event(user_id="\u200b\u200b")).reason == "empty_key"
+    # U+FDFA becomes 18 characters under NFKC: 20 of them pass the schema's 256, not after
+    long = parse(event(user_id="\ufdfa" * 20))
+    assert long.reason == "invalid_field" and "normalised" in long.error

@@ -4,9 +4,11 @@ import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.text.Normalizer;
 import java.util.HashMap;
 import java.util.HexFormat;
 import java.util.Map;
+import java.util.regex.Pattern;
 
 import javax.crypto.Mac;
 import javax.crypto.spec.SecretKeySpec;
@@ -37,11 +39,14 @@ import org.apache.flink.util.Collector;
  * absurd timestamp cannot drag the watermark. With pseudonymisation on, the key is replaced by
  * HMAC-SHA256 under the key in the TaskManager's environment variable {@code keyEnv} (or
  * {@code keyFile}), exactly as udfs/privacy.py computes it, so a raw user id never becomes a
- * Flink state key.
+ * Flink state key. Before that the key is normalised as the Python edge normalises ids
+ * (zero-width characters removed, then NFKC), so "ｕ１" and "u1" are one user.
  */
 public class InputRecordDeserializer implements KafkaRecordDeserializationSchema<Row> {
     private static final long serialVersionUID = 1L;
     private static final JsonFactory JSON = new JsonFactory();
+    private static final Pattern ZERO_WIDTH =
+            Pattern.compile("[\\u200B\\u200C\\u200D\\u2060\\uFEFF\\u00AD\\u180E]");
 
     private final Map<String, Integer> kindByTopic;
     private final Map<String, String> keyFieldByTopic;
@@ -108,7 +113,7 @@ public class InputRecordDeserializer implements KafkaRecordDeserializationSchema
                     String name = p.currentName();
                     JsonToken t = p.nextToken();
                     if (name.equals(keyField)) {
-                        key = t == JsonToken.VALUE_STRING ? p.getText() : "";
+                        key = t == JsonToken.VALUE_STRING ? normalizeId(p.getText()) : "";
                     } else if (name.equals("ts")) {
                         ts = t == JsonToken.VALUE_NUMBER_INT
                                 && p.getNumberType() != JsonParser.NumberType.BIG_INTEGER
@@ -131,6 +136,19 @@ public class InputRecordDeserializer implements KafkaRecordDeserializationSchema
             key = pseudonym(key);
         }
         out.collect(EngineRecords.of(key, kindByTopic.get(topic), ts, now, value));
+    }
+
+    /** Zero-width characters removed, then NFKC: what udfs/validation.py normalise_id does. */
+    static String normalizeId(String id) {
+        boolean ascii = true;
+        for (int i = 0; i < id.length() && ascii; i++) {
+            ascii = id.charAt(i) < 0x80;
+        }
+        if (ascii) {
+            return id;
+        }
+        String visible = ZERO_WIDTH.matcher(id).replaceAll("");
+        return Normalizer.normalize(visible, Normalizer.Form.NFKC);
     }
 
     private String pseudonym(String id) {

@@ -295,7 +295,8 @@ def _is_ours(pid: int, conf_dir: Path, main_class: str) -> bool:
 
 def _launch(script: str, dist: Path, info: ClusterInfo, name: str) -> int:
     """``jobmanager.sh|taskmanager.sh start-foreground`` in its own session; the scripts exec the
-    JVM, so the child's pid is the JVM's."""
+    JVM, so the child's pid is the JVM's. A TaskManager's resource id is ``name``, so the REST
+    API's TaskManager ids lead back to processes (:func:`taskmanager_pid`)."""
     env = _script_env(dist, info.conf_dir, info.log_dir, info.home / "pid", info.home / "lib")
     # Flink's Python environment manager falls back to the process's PYTHONPATH when a job does not
     # set python.pythonpath: the venv's site-packages play the TaskManager's Python installation.
@@ -303,7 +304,8 @@ def _launch(script: str, dist: Path, info: ClusterInfo, name: str) -> int:
     # (the Docker image does install it): jobs submitted with ship_code=False import from there.
     env["PYTHONPATH"] = os.pathsep.join([site_packages(), str(paths.PROJECT_ROOT)])
     with open(info.log_dir / f"{name}.launch.out", "ab") as out:
-        child = subprocess.Popen(["bash", str(dist / "bin" / script), "start-foreground"],
+        args = [f"-Dtaskmanager.resource-id={name}"] if script == "taskmanager.sh" else []
+        child = subprocess.Popen(["bash", str(dist / "bin" / script), "start-foreground", *args],
                                  cwd=info.home, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     _CHILDREN[child.pid] = child
@@ -521,6 +523,32 @@ def kill_taskmanager(info: ClusterInfo, index: int = 0) -> int:
         child.wait(10)
     (info.home / STATE_FILE).write_text(info.to_json())
     return pid
+
+
+def taskmanager_pid(info: ClusterInfo, resource_id: str) -> int | None:
+    """The pid of the live TaskManager whose resource id (the REST API's TaskManager id) is
+    ``resource_id``, if it is one of this cluster's."""
+    flag = f"-Dtaskmanager.resource-id={resource_id}"
+    for pid in info.taskmanager_pids:
+        if _alive(pid) and flag in _cmdline(pid):
+            return pid
+    return None
+
+
+def taskmanagers_running(jobmanager: str, job_id: str) -> set[str]:
+    """Resource ids of the TaskManagers that hold a task of the job (deploying or running)."""
+    out = set()
+    for vertex in job_details(jobmanager, job_id)["vertices"]:
+        placed = rest(jobmanager, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")
+        for tm in placed.get("taskmanagers", []):
+            if tm.get("status") in ("DEPLOYING", "INITIALIZING", "RUNNING"):
+                out.add(tm["taskmanager-id"])
+    return out
+
+
+def kill_taskmanager_pid(info: ClusterInfo, pid: int) -> None:
+    """SIGKILL the TaskManager ``pid`` of this cluster, as a crash would (fault injection)."""
+    kill_taskmanager(info, info.taskmanager_pids.index(pid))
 
 
 def start_taskmanager(info: ClusterInfo, timeout_s: float = 120.0) -> int:

@@ -195,6 +195,10 @@ def cluster_settings(info: ClusterInfo, dist: Path,
         "jobmanager.bind-host": HOST,
         "jobmanager.memory.process.size": "1024m",
         "jobmanager.execution.failover-strategy": "region",
+        # A crashed TaskManager is noticed after heartbeat.timeout (Flink's default: 50 s, in
+        # which the job stalls and its slots are offered again); on one host, 10 s is safe.
+        "heartbeat.interval": 2_000,
+        "heartbeat.timeout": 10_000,
         "taskmanager.host": HOST,
         "taskmanager.bind-host": HOST,
         "taskmanager.numberOfTaskSlots": info.slots,

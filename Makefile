@@ -36,10 +36,12 @@ test-integration: setup test-tools
 ## make bench: the real stack end to end in one run (own Kafka broker on a free port, ~15 min on
 ## the 2-core machine): throughput and event->recommendation latency on a synthetic Zipf workload
 ## and the ml-100k replay, the machine's ceilings (no-Python Flink copy job, raw Kafka consume),
-## similarity kernel, thread vs process, parallelism 1 vs 2, state size and skew, the HTTP
+## similarity kernel, thread vs process, parallelism 1 vs 2, state size and skew, recovery after
+## a killed TaskManager, the HTTP
 ## service under load. Writes reports/bench.{json,md} and friends.
 bench: setup test-tools
 	$(PY) bench/bench_state_size.py --out reports/state_size.json
+	$(PY) bench/bench_recovery.py --out reports/recovery.json
 	$(PY) bench/bench_e2e.py --out-json reports/bench.json --out-md reports/bench.md
 	$(PY) bench/bench_serve.py --seconds 20 --out reports/bench_serve.json
 

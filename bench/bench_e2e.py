@@ -965,6 +965,18 @@ def _other_reports() -> list[str]:
             x = st.get(key)
             if x:
                 L.append(f"| {label}, ml-100k | {x['summary']} | | |")
+    rv = _load_json("recovery.json")
+    if rv:
+        L.append(f"\n## Recovery after a killed TaskManager (`{rv['command']}`)\n")
+        L.append(f"{rv['setup']}; {rv['rate_per_s']:.0f} events/s; {rv['lost']} of "
+                 f"{rv['events_sent']} events without a recommendation at the end.\n")
+        L.append("| kill | noticed | running again | first answer | latency back under the "
+                 "bound | worst latency |")
+        L.append("|---|---|---|---|---|---|")
+        for n, k in enumerate(rv["kills"], 1):
+            L.append(f"| {n} | {k['detected_s']} s | {k['running_s']} s | "
+                     f"{k.get('first_answer_s')} s | {k['recovered_s']} s | "
+                     f"{k['worst_latency_s']} s |")
     pj = _load_json("profile_job.json")
     if pj and "cpu" in pj:
         c = pj["cpu"]

@@ -550,9 +550,18 @@ def taskmanagers_running(jobmanager: str, job_id: str) -> set[str]:
     return out
 
 
-def kill_taskmanager_pid(info: ClusterInfo, pid: int) -> None:
-    """SIGKILL the TaskManager ``pid`` of this cluster, as a crash would (fault injection)."""
-    kill_taskmanager(info, info.taskmanager_pids.index(pid))
+def kill_job_taskmanager(info: ClusterInfo, job_id: str, timeout_s: float = 60.0) -> str:
+    """SIGKILL a TaskManager that holds a task of the job (waiting until one does, e.g. while
+    the job is being redeployed), as a crash would; returns its resource id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for tm in sorted(taskmanagers_running(info.jobmanager, job_id)):
+            pid = taskmanager_pid(info, tm)
+            if pid is not None:
+                kill_taskmanager(info, info.taskmanager_pids.index(pid))
+                return tm
+        time.sleep(0.05)
+    raise ClusterError(f"no live TaskManager holds a task of job {job_id}")
 
 
 def start_taskmanager(info: ClusterInfo, timeout_s: float = 120.0) -> int:

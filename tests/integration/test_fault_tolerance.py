@@ -185,20 +185,6 @@ def spare_cluster(tmp_path):
         cluster.stop_cluster(rest_port, tmp_path / "flink")
 
 
-def kill_the_jobs_taskmanager(flink, job_id: str, timeout_s: float = 60) -> str:
-    """SIGKILL the TaskManager that holds the job's tasks (waiting until some TaskManager
-    does); returns its resource id."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for tm in sorted(cluster.taskmanagers_running(flink.jobmanager, job_id)):
-            pid = cluster.taskmanager_pid(flink, tm)
-            if pid is not None:
-                cluster.kill_taskmanager_pid(flink, pid)
-                return tm
-        time.sleep(0.05)
-    pytest.fail("no live TaskManager holds the job's tasks")
-
-
 def test_three_kills_at_random_moments_without_waiting_for_recovery(broker, spare_cluster,
                                                                      tmp_path):
     """The TaskManager running the job is SIGKILLed three times while 6,000 events stream in:
@@ -255,12 +241,12 @@ def test_three_kills_at_random_moments_without_waiting_for_recovery(broker, spar
     moments = []
     # 1. at a random moment of the stream
     time.sleep(rng.uniform(3, 8))
-    moments.append(("random", kill_the_jobs_taskmanager(flink, job_id)))
+    moments.append(("random", cluster.kill_job_taskmanager(flink, job_id)))
     # 2. during the recovery from the first: once the job has noticed, a random moment later,
     #    the TaskManager its tasks are being deployed to
     wait_for_failover(flink.jobmanager, job_id)
     time.sleep(rng.uniform(0.2, 2.0))
-    moments.append(("recovering", kill_the_jobs_taskmanager(flink, job_id)))
+    moments.append(("recovering", cluster.kill_job_taskmanager(flink, job_id)))
     # 3. during a checkpoint, once the job runs again
     cluster.wait_for_job_running(flink.jobmanager, job_id, timeout_s=180)
     deadline = time.monotonic() + 60
@@ -268,7 +254,7 @@ def test_three_kills_at_random_moments_without_waiting_for_recovery(broker, spar
             "counts"]["in_progress"] < 1:
         assert time.monotonic() < deadline, "no checkpoint started"
         time.sleep(0.01)
-    moments.append(("checkpointing", kill_the_jobs_taskmanager(flink, job_id)))
+    moments.append(("checkpointing", cluster.kill_job_taskmanager(flink, job_id)))
     assert len({tm for _, tm in moments}) == 3, moments  # three different TaskManagers died
 
     assert sent.wait(300), "the producer did not finish"

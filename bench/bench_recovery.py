@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.warmup_s)
         kills = []
         for k in range(args.kills):
-            kill_at = time.time()
             tm = cluster.kill_job_taskmanager(info, job_id)
+            kill_at = time.time()
             detected = wait_state(info.jobmanager, job_id, False, 120)
             running = detected + wait_state(info.jobmanager, job_id, True, 300)
             kills.append({"taskmanager": tm, "at": kill_at, "detected_s": round(detected, 2),

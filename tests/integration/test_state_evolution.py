@@ -146,9 +146,10 @@ def test_earlier_release_savepoint_restores_into_current_code(kafka_bootstrap, t
 
 
 def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
-    """Rescaling: a savepoint taken at parallelism 1 restores at parallelism 2. Keyed state (user
-    profiles, similarity rows) is redistributed by key group; the replicated item model
-    (catalogue, popularity) is restored into every subtask."""
+    """Rescaling 1 -> 2 -> 1: a savepoint taken at parallelism 1 restores at parallelism 2, and
+    one taken there restores at parallelism 1 again. Keyed state (user profiles, similarity
+    rows) is redistributed by key group; the replicated item model (catalogue, popularity) is
+    restored into every subtask."""
     names = unique_topic_names()
     ensure_topics(kafka_bootstrap, names, 2)
     rest_port = free_port_pair()
@@ -212,5 +213,30 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
         by_item = {i["item_id"]: i["reasons"] for i in rec["items"]}
         assert "i2" in by_item, rec
         assert "because you purchased Item i1" in by_item["i2"], rec
+        job_id = first_job_id(jobmanager)
+        cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
+        savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "sp2"))
+        second.wait(60)
     finally:
         stop_job_process(second)
+
+    # ... and back to parallelism 1: both subtasks' keyed state in one.
+    third = start_job_process(base + ['kafka.starting_offsets="latest"', "job.parallelism=1",
+                                      f'job.savepoint_path="{savepoint}"'], tmp_path / "p1b.log")
+    job = RunningJob(kafka_bootstrap, names, tmp_path / "p1b.log", third)
+    try:
+        job.produce("user_events", [ev(f"{u}-again", u, "view", "i2", 20_000) for u in users],
+                    key_field="user_id")
+
+        def again(rs):
+            latest = {r["key"]: r["value"] for r in rs}
+            return all(latest.get(u) and latest[u]["counters"]["all_time"].get("view") == 2
+                       for u in users)
+
+        profiles = job.consume("user_profiles", again, timeout_s=120)
+        assert again(profiles), log_tail(tmp_path / "p1b.log")
+        latest = {r["key"]: r["value"] for r in profiles}
+        for u in users:
+            assert latest[u]["counters"]["all_time"] == {"purchase": len(bought[u]), "view": 2}
+    finally:
+        stop_job_process(third)

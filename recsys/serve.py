@@ -97,6 +97,9 @@ class ServeMetrics:
                                   registry=r)
         self.items_cached = Gauge("recsys_serve_items_cached", "catalogue items held in memory",
                                   registry=r)
+        self.users_evicted = Counter("recsys_serve_users_evicted",
+                                     "users dropped from memory beyond serve.max_users_cached "
+                                     "(least recently updated first)", ["kind"], registry=r)
         self.caught_up = Gauge("recsys_serve_caught_up",
                                "1 once the cache has read up to the end offsets seen at start",
                                registry=r)
@@ -196,6 +199,9 @@ class LiveView:
         if value is None:
             return  # a tombstone: the user was forgotten
         target[user] = value
+        if len(target) > self.cfg.serve.max_users_cached:
+            del target[next(iter(target))]  # the least recently updated user
+            self.metrics.users_evicted.labels(kind).inc()
         request_id = value.get("request_id") if kind == "recommendations" else None
         if request_id is not None:
             waiter = self._waiters.pop(request_id, None)

@@ -301,6 +301,10 @@ class ServeConfig:
     # Host header names accepted besides the loopback names (when bound to a loopback address,
     # only those are accepted: a DNS-rebinding page cannot reach the API through the browser).
     allowed_hosts: list[str] = field(default_factory=list)
+    # Users whose latest profile and recommendation the service keeps in memory (each kind);
+    # beyond it the least recently updated go, and a GET for them answers 404 until their next
+    # update arrives.
+    max_users_cached: int = 1_000_000
 
 
 @dataclass
@@ -551,6 +555,8 @@ def validate_config(cfg: EngineConfig) -> None:
             and cfg.serve.body_timeout_s > 0):
         problems.append("serve.rate_limit_per_s and serve.body_timeout_s must be > 0, "
                         "serve.rate_limit_burst >= 1")
+    if cfg.serve.max_users_cached < 1:
+        problems.append("serve.max_users_cached must be >= 1")
     if cfg.profile.state_write_back_ms < 0:
         problems.append("profile.state_write_back_ms must be >= 0")
     if cfg.profile.state_cache_users < 1:

@@ -145,6 +145,26 @@ def test_earlier_release_savepoint_restores_into_current_code(kafka_bootstrap, t
         stop_job_process(new)
 
 
+def one_more_view(job: RunningJob, users: list[str], tag: str, item: str, views: int,
+                  bought: dict[str, list[str]]) -> dict[str, dict]:
+    """Each user views ``item`` once more; every profile then continues from the restored one
+    (its purchases, and ``views`` views in all). Returns the latest profiles."""
+    job.produce("user_events", [ev(f"{u}-{tag}", u, "view", item, 10_000 * views)
+                                for u in users], key_field="user_id")
+
+    def continued(rs):
+        latest = {r["key"]: r["value"] for r in rs}
+        return all(latest.get(u) and latest[u]["counters"]["all_time"].get("view") == views
+                   for u in users)
+
+    profiles = job.consume("user_profiles", continued, timeout_s=120)
+    assert continued(profiles), log_tail(job.log_path)
+    latest = {r["key"]: r["value"] for r in profiles}
+    for u in users:
+        assert latest[u]["counters"]["all_time"] == {"purchase": len(bought[u]), "view": views}
+    return latest
+
+
 def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
     """Rescaling 1 -> 2 -> 1: a savepoint taken at parallelism 1 restores at parallelism 2, and
     one taken there restores at parallelism 1 again. Keyed state (user profiles, similarity
@@ -188,19 +208,8 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
                                        f'job.savepoint_path="{savepoint}"'], tmp_path / "p2.log")
     job = RunningJob(kafka_bootstrap, names, tmp_path / "p2.log", second)
     try:
-        job.produce("user_events", [ev(f"{u}-new", u, "view", "i1", 10_000) for u in users],
-                    key_field="user_id")
-
-        def continued(rs):
-            latest = {r["key"]: r["value"] for r in rs}
-            return all(latest.get(u) and latest[u]["counters"]["all_time"].get("view") == 1
-                       for u in users)
-
-        profiles = job.consume("user_profiles", continued, timeout_s=120)
-        assert continued(profiles), log_tail(tmp_path / "p2.log")
-        latest = {r["key"]: r["value"] for r in profiles}
+        latest = one_more_view(job, users, "new", "i1", 1, bought)
         for u in users:
-            assert latest[u]["counters"]["all_time"] == {"purchase": len(bought[u]), "view": 1}
             assert latest[u]["first_seen"] == T0
         # i2, i1's neighbour from before the savepoint, is recommended to u0 for the i1 it
         # bought (restored profile + restored model, catalogue titles in every subtask).
@@ -225,18 +234,6 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
                                       f'job.savepoint_path="{savepoint}"'], tmp_path / "p1b.log")
     job = RunningJob(kafka_bootstrap, names, tmp_path / "p1b.log", third)
     try:
-        job.produce("user_events", [ev(f"{u}-again", u, "view", "i2", 20_000) for u in users],
-                    key_field="user_id")
-
-        def again(rs):
-            latest = {r["key"]: r["value"] for r in rs}
-            return all(latest.get(u) and latest[u]["counters"]["all_time"].get("view") == 2
-                       for u in users)
-
-        profiles = job.consume("user_profiles", again, timeout_s=120)
-        assert again(profiles), log_tail(tmp_path / "p1b.log")
-        latest = {r["key"]: r["value"] for r in profiles}
-        for u in users:
-            assert latest[u]["counters"]["all_time"] == {"purchase": len(bought[u]), "view": 2}
+        one_more_view(job, users, "again", "i2", 2, bought)
     finally:
         stop_job_process(third)

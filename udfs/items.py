@@ -43,7 +43,11 @@ class ItemTable:
         self._free: list[int] = []
         self._clock = 0
         self.epoch = 0  # bumped by every eviction: codes handed out before may name other items
+        # Hash -> code index: sorted arrays, plus the items interned since they were built (a
+        # dict), rebuilt once those exceed an eighth of the table. Rebuilding after every new
+        # item made a flood of new ids cost a sort per similarity row loaded.
         self._by_hash: tuple[np.ndarray, np.ndarray] | None = None  # sorted hashes, their codes
+        self._by_hash_since: dict[int, int] = {}
 
     # ---------------------------------------------------------------------------- basics
     def __len__(self) -> int:
@@ -111,6 +115,7 @@ class ItemTable:
     def codes_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
         """Codes of items by hash (:data:`NO_CODE` where no current item has it)."""
         if self._by_hash is None:
+            self._by_hash_since = {}
             n = self.high_water
             live = np.array([i is not None for i in self.ids], dtype=bool) if n else \
                 np.zeros(0, dtype=bool)
@@ -122,7 +127,12 @@ class ItemTable:
         if not len(keys):
             return np.full(len(hashes), NO_CODE, dtype=np.int32)
         at = np.minimum(np.searchsorted(keys, hashes), len(keys) - 1)
-        return np.where(keys[at] == hashes, codes[at], NO_CODE).astype(np.int32)
+        out = np.where(keys[at] == hashes, codes[at], NO_CODE).astype(np.int32)
+        since = self._by_hash_since
+        if since:
+            for i in np.flatnonzero(out == NO_CODE).tolist():
+                out[i] = since.get(int(hashes[i]), NO_CODE)
+        return out
 
     def _new(self, item_id: str) -> int:
         if not self._free and len(self._code) >= self.max_items:
@@ -136,9 +146,12 @@ class ItemTable:
                 self._grow(c + 1)
             self.ids.append(item_id)
         self._code[item_id] = c
-        self.hashes[c] = item_hash(item_id)
+        h = self.hashes[c] = item_hash(item_id)
         self.touched[c] = self._clock
-        self._by_hash = None
+        if self._by_hash is not None:
+            self._by_hash_since[int(h)] = c
+            if len(self._by_hash_since) > max(64, len(self._code) // 8):
+                self._by_hash = None
         return c
 
     def _grow(self, need: int) -> None:

@@ -340,6 +340,20 @@ def test_codes_of_hashes():
     assert ItemTable(16).codes_of_hashes(h).tolist() == [NO_CODE] * 4
 
 
+def test_codes_of_hashes_agrees_with_the_table_through_growth_and_eviction():
+    """The index is rebuilt lazily (items added since live in a side dict): every lookup must
+    still name exactly the current items."""
+    rng = np.random.default_rng(5)
+    t = ItemTable(256)
+    for step in range(40):
+        t.tick()
+        t.codes([f"i{step}-{k}" for k in range(int(rng.integers(1, 60)))])
+        probe = [f"i{int(rng.integers(0, step + 1))}-{int(rng.integers(0, 60))}"
+                 for _ in range(50)]
+        got = t.codes_of_hashes(id_hashes(probe)).tolist()
+        assert got == [t.get(p) for p in probe], step
+
+
 def test_eviction_takes_the_least_recently_touched_and_calls_back_first():
     seen = []
     t = ItemTable(16, on_evict=lambda victims: seen.append(

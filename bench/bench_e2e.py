@@ -977,6 +977,18 @@ def _other_reports() -> list[str]:
             L.append(f"| {n} | {k['detected_s']} s | {k['running_s']} s | "
                      f"{k.get('first_answer_s')} s | {k['recovered_s']} s | "
                      f"{k['worst_latency_s']} s |")
+    ui = _load_json("unknown_ids.json")
+    if ui:
+        L.append(f"\n## A flood of unknown item ids (`{ui['command']}`)\n")
+        L.append("| admit | events | RSS MB | recommender items | item-operator items | "
+                 "resident rows | rows in keyed state | user state MB |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for run in ui["runs"]:
+            for x in run["samples"][1:]:
+                L.append(f"| {run['admit']} | {x['events']:,} | {x['rss_mb']} | "
+                         f"{x['recommender_items']:,} | {x['item_operator_items']:,} | "
+                         f"{x['resident_similarity_rows']:,} | "
+                         f"{x['similarity_rows_in_keyed_state']:,} | {x['user_state_mb']} |")
     pj = _load_json("profile_job.json")
     if pj and "cpu" in pj:
         c = pj["cpu"]

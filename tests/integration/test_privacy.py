@@ -100,6 +100,34 @@ def test_forget_deletes_profile_and_tombstones_outputs(job):
         after = values[values.index(None):]
         assert all(v is None for v in after), topic
 
+    # Once compacted, the topics hold nothing of the user but the tombstone. The job creates
+    # them with max.compaction.lag.ms = privacy.compaction_max_lag_ms (a day); here a second,
+    # so the broker's cleaner gets to them within the test.
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    compacted = [job.topics.user_profiles, job.topics.recommendations]
+    admin = KafkaAdminClient(bootstrap_servers=job.bootstrap)
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs={
+        "max.compaction.lag.ms": "1000", "segment.ms": "1000"}) for t in compacted])
+    admin.close()
+
+    def only_tombstones_left() -> bool:
+        # another user's activity appends to both topics, which rolls their segments
+        job.produce("user_events", [ev(f"roll-{time.monotonic_ns()}", "uRoll", "i0", 60,
+                                       "view")], key_field="user_id")
+        time.sleep(3)
+        for topic in ("user_profiles", "recommendations"):
+            values = [r["value"] for r in job.consume(topic, lambda rs: False, timeout_s=3)
+                      if r["key"] == "uF"]
+            if values != [None]:
+                return False
+        return True
+
+    deadline = time.monotonic() + 120
+    while not only_tombstones_left():
+        assert time.monotonic() < deadline, "the forgotten user's values were not compacted away"
+
 
 def test_pseudonymised_ids_and_inactive_user_ttl(kafka_bootstrap, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RECSYS_PSEUDONYM_KEY", "k" * 32)  # inherited by the job process

@@ -8,8 +8,10 @@ items the recommender's and the item operator's tables hold, the resident simila
 similarity rows in keyed state, the per-user state. Once per admission policy:
 
 * ``similarity.admit = "catalogue"``: unknown ids stay out of the global models;
-* ``similarity.admit = "all"``: they enter, and the tables' bound
-  (``recommend.model_max_items``, lowered to ``--max-items`` so the run reaches it) evicts.
+* ``similarity.admit = "all"``: they enter, the tables' bound (``recommend.model_max_items``,
+  lowered to ``--max-items`` so the run reaches it) evicts, and similarity rows not written
+  for ``--row-ttl-ms`` leave keyed state (``similarity.row_ttl_ms``, Flink's state TTL, which
+  the simulator applies on its virtual clock of 1 ms per event).
 
 Per-user state grows with the users (bounded per user by the profile's lists), not with the
 items; the report separates the two.
@@ -60,6 +62,7 @@ def sizes(sim: EngineSimulator) -> dict[str, Any]:
 def run(admit: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(overrides=[f'similarity.admit="{admit}"',
                                  f"recommend.model_max_items={args.max_items}",
+                                 f"similarity.row_ttl_ms={args.row_ttl_ms}",
                                  "validation.min_ts_ms=0"], environ={})
     sim = EngineSimulator(cfg, recommend_on_events=False)
     sim.add_items([{"item_id": f"known-{n}", "ts": T0, "title": f"Known {n}",
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--known", type=int, default=2_000)
     ap.add_argument("--max-items", type=int, default=50_000)
     ap.add_argument("--every", type=int, default=100_000)
+    ap.add_argument("--row-ttl-ms", type=int, default=120_000,
+                    help="similarity.row_ttl_ms (the simulator's clock: 1 ms per event)")
     ap.add_argument("--admit", action="append", default=[],
                     help="catalogue and/or all (default: both)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "unknown_ids.json"))

@@ -14,6 +14,8 @@ item operator micro-batch              ``ItemSide.process`` on the pair updates 
                                        ``similarity.flush_interval_ms`` of virtual time
                                        has passed (as the Java operator's batch delay)
 keyed processing-time timers           a heap of (time, operator, key), fired on the clock
+state TTL of similarity rows           rows not written for ``similarity.row_ttl_ms`` of
+                                       virtual time dropped at each virtual checkpoint
 model updates via their Kafka topic    delivered to the user side as soon as they are made
 =====================================  ==================================================
 
@@ -42,6 +44,7 @@ import itertools
 import json
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -117,6 +120,9 @@ class EngineSimulator:
         self.recommend_on_events = recommend_on_events
         self.user_state: dict[str, list[bytes | None]] = {}
         self.item_state: dict[str, list[bytes | None]] = {}
+        # Flink's state TTL on similarity rows (similarity.row_ttl_ms): keys by last write,
+        # oldest first, expired at each virtual checkpoint.
+        self._item_written: OrderedDict[str, float] = OrderedDict()
         self._inbox: list[tuple[str | None, int, bytes]] = []  # (key or None, kind, payload)
         self._flush_at: float | None = None
         self._timers: list[tuple[float, int, int, str]] = []
@@ -144,6 +150,7 @@ class EngineSimulator:
             proc_now = int(self.proc_ms)
             self._apply_item_state(self.item.process([], [], [], proc_now, checkpoint=True))
             self._user_batch([], proc_now, checkpoint=True)
+            self._expire_item_state()
             freeze_survivors()
             self._next_freeze = self.proc_ms + max(1, self.cfg.job.checkpoint_interval_ms)
 
@@ -151,6 +158,20 @@ class EngineSimulator:
         for key, s, value in result.state_updates:
             name = keys[key] if isinstance(key, int) else key
             self.item_state.setdefault(name, [None])[s] = value
+            self._item_written[name] = self.proc_ms
+            self._item_written.move_to_end(name)
+
+    def _expire_item_state(self) -> None:
+        ttl = self.cfg.similarity.row_ttl_ms
+        if ttl <= 0:
+            return
+        written = self._item_written
+        while written:
+            name, at = next(iter(written.items()))
+            if self.proc_ms - at <= ttl:
+                break
+            del written[name]
+            self.item_state.pop(name, None)
 
     def _run_due(self, until: float) -> None:
         while True:

@@ -127,3 +127,24 @@ def test_prequential_cases_use_the_previous_events_list():
     s = summarise_b(cases, T0, T0 + 3)
     assert s["cases"] == 2 and s["hit_rate@10"] == 1.0 and s["mrr@10"] == pytest.approx(0.75)
     assert s["second_half_cases"] == 1 and s["per_variant"]["tuned"]["cases"] == 2
+
+
+def test_similarity_rows_expire_from_keyed_state_like_flinks_state_ttl():
+    def stream(ttl_overrides):
+        sim = EngineSimulator(cfg(*ttl_overrides, "job.checkpoint_interval_ms=1000"),
+                              ms_per_event=100.0, wall_now_ms=T0, recommend_on_events=False)
+        sim.process_event(ev("p1", "uA", "purchase", "a", 0))
+        sim.process_event(ev("p2", "uA", "purchase", "b", 10))
+        seen_ab = False
+        for n in range(50):  # 10 s of virtual time; new users keep the rows of c and d busy
+            sim.process_event(ev(f"c{n}", f"u{n}", "purchase", "c", 20 + 2 * n))
+            sim.process_event(ev(f"d{n}", f"u{n}", "purchase", "d", 21 + 2 * n))
+            seen_ab |= {"a", "b"} <= set(sim.item_state)
+        return sim, seen_ab
+
+    sim, seen_ab = stream(["similarity.row_ttl_ms=5000"])
+    assert seen_ab  # rows a and b were in keyed state ...
+    assert "a" not in sim.item_state and "b" not in sim.item_state  # ... and expired
+    assert {"c", "d"} <= set(sim.item_state)  # written again and again: kept
+    sim, _ = stream([])
+    assert {"a", "b", "c", "d"} <= set(sim.item_state)  # without a TTL nothing expires

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 import warnings
 from dataclasses import fields

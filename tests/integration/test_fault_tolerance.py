@@ -105,6 +105,18 @@ class PacedStream(threading.Thread):
             self.sent.set()
 
 
+def topics_with_every_recommendation(bootstrap: str, partitions: int):
+    """Fresh topics, ``recommendations`` without compaction: compaction may drop a user's
+    older recommendations at any time, and counting them one per event needs the plain log."""
+    names = unique_topic_names()
+    ensure_topics(bootstrap, names, partitions)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, names.recommendations,
+                                        configs={"cleanup.policy": "delete"})])
+    admin.close()
+    return names
+
+
 def assert_exactly_once(bootstrap: str, names, events: list[dict], context: object = None) -> None:
     """Every user's counters equal the events sent for them, and every event has exactly one
     committed recommendation."""
@@ -137,14 +149,7 @@ def assert_exactly_once(bootstrap: str, names, events: list[dict], context: obje
 
 
 def test_exactly_once_through_taskmanager_kills_and_a_broker_restart(broker, flink, tmp_path):
-    names = unique_topic_names()
-    ensure_topics(broker.bootstrap_servers, names, 2)
-    # Compaction may drop older recommendations of a user at any time; counting them one per
-    # event needs the plain log.
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, names.recommendations,
-                                        configs={"cleanup.policy": "delete"})])
-    admin.close()
+    names = topics_with_every_recommendation(broker.bootstrap_servers, 2)
     job_id = cluster.submit_job(flink.jobmanager, overrides=[
         f'kafka.bootstrap_servers="{broker.bootstrap_servers}"', 'kafka.starting_offsets="earliest"',
         f'kafka.group_id="fault-{uuid.uuid4().hex[:6]}"',
@@ -216,12 +221,7 @@ def test_three_kills_at_random_moments_without_waiting_for_recovery(broker, spar
 
     flink = spare_cluster
     rng = random.Random(KILL_SEED)
-    names = unique_topic_names()
-    ensure_topics(broker.bootstrap_servers, names, 1)
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, names.recommendations,
-                                        configs={"cleanup.policy": "delete"})])
-    admin.close()
+    names = topics_with_every_recommendation(broker.bootstrap_servers, 1)
     engine = ["job.checkpoint_interval_ms=500", "profile.snapshot_min_interval_ms=200",
               "job.parallelism=1", 'kafka.delivery_guarantees.recommendations="exactly-once"']
     job_id = cluster.submit_job(flink.jobmanager, overrides=[

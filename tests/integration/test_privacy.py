@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
-from recsys import kafka_io
 from recsys.job_process import stop_job_process
 from tests.integration.conftest import start_running_job
 

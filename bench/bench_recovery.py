@@ -2,7 +2,10 @@
 
 The job runs at parallelism 1 on three one-slot TaskManagers (two spare) with the cluster's
 own settings (``recsys cluster start``: heartbeat timeout 10 s) and the job's defaults
-(exponential-delay restarts, 1 s checkpoints). Events stream in at a steady rate; the
+(exponential-delay restarts, 1 s checkpoints), importing the project from the TaskManagers'
+Python path as an installed deployment does. (``--ship-code`` ships it with the job instead:
+each new TaskManager then compiles the Numba kernels again, ~20 s, because the shipped modules
+live in a directory of their own per task attempt and the on-disk cache never matches.) Events stream in at a steady rate; the
 TaskManager running the job is SIGKILLed ``--kills`` times, ``--gap-s`` apart. Per kill:
 
 * ``detected_s``: until the JobManager notices (the job leaves RUNNING);
@@ -133,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap-s", type=float, default=45.0, help="between kills")
     ap.add_argument("--ok-latency-ms", type=float, default=2000.0)
     ap.add_argument("--out", default=str(ROOT / "reports" / "recovery.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--ship-code", action="store_true",
+                    help="ship the project's code with the job (flink run -pyfs) instead of "
+                         "importing it from the TaskManagers' Python path, as an installed "
+                         "deployment (the Docker image) does")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                      'kafka.starting_offsets="earliest"', 'job.name="bench-recovery"']
         overrides += [f'topics.{f}="{getattr(names, f)}"' for f in vars(names)]
         job_id = cluster.submit_job(info.jobmanager, overrides=overrides,
-                                    log_path=work / "submit.log")
+                                    log_path=work / "submit.log", ship_code=args.ship_code)
         wait_state(info.jobmanager, job_id, True, 180)
         seconds = args.warmup_s + args.kills * args.gap_s
         stream = Stream(broker.bootstrap_servers, names, args.rate, seconds)
@@ -198,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         if info is not None:
             cluster.stop_cluster(rest_port, work / "flink")
         kafka_local.stop_broker(port, work / "kafka")
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -906,6 +906,11 @@ def add_job_arguments(job_subparsers: argparse._SubParsersAction,
     submit.add_argument("--pythonpath", metavar="DIR",
                         help="site-packages on the TaskManagers (-pypath), for clusters not "
                              "started by `recsys cluster start`")
+    submit.add_argument("--installed-code", action="store_true",
+                        help="do not ship the project with the job (-pyfs): the TaskManagers "
+                             "import it from their Python path (the local cluster has it there). "
+                             "Faster recovery: shipped code is compiled again by every new "
+                             "TaskManager")
     lst = job_subparsers.add_parser("list", help="jobs of the cluster")
     jm_arg(lst)
     lst.add_argument("--all", action="store_true", help="also finished/cancelled/failed jobs")
@@ -989,7 +994,7 @@ def _job_main(args: argparse.Namespace) -> int:
     if args.action == "submit":
         job_id = submit_job(jm, args.config, _job_overrides(args), savepoint=args.from_savepoint,
                             allow_non_restored_state=args.allow_non_restored_state,
-                            python_path=args.pythonpath)
+                            python_path=args.pythonpath, ship_code=not args.installed_code)
         print(f"submitted job {job_id} to {jm}; waiting for its tasks to run ...")
         wait_for_job_running(jm, job_id)
         print(f"job {job_id} is running (web UI: {_base_url(jm)}/#/job/running/{job_id}/overview)")

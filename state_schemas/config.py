@@ -533,12 +533,6 @@ def validate_config(cfg: EngineConfig) -> None:
     if not 0 < cfg.validation.dedup_window_ms <= 45 * DAY_MS:
         problems.append("validation.dedup_window_ms must be within (0, 45 days] (the dedup "
                         "window keeps minute offsets in 16 bits)")
-    if cfg.job.batch_max_records < 1:
-        problems.append("job.batch_max_records must be >= 1")
-    if cfg.job.batch_max_delay_ms < 0:
-        problems.append("job.batch_max_delay_ms must be >= 0")
-    if cfg.similarity.flush_interval_ms < 0:
-        problems.append("similarity.flush_interval_ms must be >= 0")
     # Lengths stored in 16 bits by the state layouts (profile v3, similarity rows).
     for where, value in (("profile.consumed_max", cfg.profile.consumed_max),
                          ("profile.recent_items_max", cfg.profile.recent_items_max),
@@ -555,14 +549,6 @@ def validate_config(cfg: EngineConfig) -> None:
             and cfg.serve.body_timeout_s > 0):
         problems.append("serve.rate_limit_per_s and serve.body_timeout_s must be > 0, "
                         "serve.rate_limit_burst >= 1")
-    if cfg.serve.max_users_cached < 1:
-        problems.append("serve.max_users_cached must be >= 1")
-    if cfg.profile.state_write_back_ms < 0:
-        problems.append("profile.state_write_back_ms must be >= 0")
-    if cfg.profile.state_cache_users < 1:
-        problems.append("profile.state_cache_users must be >= 1")
-    if cfg.recommend.model_max_items < 16:
-        problems.append("recommend.model_max_items must be >= 16")
     if cfg.kafka.starting_offsets not in ("earliest", "latest", "committed"):
         problems.append("kafka.starting_offsets must be earliest, latest or committed")
     if cfg.similarity.metric not in ("cosine", "jaccard", "popularity_penalised"):
@@ -571,10 +557,6 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("similarity.hoeffding_delta must be within (0, 1)")
     if cfg.similarity.admit not in ("all", "catalogue"):
         problems.append("similarity.admit must be all or catalogue")
-    if cfg.similarity.row_ttl_ms < 0:
-        problems.append("similarity.row_ttl_ms must be >= 0 (0: keep rows)")
-    if cfg.similarity.hoeffding_min_obs < 1:
-        problems.append("similarity.hoeffding_min_obs must be >= 1")
     if not 0.0 <= cfg.similarity.popularity_alpha <= 1.0:
         problems.append("similarity.popularity_alpha must be within [0, 1]")
     for name in ("top_k", "max_pairs_per_item", "history_max_items"):
@@ -589,18 +571,28 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("recommend.variants must name at least one variant")
     elif sum(v.traffic for v in cfg.recommend.variants.values()) <= 0:
         problems.append("recommend.variants: traffic shares must add up to more than 0")
-    if cfg.job.parallelism < 1:
-        problems.append("job.parallelism must be >= 1")
     if not cfg.job.parallelism <= cfg.job.max_parallelism <= 32_768:
         problems.append("job.max_parallelism must be between job.parallelism and 32768")
-    if cfg.job.buffer_timeout_ms < 0:
-        problems.append("job.buffer_timeout_ms must be >= 0")
-    if cfg.similarity.freeze_item_model_at_ms < 0:
-        problems.append("similarity.freeze_item_model_at_ms must be >= 0 (0: never freeze)")
-    privacy = cfg.privacy
-    if min(privacy.forgotten_marker_ttl_ms, privacy.compaction_max_lag_ms,
-           privacy.tombstone_retention_ms) < 0:
-        problems.append("privacy.forgotten_marker_ttl_ms, compaction_max_lag_ms and "
-                        "tombstone_retention_ms must be >= 0")
+    # Lower bounds of single settings (a note says what the bound itself means).
+    job, sim, prof, privacy = cfg.job, cfg.similarity, cfg.profile, cfg.privacy
+    for where, value, least, note in (
+            ("job.batch_max_records", job.batch_max_records, 1, ""),
+            ("job.batch_max_delay_ms", job.batch_max_delay_ms, 0, ""),
+            ("job.parallelism", job.parallelism, 1, ""),
+            ("job.buffer_timeout_ms", job.buffer_timeout_ms, 0, ""),
+            ("similarity.flush_interval_ms", sim.flush_interval_ms, 0, ""),
+            ("similarity.hoeffding_min_obs", sim.hoeffding_min_obs, 1, ""),
+            ("similarity.row_ttl_ms", sim.row_ttl_ms, 0, " (0: keep rows)"),
+            ("similarity.freeze_item_model_at_ms", sim.freeze_item_model_at_ms, 0,
+             " (0: never freeze)"),
+            ("profile.state_write_back_ms", prof.state_write_back_ms, 0, ""),
+            ("profile.state_cache_users", prof.state_cache_users, 1, ""),
+            ("recommend.model_max_items", cfg.recommend.model_max_items, 16, ""),
+            ("serve.max_users_cached", cfg.serve.max_users_cached, 1, ""),
+            ("privacy.forgotten_marker_ttl_ms", privacy.forgotten_marker_ttl_ms, 0, ""),
+            ("privacy.compaction_max_lag_ms", privacy.compaction_max_lag_ms, 0, ""),
+            ("privacy.tombstone_retention_ms", privacy.tombstone_retention_ms, 0, "")):
+        if value < least:
+            problems.append(f"{where} must be >= {least}{note}")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 
 from recsys.job_process import stop_job_process
@@ -20,16 +21,14 @@ def ev(eid, user, item, dt, etype="purchase"):
             "value": None}
 
 
-def all_output_bytes(job) -> list[bytes]:
-    """Every key and value on every output topic, raw."""
+def read_to_end(job, topics: list[str]) -> list[tuple[str, bytes | None, bytes | None]]:
+    """(topic, key, value) of every committed record of ``topics``, raw, up to their ends now."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=job.bootstrap, isolation_level="read_committed",
                              enable_auto_commit=False, group_id=None)
     out = []
     try:
-        topics = [job.topics.user_profiles, job.topics.recommendations, job.topics.item_similarity,
-                  job.topics.events_dlq]
         parts = [TopicPartition(t, 0) for t in topics]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
@@ -37,11 +36,25 @@ def all_output_bytes(job) -> list[bytes]:
         deadline = time.time() + 30
         while time.time() < deadline and any(consumer.position(p) < ends[p] for p in parts):
             for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    out += [r.key or b"", r.value or b""]
+                out += [(r.topic, r.key, r.value) for r in records]
     finally:
         consumer.close()
     return out
+
+
+def all_output_bytes(job) -> list[bytes]:
+    """Every key and value on every output topic, raw."""
+    t = job.topics
+    return [x or b"" for _, key, value in read_to_end(
+        job, [t.user_profiles, t.recommendations, t.item_similarity, t.events_dlq])
+        for x in (key, value)]
+
+
+def values_of(job, topic_field: str, user: str) -> list[dict | None]:
+    """The user's records on one topic, in order (None for a tombstone)."""
+    return [orjson.loads(v) if v is not None else None
+            for _, k, v in read_to_end(job, [getattr(job.topics, topic_field)])
+            if k == user.encode()]
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +105,7 @@ def test_forget_deletes_profile_and_tombstones_outputs(job):
     # the checkpoint that also carried the dead letters; give it a moment).
     time.sleep(2)
     for topic in ("user_profiles", "recommendations"):
-        values = [r["value"] for r in job.consume(topic, lambda rs: False, timeout_s=8)
-                  if r["key"] == "uF"]  # (reads the whole topic for 8 s)
+        values = values_of(job, topic, "uF")
         assert values and values[-1] is None, topic
         after = values[values.index(None):]
         assert all(v is None for v in after), topic
@@ -114,17 +126,18 @@ def test_forget_deletes_profile_and_tombstones_outputs(job):
         # another user's activity appends to both topics, which rolls their segments
         job.produce("user_events", [ev(f"roll-{time.monotonic_ns()}", "uRoll", "i0", 60,
                                        "view")], key_field="user_id")
-        time.sleep(3)
-        for topic in ("user_profiles", "recommendations"):
-            values = [r["value"] for r in job.consume(topic, lambda rs: False, timeout_s=3)
-                      if r["key"] == "uF"]
-            if values != [None]:
-                return False
-        return True
+        time.sleep(2)
+        return all(values_of(job, topic, "uF") == [None]
+                   for topic in ("user_profiles", "recommendations"))
 
     deadline = time.monotonic() + 120
     while not only_tombstones_left():
         assert time.monotonic() < deadline, "the forgotten user's values were not compacted away"
+
+    # No personal data anywhere in the job's output, including the dead letters.
+    everything = b"\n".join(all_output_bytes(job))
+    for secret in PII:
+        assert secret.encode() not in everything, secret
 
 
 def test_pseudonymised_ids_and_inactive_user_ttl(kafka_bootstrap, tmp_path_factory, monkeypatch):

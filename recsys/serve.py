@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,8 +131,10 @@ class LiveView:
     def __init__(self, cfg: EngineConfig, metrics: ServeMetrics) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.recommendations: dict[str, dict[str, Any]] = {}
-        self.profiles: dict[str, dict[str, Any]] = {}
+        # OrderedDicts: least recently updated first, and evicting the first entry stays O(1)
+        # (a plain dict's first live entry is found past every deleted slot).
+        self.recommendations: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.profiles: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.items: dict[str, dict[str, Any]] = {}
         self.caught_up = threading.Event()
         self.status_message = "starting: connecting to Kafka"
@@ -195,12 +198,13 @@ class LiveView:
         user = (value or {}).get("user_id", key)
         if not isinstance(user, str):
             return
-        target.pop(user, None)  # re-insert: dict order is then "least recently updated first"
         if value is None:
-            return  # a tombstone: the user was forgotten
+            target.pop(user, None)  # a tombstone: the user was forgotten
+            return
         target[user] = value
+        target.move_to_end(user)  # order: least recently updated first
         if len(target) > self.cfg.serve.max_users_cached:
-            del target[next(iter(target))]  # the least recently updated user
+            target.popitem(last=False)
             self.metrics.users_evicted.labels(kind).inc()
         request_id = value.get("request_id") if kind == "recommendations" else None
         if request_id is not None:

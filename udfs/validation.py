@@ -8,6 +8,7 @@ adds the checks a schema cannot express (size, encoding, time sanity, finite num
 
 from __future__ import annotations
 
+import functools
 import math
 import unicodedata
 from dataclasses import dataclass
@@ -178,27 +179,34 @@ def _normalise_event(rec: dict[str, Any]) -> dict[str, Any] | str:
 
 # Letters of other scripts that look like Latin ones (Unicode confusables), so "еmail" with a
 # Cyrillic "е" is still an email attribute. NFKC already folds full-width and compatibility
-# forms; zero-width characters are dropped.
+# forms; zero-width characters (ZERO_WIDTH, as for ids) are dropped.
 _HOMOGLYPHS = str.maketrans({
     "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "х": "x", "у": "y", "і": "i",
     "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l", "ո": "n", "ս": "u", "α": "a",
     "ε": "e", "ο": "o", "ρ": "p", "ι": "i", "κ": "k", "ν": "v", "τ": "t", "μ": "m",
-    "\u200b": None, "\u200c": None, "\u200d": None, "\u2060": None, "\ufeff": None,
-    "\u00ad": None})
+    **dict.fromkeys(ZERO_WIDTH)})
 
 
 def normalised_name(name: str) -> str:
     """An attribute name as the personal-data check compares it: NFKC, zero-width characters
     and soft hyphens removed, homoglyphs mapped to Latin, case-folded, separators as "_"."""
-    key = unicodedata.normalize("NFKC", name).translate(_HOMOGLYPHS).casefold().strip()
+    if name.isascii():  # (NFKC and the mapping change nothing; casefold is lower)
+        key = name.lower().strip()
+    else:
+        key = unicodedata.normalize("NFKC", name).translate(_HOMOGLYPHS).casefold().strip()
     return key.replace("-", "_").replace(" ", "_").replace(".", "_")
+
+
+@functools.lru_cache(maxsize=8)
+def pii_names(configured: tuple[str, ...]) -> frozenset[str]:
+    """``profile.pii_attribute_names`` as compared (lower case), built once per list."""
+    return frozenset(n.lower() for n in configured)
 
 
 def is_pii_attribute(name: str, pii_names: frozenset[str]) -> bool:
     """Attribute names that look like personal data: exact list plus obvious substrings, on
     the normalised name."""
-    key = normalised_name(name) if not name.isascii() else \
-        name.strip().lower().replace("-", "_").replace(" ", "_").replace(".", "_")
+    key = normalised_name(name)
     return key in pii_names or any(s in key for s in ("email", "e_mail", "phone", "address",
                                                       "passport"))
 
@@ -215,8 +223,8 @@ def redact_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[st
 def redacted_attributes_payload(raw: bytes, profile_cfg: ProfileConfig) -> bytes:
     """An attributes record (already parsed once) with its PII-looking values redacted, for a
     dead letter rejected after parsing."""
-    pii = frozenset(n.lower() for n in profile_cfg.pii_attribute_names)
-    return orjson.dumps(redact_attributes(orjson.loads(raw), pii))
+    return orjson.dumps(redact_attributes(orjson.loads(raw),
+                                          pii_names(tuple(profile_cfg.pii_attribute_names))))
 
 
 def _normalise_attributes(rec: dict[str, Any], pii_names: frozenset[str]) -> dict[str, Any]:
@@ -274,8 +282,7 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
                                   f"{cfg.max_nesting_depth} levels")
     if kind == KIND_ATTRIBUTES:
         # A rejected attributes record must not carry personal data into the DLQ either.
-        pii = frozenset(n.lower() for n in profile_cfg.pii_attribute_names)
-        raw = orjson.dumps(redact_attributes(rec, pii))
+        raw = orjson.dumps(redact_attributes(rec, pii_names(tuple(profile_cfg.pii_attribute_names))))
     try:
         validator(kind)(rec)
     except Exception as e:  # fastjsonschema.JsonSchemaValueException
@@ -306,7 +313,7 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
             return reject("invalid_field", out)
         return out
     if kind == KIND_ATTRIBUTES:
-        return _normalise_attributes(rec, frozenset(n.lower() for n in profile_cfg.pii_attribute_names))
+        return _normalise_attributes(rec, pii_names(tuple(profile_cfg.pii_attribute_names)))
     if kind == KIND_ITEM:
         return _normalise_item(rec)
     if kind == KIND_REQUEST:

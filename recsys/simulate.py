@@ -123,6 +123,7 @@ class EngineSimulator:
         # Flink's state TTL on similarity rows (similarity.row_ttl_ms): keys by last write,
         # oldest first, expired at each virtual checkpoint.
         self._item_written: OrderedDict[str, float] = OrderedDict()
+        self._row_ttl_ms = cfg.similarity.row_ttl_ms
         self._inbox: list[tuple[str | None, int, bytes]] = []  # (key or None, kind, payload)
         self._flush_at: float | None = None
         self._timers: list[tuple[float, int, int, str]] = []
@@ -158,11 +159,12 @@ class EngineSimulator:
         for key, s, value in result.state_updates:
             name = keys[key] if isinstance(key, int) else key
             self.item_state.setdefault(name, [None])[s] = value
-            self._item_written[name] = self.proc_ms
-            self._item_written.move_to_end(name)
+            if self._row_ttl_ms > 0:
+                self._item_written[name] = self.proc_ms
+                self._item_written.move_to_end(name)
 
     def _expire_item_state(self) -> None:
-        ttl = self.cfg.similarity.row_ttl_ms
+        ttl = self._row_ttl_ms
         if ttl <= 0:
             return
         written = self._item_written
@@ -198,6 +200,7 @@ class EngineSimulator:
         self._flush_at = None
         self._flush_items(proc_now, checkpoint=True)
         self._user_batch([], proc_now, checkpoint=True)
+        self._expire_item_state()
 
     def drain(self) -> None:
         """Run every pending flush and timer: the state the job reaches once idle for a few

@@ -244,6 +244,10 @@ class ItemModel:
         a = int(self.feat_start[code])
         return self.feat_store[a:a + int(self.feat_len[code])]
 
+    def in_catalogue(self, item_id: str) -> bool:
+        c = self.items.get(item_id)
+        return c != NO_CODE and bool(self.in_catalog[c])
+
     def info(self, item_id: str) -> tuple[tuple[str, ...], tuple[str, ...], float | None] | None:
         """(categories, tags, price) of a catalogue item, or None."""
         c = self.items.get(item_id)

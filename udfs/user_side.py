@@ -134,6 +134,10 @@ class UserSide:
         self.dirty: dict[str, int] = {}
         # Offline replays of training data (the simulator) skip the per-event recommendation.
         self.recommend_on_events = True
+        # similarity.admit = "catalogue": items the catalogue does not know never enter the
+        # global models (popularity, occurrence, similarity rows), so a flood of made-up ids
+        # costs profile space only, which is bounded per user.
+        self.catalogue_only = cfg.similarity.admit == "catalogue"
         self.topic_of = {rec.KIND_EVENT: cfg.topics.user_events,
                          rec.KIND_ATTRIBUTES: cfg.topics.user_attributes,
                          rec.KIND_REQUEST: cfg.topics.recommendation_requests,
@@ -421,10 +425,7 @@ class UserSide:
         u.last_active_at = proc_now
         slot.profile_dirty = True
         frozen = 0 < cfg.similarity.freeze_item_model_at_ms <= event["ts"]
-        # With similarity.admit = "catalogue", items the catalogue does not know never enter
-        # the global models (popularity, occurrence, similarity rows): a flood of made-up ids
-        # then costs profile space only, which is bounded per user.
-        catalogue_only = cfg.similarity.admit == "catalogue"
+        catalogue_only = self.catalogue_only
         if catalogue_only and info is None:
             self.metrics.inc("items_not_admitted")
         elif not frozen:
@@ -435,7 +436,8 @@ class UserSide:
                 activity[3].append(event["ts"])
                 activity[4].append(demographic_segment(u.attributes))
             for row, col, delta in outcome.pairs:
-                if catalogue_only and self.model.info(col if row == item_id else row) is None:
+                if catalogue_only and not self.model.in_catalogue(
+                        col if row == item_id else row):
                     continue
                 entry = pairs.get(row)
                 if entry is None:

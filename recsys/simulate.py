@@ -88,7 +88,7 @@ class Recommendation:
     request_id: str | None = None
 
 
-def _keyed_batch(items: Iterable[tuple[str | None, int, bytes, int]]
+def keyed_batch(items: Iterable[tuple[str | None, int, bytes, int]]
                  ) -> tuple[list[str], list[BatchRecord]]:
     """(key or None, kind, payload, ts) -> the batch's distinct keys, in first-seen order, and
     its records indexing them (-1: no key), as the Java operator hands a batch to Python."""
@@ -219,7 +219,7 @@ class EngineSimulator:
     # ------------------------------------------------------------------ the two operators
     def _user_batch(self, items: list[tuple[str | None, int, bytes, int]],
                     proc_now: int, checkpoint: bool = False) -> BatchResult:
-        keys, records = _keyed_batch(items)
+        keys, records = keyed_batch(items)
         states = [self.user_state.get(k, [None, None]) for k in keys]
         result = self.user.process(keys, states, records, proc_now, -(1 << 63),
                                    checkpoint=checkpoint)
@@ -245,7 +245,7 @@ class EngineSimulator:
 
     def _flush_items(self, proc_now: int, checkpoint: bool = False) -> None:
         inbox, self._inbox = self._inbox, []
-        keys, records = _keyed_batch((key, kind, payload, proc_now) for key, kind, payload in inbox)
+        keys, records = keyed_batch((key, kind, payload, proc_now) for key, kind, payload in inbox)
         states = [self.item_state.get(k, [None]) for k in keys]
         result = self.item.process(keys, states, records, proc_now, checkpoint=checkpoint)
         self.stats.flushes += 1

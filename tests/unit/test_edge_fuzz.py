@@ -11,7 +11,8 @@ import orjson
 from state_schemas import records as rec
 from state_schemas.config import load_config
 from tests.edge_fuzz import KIND_OF, fuzz_stream, routing_key
-from udfs.user_side import Record, UserSide
+from recsys.simulate import keyed_batch
+from udfs.user_side import UserSide
 
 RECORD_KIND = {"user_events": rec.KIND_EVENT, "user_attributes": rec.KIND_ATTRIBUTES,
                "item_catalog": rec.KIND_CATALOG, "recommendation_requests": rec.KIND_REQUEST,
@@ -25,17 +26,10 @@ def test_every_fuzzed_record_ends_as_the_oracle_expects():
     letters, triggers, requests = [], Counter(), set()
     for start in range(0, len(stream), 50):
         chunk = stream[start:start + 50]
-        keys: list[str] = []
-        batch = []
-        for r, _ in chunk:
-            assert r.topic in KIND_OF
-            if r.topic == "item_catalog":
-                batch.append(Record(rec.KIND_CATALOG, -1, 0, 0, r.value or b""))
-                continue
-            key = routing_key(r.topic, r.value)
-            if key not in keys:
-                keys.append(key)
-            batch.append(Record(RECORD_KIND[r.topic], keys.index(key), 0, 0, r.value or b""))
+        keys, batch = keyed_batch(
+            (None if r.topic == "item_catalog" else routing_key(r.topic, r.value),
+             RECORD_KIND[r.topic], r.value or b"", 0) for r, _ in chunk)
+        assert {r.topic for r, _ in chunk} <= set(KIND_OF)
         out = side.process(keys, [[None, None] for _ in keys], batch, 0, -(1 << 63))
         letters += [orjson.loads(v) for _, v in out.outputs.of(rec.USER_OUT_DLQ)]
         for _, v in out.outputs.of(rec.USER_OUT_RECOMMENDATIONS):

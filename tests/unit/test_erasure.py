@@ -16,6 +16,7 @@ from state_schemas import records as rec
 from state_schemas.config import load_config
 from state_schemas.profile_state import decode_forgotten, encode_forgotten
 from state_schemas.versioning import StateVersionError
+from recsys.simulate import keyed_batch
 from udfs.privacy import pseudonymize, pseudonymize_raw_user_ids, redact_personal_text
 from udfs.user_side import STATE_IMPRESSIONS, STATE_PROFILE, Record, UserSide
 from udfs.validation import is_pii_attribute
@@ -60,10 +61,8 @@ class Host:
             if self.key else user
 
     def batch(self, records: list[tuple[int, str, bytes]]) -> dict:
-        keys = list(dict.fromkeys(self.routing_key(u) for _, u, _ in records))
-        batch = [Record(kind, keys.index(self.routing_key(u)), self.now if kind == rec.KIND_TIMER
-                        else T0, 0, payload) for kind, u, payload in records]
-        return self._run(keys, batch)
+        return self._run(*keyed_batch((self.routing_key(u), kind, payload, T0)
+                                      for kind, u, payload in records))
 
     def fire_timers(self) -> dict:
         due = [(k, t) for k, t in self.timers if t <= self.now]

@@ -14,6 +14,7 @@ import pytest
 import udfs.profile as profile_mod
 from state_schemas import records as rec
 from state_schemas.config import load_config
+from recsys.simulate import keyed_batch
 from udfs.user_side import Record, UserSide
 
 T0 = 1_767_225_600_000
@@ -32,8 +33,7 @@ def event(eid: str, user: str = "u1", item: str = "i1", etype: str = "view", val
 def run(side: UserSide, records: list[tuple[int, str, bytes]]):
     """One batch of (kind, user key, payload): dead-letter reasons, recommendations, dead
     letters, metric deltas."""
-    keys = list(dict.fromkeys(k for _, k, _ in records))
-    batch = [Record(kind, keys.index(k), T0, 0, payload) for kind, k, payload in records]
+    keys, batch = keyed_batch((k, kind, payload, T0) for kind, k, payload in records)
     out = side.process(keys, [[None, None] for _ in keys], batch, T0, -(1 << 63))
     letters = [orjson.loads(v) for _, v in out.outputs.of(rec.USER_OUT_DLQ)]
     recs = [orjson.loads(v) for _, v in out.outputs.of(rec.USER_OUT_RECOMMENDATIONS)]

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import orjson  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
-from bench_e2e import code_version, machine  # noqa: E402
+from bench_e2e import code_version, machine, run_topics  # noqa: E402
 from recsys import cluster, kafka_local  # noqa: E402
 from recsys.topics import ensure_topics  # noqa: E402
 from state_schemas.config import TopicNames  # noqa: E402
@@ -48,19 +48,6 @@ from state_schemas.config import TopicNames  # noqa: E402
 
 def log(msg: str) -> None:
     print(f"[recovery {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def wait_state(jobmanager: str, job_id: str, running: bool, timeout_s: float) -> float:
-    """Seconds until the job is (``running``) or is not (not ``running``) fully RUNNING."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        d = cluster.job_details(jobmanager, job_id)
-        all_running = d["state"] == "RUNNING" and all(
-            v["status"] == "RUNNING" for v in d["vertices"])
-        if all_running == running:
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} not {'running' if running else 'failing'} in {timeout_s} s")
 
 
 class Stream(threading.Thread):
@@ -151,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = cluster.start_cluster(rest_port=rest_port, slots=1, taskmanagers=args.kills + 1,
                                      metrics_ports="0", home=work / "flink", timeout_s=180)
-        names = TopicNames(**{f: f"{getattr(TopicNames(), f)}-rv" for f in vars(TopicNames())})
+        names = run_topics("rv")
         ensure_topics(broker.bootstrap_servers, names, 1)
         overrides = [f'kafka.bootstrap_servers="{broker.bootstrap_servers}"',
                      'kafka.starting_offsets="earliest"', 'job.name="bench-recovery"']
         overrides += [f'topics.{f}="{getattr(names, f)}"' for f in vars(names)]
         job_id = cluster.submit_job(info.jobmanager, overrides=overrides,
                                     log_path=work / "submit.log", ship_code=args.ship_code)
-        wait_state(info.jobmanager, job_id, True, 180)
+        cluster.wait_for_job_running(info.jobmanager, job_id, 180)
         seconds = args.warmup_s + args.kills * args.gap_s
         stream = Stream(broker.bootstrap_servers, names, args.rate, seconds)
         stream.consumer.start()
@@ -169,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.kills):
             tm = cluster.kill_job_taskmanager(info, job_id)
             kill_at = time.time()
-            detected = wait_state(info.jobmanager, job_id, False, 120)
-            running = detected + wait_state(info.jobmanager, job_id, True, 300)
+            cluster.wait_for_failover(info.jobmanager, job_id, 120, poll_s=0.1)
+            detected = time.time() - kill_at
+            cluster.wait_for_job_running(info.jobmanager, job_id, 300, poll_s=0.1)
+            running = time.time() - kill_at
             kills.append({"taskmanager": tm, "at": kill_at, "detected_s": round(detected, 2),
                           "running_s": round(running, 2)})
             log(f"kill {k + 1}: {tm}; noticed after {detected:.1f} s, running after "

@@ -730,7 +730,22 @@ def wait_for_job_state(jobmanager: str, job_id: str, states: Iterable[str],
     raise ClusterError(f"job {job_id} is {state}, not {sorted(wanted)}, after {timeout_s:.0f} s")
 
 
-def wait_for_job_running(jobmanager: str, job_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
+def wait_for_failover(jobmanager: str, job_id: str, timeout_s: float = 30.0,
+                      poll_s: float = 0.2) -> None:
+    """Poll until the job has noticed a failure (it, or one of its tasks, left RUNNING).
+    Raises ClusterError if that does not happen within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        details = job_details(jobmanager, job_id)
+        if details["state"] != "RUNNING" or any(v["status"] != "RUNNING"
+                                                for v in details["vertices"]):
+            return
+        time.sleep(poll_s)
+    raise ClusterError(f"job {job_id} did not notice a failure within {timeout_s:.0f} s")
+
+
+def wait_for_job_running(jobmanager: str, job_id: str, timeout_s: float = 120.0,
+                         poll_s: float = 0.5) -> dict[str, Any]:
     """Poll until the job is RUNNING with every task RUNNING (sources read, checkpoints can
     start); returns the job details. Raises ClusterError if it fails or times out."""
     deadline = time.monotonic() + timeout_s
@@ -743,7 +758,7 @@ def wait_for_job_running(jobmanager: str, job_id: str, timeout_s: float = 120.0)
         vertices = details.get("vertices", [])
         if state == "RUNNING" and vertices and all(v.get("status") == "RUNNING" for v in vertices):
             return details
-        time.sleep(0.5)
+        time.sleep(poll_s)
     raise ClusterError(f"job {job_id} did not get all its tasks running within {timeout_s:.0f} s "
                        f"(state {details.get('state')})")
 

@@ -60,17 +60,6 @@ def flink(tmp_path):
         cluster.stop_cluster(rest_port, tmp_path / "flink")
 
 
-def wait_for_failover(jobmanager: str, job_id: str, timeout_s: float = 30) -> None:
-    """Until the job has noticed the lost TaskManager (some task left RUNNING)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        details = cluster.job_details(jobmanager, job_id)
-        if details["state"] != "RUNNING" or any(v["status"] != "RUNNING" for v in details["vertices"]):
-            return
-        time.sleep(0.2)
-    pytest.fail("the job did not notice the killed TaskManager")
-
-
 def make_events() -> list[dict]:
     return [{"event_id": f"fe-{i}", "user_id": USERS[i % len(USERS)],
              "item_id": f"fi{(i * 7) % 40}", "event_type": TYPES[(i // len(USERS)) % len(TYPES)],
@@ -169,7 +158,7 @@ def test_exactly_once_through_taskmanager_kills_and_a_broker_restart(broker, fli
         cluster.kill_taskmanager(flink)
         kills += 1
         cluster.start_taskmanager(flink)
-        wait_for_failover(flink.jobmanager, job_id)
+        cluster.wait_for_failover(flink.jobmanager, job_id)
         cluster.wait_for_job_running(flink.jobmanager, job_id, timeout_s=120)
     # Restart the broker mid-stream (clean shutdown and start on the same port and data).
     kafka_local.stop_broker(broker.port, broker.data_dir)
@@ -243,7 +232,7 @@ def test_three_kills_at_random_moments_without_waiting_for_recovery(broker, spar
     moments.append(("random", cluster.kill_job_taskmanager(flink, job_id)))
     # 2. during the recovery from the first: once the job has noticed, a random moment later,
     #    the TaskManager its tasks are being deployed to
-    wait_for_failover(flink.jobmanager, job_id)
+    cluster.wait_for_failover(flink.jobmanager, job_id)
     time.sleep(rng.uniform(0.2, 2.0))
     moments.append(("recovering", cluster.kill_job_taskmanager(flink, job_id)))
     # 3. during a checkpoint, once the job runs again

@@ -98,11 +98,15 @@ def encode_model_updates(rows: Sequence[tuple[str, list[str], list[float]]],
             parts, size = [], len(head) + len(tail_no_pop)
         parts.append(encoded)
         size += len(encoded) + 1
-    pieces = [] if popularity is None else _split_popularity(popularity, max_bytes - 64)
-    if parts or not pieces:
+    encoded_pop: list[bytes] = []
+    if popularity is not None:
+        whole = orjson.dumps([PAYLOAD_VERSION, [], popularity])  # almost always fits: once
+        encoded_pop = [whole] if len(whole) <= max_bytes else [
+            orjson.dumps([PAYLOAD_VERSION, [], piece])
+            for piece in _split_popularity(popularity, max_bytes - 64)]
+    if parts or not encoded_pop:
         out.append(head + b",".join(parts) + tail_no_pop)
-    out += [orjson.dumps([PAYLOAD_VERSION, [], piece]) for piece in pieces]
-    return out
+    return out + encoded_pop
 
 
 def _split_popularity(popularity: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:

@@ -187,7 +187,12 @@ def spare_cluster(tmp_path):
                                  metrics_ports=free_port_range(), home=tmp_path / "flink",
                                  timeout_s=180,
                                  extra_conf={"heartbeat.interval": "1000",
-                                             "heartbeat.timeout": "5000"})
+                                             "heartbeat.timeout": "5000",
+                                             # checkpoint statistics fresh over REST (3 s
+                                             # cache by default): the test waits for one
+                                             # in flight, and they last only tens of ms
+                                             "web.refresh-interval": "100",
+                                             "rest.cache.checkpoint-statistics.timeout": "100 ms"})
     try:
         yield info
     finally:

@@ -1,4 +1,4 @@
-"""Records between the job's operators: kinds, output tags and payload codecs (version 1).
+"""Records between the job's operators: kinds, output tags and payload codecs.
 
 Every record inside the job is an engine record ``(key, kind, ts, ingest_ms, payload)``
 (``deploy/java/.../EngineRecords.java``). Input records carry the raw Kafka value as payload
@@ -6,6 +6,13 @@ Every record inside the job is an engine record ``(key, kind, ts, ingest_ms, pay
 between operators are never persisted (checkpoints are aligned and hold no in-flight data), so a
 release may change these without migrating state; the version is in each payload all the same,
 so a mismatch between the two sides of a running job fails loudly instead of misreading.
+
+Item activity and pair updates travel on two different edges (broadcast and keyed) and reach the
+item operator in no fixed order. A row scored before the activity of its own batch arrived would
+use occurrence counts that are too small (or zero) and keep that score until it is touched
+again, so both payloads carry an *activity stamp*: the user-operator subtask that sent them and
+the sequence number of its activity record. The item operator holds pair updates until it has
+applied the activity they were stamped with (``udfs/item_side.py``).
 
 Kinds::
 
@@ -48,30 +55,38 @@ USER_OUT_ACTIVITY = 4
 ITEM_OUT_SIMILARITY = 0
 ITEM_OUT_MODEL = 1
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 1   # model updates (also read back from the item-model-updates topic)
+STAMPED_VERSION = 2   # item activity and pair updates: v2 added the activity stamp
 
 
-def encode_activity(ids: Sequence[str], weights: Sequence[float], occ_deltas: Sequence[float],
-                    ts: Sequence[int], segments: Sequence[str]) -> bytes:
-    """The item activity of one user-operator batch: accepted positive interactions."""
-    return orjson.dumps([PAYLOAD_VERSION, list(ids), list(weights), list(occ_deltas), list(ts),
-                         list(segments)])
+def encode_activity(origin: int, seq: int, ids: Sequence[str], weights: Sequence[float],
+                    occ_deltas: Sequence[float], ts: Sequence[int],
+                    segments: Sequence[str]) -> bytes:
+    """The item activity of one user-operator batch (accepted positive interactions), number
+    ``seq`` of user-operator subtask ``origin``."""
+    return orjson.dumps([STAMPED_VERSION, origin, seq, list(ids), list(weights),
+                         list(occ_deltas), list(ts), list(segments)])
 
 
-def decode_activity(payload: bytes) -> tuple[list, list, list, list, list]:
-    ids, weights, deltas, ts, segments = load_versioned(payload, PAYLOAD_VERSION,
-                                                        "item activity payload", 5)
-    return ids, weights, deltas, ts, segments
+def decode_activity(payload: bytes) -> tuple[int, int, list, list, list, list, list]:
+    """``(origin, seq, ids, weights, occurrence deltas, ts, segments)``."""
+    origin, seq, ids, weights, deltas, ts, segments = load_versioned(
+        payload, STAMPED_VERSION, "item activity payload", 7)
+    return origin, seq, ids, weights, deltas, ts, segments
 
 
-def encode_pairs(cols: Sequence[str], deltas: Sequence[float], ts: Sequence[int]) -> bytes:
-    """Co-occurrence increments of one row (the record's key): C(key, col) += delta at ts."""
-    return orjson.dumps([PAYLOAD_VERSION, list(cols), list(deltas), list(ts)])
+def encode_pairs(origin: int, seq: int, cols: Sequence[str], deltas: Sequence[float],
+                 ts: Sequence[int]) -> bytes:
+    """Co-occurrence increments of one row (the record's key): C(key, col) += delta at ts, to
+    apply once activity ``seq`` of user-operator subtask ``origin`` has been counted."""
+    return orjson.dumps([STAMPED_VERSION, origin, seq, list(cols), list(deltas), list(ts)])
 
 
-def decode_pairs(payload: bytes) -> tuple[list, list, list]:
-    cols, deltas, ts = load_versioned(payload, PAYLOAD_VERSION, "pair updates payload", 3)
-    return cols, deltas, ts
+def decode_pairs(payload: bytes) -> tuple[int, int, list, list, list]:
+    """``(origin, seq, cols, deltas, ts)``."""
+    origin, seq, cols, deltas, ts = load_versioned(payload, STAMPED_VERSION,
+                                                   "pair updates payload", 5)
+    return origin, seq, cols, deltas, ts
 
 
 def encode_model_update(rows: Sequence[tuple[str, list[str], list[float]]],

@@ -18,7 +18,8 @@ benchmarks.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -49,6 +50,10 @@ class ItemSide:
         self.stats = ItemStats(cfg)
         self.shard = SimilarityShard(cfg, self.stats)
         self.metrics = MetricDeltas()
+        # Per user-operator subtask, the number of its last activity record counted, and the
+        # pair updates that arrived before the activity they were stamped with (in order).
+        self.activity_counted: dict[int, int] = {}
+        self.waiting_pairs: list[tuple[int, int, str, list, list, list]] = []
         # Registered at 0: Prometheus' increase() cannot see the growth of a series whose first
         # scrape already holds its value, and dashboards show 0 rather than "no data".
         for name in ("similarity_pair_updates", "similarity_batches",
@@ -58,36 +63,73 @@ class ItemSide:
     def restore(self, shared: dict[str, bytes]) -> None:
         self.stats.restore(shared)
 
+    @contextmanager
+    def _boundary(self, r: Record) -> Iterator[None]:
+        """The exception boundary: no record fails the task. Records here come from the user
+        operator, validated there: a failure is a defect, counted (the internal_errors metric
+        alerts) rather than crash-looping."""
+        try:
+            yield
+        except Exception:  # noqa: BLE001
+            self.metrics.inc("internal_errors", 1, (("kind", rec.KIND_NAMES.get(r.kind, "?")),))
+
+    def _count_activity(self, payload: bytes) -> None:
+        origin, seq, ids, weights, deltas, ts, segments = rec.decode_activity(payload)
+        self.stats.apply_activity(
+            ids, np.asarray(weights, dtype=np.float64), np.asarray(deltas, dtype=np.float64),
+            np.asarray(ts, dtype=np.int64), segments)
+        if seq > self.activity_counted.get(origin, 0):
+            self.activity_counted[origin] = seq
+
+    def _release_waiting_pairs(self, checkpoint: bool) -> int:
+        """Hand the waiting pair updates whose activity has been counted to the shard (all of
+        them before a checkpoint: with aligned barriers their activity has arrived by then, and
+        without alignment applying them late beats keeping them out of the snapshot). Returns
+        the number of pair updates released."""
+        if not self.waiting_pairs:
+            return 0
+        released = 0
+        still: list[tuple[int, int, str, list, list, list]] = []
+        for entry in self.waiting_pairs:
+            origin, seq, item, cols, deltas, ts = entry
+            if checkpoint or seq <= self.activity_counted.get(origin, 0):
+                self.shard.on_pairs(item, cols, deltas, ts)
+                released += len(cols)
+            else:
+                still.append(entry)
+        self.waiting_pairs = still
+        return released
+
     def process(self, keys: Sequence[str], states: Sequence[Sequence[bytes | None]],
                 records: Sequence[Record], proc_now: int,
                 checkpoint: bool = False) -> BatchResult:
         out = BatchResult()
         self.stats.items.tick()
         timer_items: list[str] = []
-        pair_records = 0
+        # The batch's activity first: pair updates wait for the activity they were stamped with
+        # (it travels on the other input edge), and later activity only brings counts closer to
+        # what a row will be scored with at its next update anyway.
         for r in records:
-            try:
-                if r.kind == rec.KIND_ACTIVITY:
-                    ids, weights, deltas, ts, segments = rec.decode_activity(r.payload)
-                    self.stats.apply_activity(
-                        ids, np.asarray(weights, dtype=np.float64),
-                        np.asarray(deltas, dtype=np.float64), np.asarray(ts, dtype=np.int64),
-                        segments)
-                elif r.kind == rec.KIND_PAIRS:
+            if r.kind == rec.KIND_ACTIVITY:
+                with self._boundary(r):
+                    self._count_activity(r.payload)
+        pair_records = self._release_waiting_pairs(checkpoint)
+        for r in records:
+            if r.kind == rec.KIND_PAIRS:
+                with self._boundary(r):
                     item = keys[r.key]
                     self.shard.load(item, states[r.key][STATE_ROW])
-                    cols, deltas, ts = rec.decode_pairs(r.payload)
-                    self.shard.on_pairs(item, cols, deltas, ts)
-                    pair_records += len(cols)
-                elif r.kind == rec.KIND_TIMER:
+                    origin, seq, cols, deltas, ts = rec.decode_pairs(r.payload)
+                    if seq <= self.activity_counted.get(origin, 0) or checkpoint:
+                        self.shard.on_pairs(item, cols, deltas, ts)
+                        pair_records += len(cols)
+                    else:
+                        self.waiting_pairs.append((origin, seq, item, cols, deltas, ts))
+            elif r.kind == rec.KIND_TIMER:
+                with self._boundary(r):
                     item = keys[r.key]
                     self.shard.load(item, states[r.key][STATE_ROW])
                     timer_items.append(item)
-            except Exception:  # noqa: BLE001 - the boundary: no record fails the task
-                # Records here come from the user operator, validated there: a failure is a
-                # defect, counted (the internal_errors metric alerts) rather than crash-looping.
-                self.metrics.inc("internal_errors", 1,
-                                 (("kind", rec.KIND_NAMES.get(r.kind, "?")),))
         emitted, timers = self.shard.flush(proc_now)
         for item in timer_items:
             now_due, later = self.shard.on_timer(item, proc_now)

@@ -120,6 +120,11 @@ class UserSide:
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.subtask = subtask
+        # Number of the last item-activity record sent; pair updates carry it so that the item
+        # operator scores them only after counting that activity (state_schemas/records.py).
+        # It starts again at 0 after a restore, as does the item operator's count of it: both
+        # operators restart together (one pipelined region) and no record survives in flight.
+        self.activity_seq = 0
         self.pseudonym_key = pseudonym_key
         self.clock = clock
         self.model = ItemModel(cfg)
@@ -207,11 +212,12 @@ class UserSide:
             except Exception as e:  # noqa: BLE001 - the boundary: no record fails the task
                 self._internal_error(r, e, out, keys[r.key] if 0 <= r.key < len(keys) else None)
         if activity[0]:
+            self.activity_seq += 1
             out.outputs.emit(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY, "",
-                             rec.encode_activity(*activity))
+                             rec.encode_activity(self.subtask, self.activity_seq, *activity))
         for row, (cols, deltas, ts) in pairs.items():
             out.outputs.emit(rec.USER_OUT_PAIRS, rec.KIND_PAIRS, row,
-                             rec.encode_pairs(cols, deltas, ts))
+                             rec.encode_pairs(self.subtask, self.activity_seq, cols, deltas, ts))
         for key in keys:  # the users this batch changed join the write-back queue
             if key not in self.dirty:
                 slot = self.cache.get(key)

@@ -268,11 +268,11 @@ def test_with_admit_catalogue_unknown_items_stay_out_of_the_global_models():
             ["u2"], [[None, None]],
             [Record(rec.KIND_EVENT, 0, T0, 0, event("e5", "u2", "made-up-1")),
              Record(rec.KIND_EVENT, 0, T0, 0, event("e6", "u2", "known"))], T0, NO_WATERMARK)
-        activity = [rec.decode_activity(v)[0] for _, v in
+        activity = [rec.decode_activity(v)[2] for _, v in
                     out.outputs.of(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY)]
         pair_items = {k for k, _ in out.outputs.of(rec.USER_OUT_PAIRS, rec.KIND_PAIRS)}
         for _, v in out.outputs.of(rec.USER_OUT_PAIRS, rec.KIND_PAIRS):
-            pair_items.update(rec.decode_pairs(v)[0])
+            pair_items.update(rec.decode_pairs(v)[2])
         seen = set(activity[0]) | pair_items
         assert seen <= expected_items and "known" in seen, (admit, seen)
         if admit == "all":

@@ -475,14 +475,25 @@ def test_model_state_keys_are_distinct_prefixes():
 
 def test_activity_payload_round_trips():
     args = (["i1", "i2"], [1.0, 10.0], [1.0, 9.0], [T0, T0 + 1], ["", "age:25-34"])
-    assert records.decode_activity(records.encode_activity(*args)) == tuple(list(a) for a in args)
+    assert records.decode_activity(records.encode_activity(3, 17, *args)) == (
+        3, 17, *(list(a) for a in args))
     # Any sequences are accepted (tuples, generators' lists, numpy-free).
-    assert records.decode_activity(records.encode_activity((), (), (), (), ())) == ([],) * 5
+    assert records.decode_activity(records.encode_activity(0, 1, (), (), (), (), ())) == (
+        0, 1, *([],) * 5)
 
 
 def test_pairs_payload_round_trips():
     args = (("c1", "c2", "c3"), (2.0, 0.5, 8.0), (T0, T0, T0 + 2))
-    assert records.decode_pairs(records.encode_pairs(*args)) == tuple(list(a) for a in args)
+    assert records.decode_pairs(records.encode_pairs(1, 9, *args)) == (
+        1, 9, *(list(a) for a in args))
+
+
+def test_activity_and_pairs_of_version_1_are_refused():
+    """v2 added the activity stamp; a v1 sender beside a v2 receiver must fail loudly."""
+    with pytest.raises(StateVersionError, match="version 1"):
+        records.decode_activity(orjson.dumps([1, ["i1"], [1.0], [1.0], [T0], [""]]))
+    with pytest.raises(StateVersionError, match="version 1"):
+        records.decode_pairs(orjson.dumps([1, ["c1"], [1.0], [T0]]))
 
 
 def test_model_update_payload_round_trips():
@@ -532,9 +543,9 @@ def test_model_updates_are_split_to_fit_a_message_and_carry_the_same_content(max
 
 def test_payloads_of_another_version_are_refused():
     with pytest.raises(StateVersionError, match="version"):
-        records.decode_activity(orjson.dumps([2, [], [], [], [], []]))
+        records.decode_activity(orjson.dumps([3, 0, 1, [], [], [], [], []]))
     with pytest.raises(StateVersionError, match="version"):
-        records.decode_pairs(orjson.dumps([0, [], [], []]))
+        records.decode_pairs(orjson.dumps([0, 0, 1, [], [], []]))
     with pytest.raises(StateVersionError, match="version"):
         records.decode_model_update(orjson.dumps([2, [], None]))
     with pytest.raises(StateVersionError):
@@ -558,8 +569,8 @@ NEWER_WITH_AN_EXTRA_FIELD = [
     ("model_state.decode_catalog_entry", model_state.decode_catalog_entry, [2, {}, "new"]),
     ("model_state.decode_item_entry", model_state.decode_item_entry, [2, [], [], 0.0, {}, "new"]),
     ("model_state.decode_meta", model_state.decode_meta, [2, 1, 2, "new"]),
-    ("records.decode_activity", records.decode_activity, [2, [], [], [], [], [], "new"]),
-    ("records.decode_pairs", records.decode_pairs, [2, [], [], [], "new"]),
+    ("records.decode_activity", records.decode_activity, [3, 0, 1, [], [], [], [], [], "new"]),
+    ("records.decode_pairs", records.decode_pairs, [3, 0, 1, [], [], [], "new"]),
 ]
 
 

@@ -58,7 +58,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recsys import movielens
+from recsys import compare, movielens
+from recsys.datasets import Data, load_data
 from state_schemas.config import EngineConfig, TopicNames, load_config
 from recsys.paths import PROJECT_ROOT
 from udfs.metrics import hit_and_rr, rank_of, ranking_metrics
@@ -92,34 +93,6 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------- data
-
-@dataclass
-class Data:
-    ml: movielens.MovieLens
-    catalog: list[Record]
-    attributes: list[Record]
-    train_events: list[Record]
-    all_events: list[Record]
-    test: dict[str, set[str]]            # user -> test items (prefixed ids)
-    users: list[str]                     # prefixed ids, sorted numerically
-
-
-def load_data(users_limit: int = 0, seed: int = movielens.DEFAULT_SPLIT_SEED) -> Data:
-    ml = movielens.load()
-    raw_users = sorted(ml.users, key=int)
-    if users_limit:
-        raw_users = raw_users[:users_limit]
-    keep = set(raw_users)
-    train = movielens.select(ml, "train", seed=seed, users=keep)
-    test_r = movielens.select(ml, "test", seed=seed, users=keep)
-    test: dict[str, set[str]] = {}
-    for r in test_r:
-        test.setdefault(movielens.user_id(r.user), set()).add(movielens.item_id(r.item))
-    users = [movielens.user_id(u) for u in raw_users]
-    attributes = [a for a in movielens.attribute_records(ml) if a["user_id"] in set(users)]
-    return Data(ml, movielens.catalog_records(ml), attributes, movielens.events(train),
-                movielens.events(movielens.select(ml, "all", users=keep)), test, users)
-
 
 # ------------------------------------------------------------------------- the real pipeline
 
@@ -306,8 +279,10 @@ class PipelineRunner:
             run.events_per_second = run.events / max(run.seconds_events, 1e-9)
             if requests:
                 # Let the last similarity flush and neighbour emissions reach the recommender.
-                settle = (cfg.similarity.flush_interval_ms + cfg.similarity.emit_min_interval_ms
-                          + 2 * cfg.job.checkpoint_interval_ms) / 1000.0 + 1.0
+                sim = cfg.similarity
+                settle = (sim.flush_interval_ms + max(
+                    sim.emit_min_interval_ms, sim.ease_refresh_ms if sim.ease_head_items else 0)
+                    + 2 * cfg.job.checkpoint_interval_ms) / 1000.0 + 1.0
                 time.sleep(settle)
                 replay(cfg, events=[], requests=requests, progress=False)
                 run.requests_sent = len(requests)
@@ -357,13 +332,13 @@ def _count(bootstrap: str, topic: str) -> int:
 # ------------------------------------------------------------------------- protocols
 
 def pipeline_protocol_a(runner: PipelineRunner, config_file: str, overrides: list[str],
-                        data: Data, timeout_s: float = 1800.0
+                        data: Data, timeout_s: float = 1800.0, tag: str = "A"
                         ) -> tuple[dict[str, float], PipelineRun, dict[str, list[str]]]:
     """Protocol A through a fresh job: (metrics, run facts, the answer to every request)."""
     from recsys.simulate import request_records
 
     requests = request_records(data.train_events, data.users, K)
-    run, coll, _ = runner.run("A", config_file, overrides, data, data.train_events, requests,
+    run, coll, _ = runner.run(tag, config_file, overrides, data, data.train_events, requests,
                               False, timeout_s)
     recs = {r["user_id"]: coll.requests[r["request_id"]] for r in requests
             if r["request_id"] in coll.requests}
@@ -525,9 +500,34 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[str]:
     return written
 
 
+def side_by_side_table(sbs: dict[str, Any]) -> list[str]:
+    """Protocol A's engine-and-baselines table: nDCG@10 per split, mean +- sample std over
+    the random splits' seeds."""
+    splits = sbs["splits"]
+    seeds = [sp["seed"] for sp in splits if sp["kind"] == "random"]
+    temporal = [sp for sp in splits if sp["kind"] == "temporal"]
+    rand_head = f"random 75/25, seeds {','.join(map(str, seeds))}"
+    head = (f"{'Protocol A side by side: ' + sbs['metric']:<44}{rand_head:>30}"
+            + (f"{'temporal 75/25':>18}" if temporal else ""))
+    lines = [head, "-" * len(head)]
+    lams = ", ".join(f"{sp['kind']}{'' if sp['seed'] is None else ' ' + str(sp['seed'])}: "
+                     f"{sp['ease_lambda']:g}" for sp in splits)
+    labels = {"engine": f"ours ({sbs['engine_source']})", "EASE": "EASE (lambda on validation)"}
+    for name, row in sbs["summary"].items():
+        r = row["random"]
+        rand = (f"{r['mean']:.4f} +- {r['std']:.4f} (n={r['n']})" if r else "")
+        temp = f"{row['temporal']:.4f}" if row["temporal"] is not None else ""
+        lines.append(f"{labels.get(name, name):<44}{rand:>30}"
+                     + (f"{temp:>18}" if temporal else ""))
+    lines.append(f"  EASE lambda per split (chosen on its validation part): {lams}")
+    return lines
+
+
 def table(report: dict[str, Any]) -> str:
     lines = []
     a = report.get("protocol_a") or {}
+    if a.get("side_by_side"):
+        lines += side_by_side_table(a["side_by_side"]) + [""]
     metrics = [f"precision@{K}", f"recall@{K}", f"ndcg@{K}", "map"]
     head = f"{'Protocol A (ml-100k, 75/25 per user, k=10)':<44}" + "".join(
         f"{m:>14}" for m in metrics)
@@ -553,6 +553,8 @@ def table(report: dict[str, Any]) -> str:
             entries.append(("the real job, all users", p))
             for v, s in sorted(p["per_variant"].items()):
                 entries.append((f"  variant {v}", s))
+        for name, s in sorted((b.get("baselines") or {}).items()):
+            entries.append((f"baseline: {name}", s))
         for key, label in (("pipeline_on_sim_users", "the real job, simulated users"),
                            ("pipeline_frozen_on_sim_users", "the real job frozen at mid-time"),
                            ("sim_live", "simulator, live"),
@@ -570,8 +572,6 @@ def table(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------- main
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from recsys import simulate
-
     started = time.monotonic()
     protocols = {p.strip().upper() for p in args.protocols.split(",") if p.strip()}
     data = load_data(args.users)
@@ -614,6 +614,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 futures[name] = pool.submit(_sim_b_job, args.config, list(args.overrides),
                                             args.users, ms, subset, freeze, t_first, t_mid)
 
+    # Protocol A's other splits (the first seed's random split is the primary one above).
+    seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    other_splits = [("random", sd) for sd in seeds if sd != movielens.DEFAULT_SPLIT_SEED]
+    if not args.no_temporal:
+        other_splits.append(("temporal", movielens.DEFAULT_SPLIT_SEED))
+    engine_on_split: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.simulator_only and "A" in protocols:
+        for kind, seed in other_splits:
+            futures[f"sim_a:{kind}:{seed}"] = pool.submit(
+                _sim_a_job, args.config, list(args.overrides), args.users, ms_per_event,
+                seed, kind)
+
     work = Path(tempfile.mkdtemp(prefix="recsys-eval-"))
     failed = True
     try:
@@ -630,6 +642,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"({run_a.events_per_second:.0f} events/s); "
                         f"{run_a.requests_answered}/{run_a.requests_sent} requests answered")
                 submit_sims(ms_per_event)
+                if "A" in protocols:
+                    for kind, seed in other_splits:
+                        data_s = load_data(args.users, seed, kind=kind)
+                        m_s, run_s, _ = pipeline_protocol_a(
+                            pipe, args.config, list(args.overrides), data_s, args.timeout,
+                            tag=f"A-{kind}-{seed}")
+                        engine_on_split[(kind, seed)] = {"metrics": m_s, "run": run_s.__dict__}
+                        log(f"protocol A, {kind} split {seed or ''}: nDCG@{K} "
+                            f"{m_s[f'ndcg@{K}']:.4f}")
                 if "B" in protocols:
                     run_b, coll, _ = pipe.run("B", args.config,
                                               list(args.overrides) + SHIPPED_VARIANT, data,
@@ -662,9 +683,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if "A" in protocols:
         a = report.setdefault("protocol_a", {})
-        a["popularity"] = ranking_metrics(simulate.popularity_baseline(data.train_events,
-                                                                       data.test, K),
-                                          data.test, K)
+        a["side_by_side"] = side_by_side(args, data, report, engine_on_split, results,
+                                         other_splits)
+        a["popularity"] = a["side_by_side"]["splits"][0]["baselines"]["popularity"]
         sim_a = results["sim_a"]
         sim_recs = sim_a.pop("recs")
         a["simulator"] = sim_a
@@ -679,6 +700,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "identical_lists": float(np.mean(same)),
                 "metric_differences": {m: pm[m] - sm[m] for m in pm if m != "users"}}
 
+    if "B" in protocols:
+        b = report.setdefault("protocol_b", {})
+        lam = (report.get("protocol_a") or {}).get("side_by_side", {}).get(
+            "splits", [{}])[0].get("ease_lambda") or compare.tune_ease(
+            args.users, movielens.DEFAULT_SPLIT_SEED, "random", K)[0]
+        log(f"protocol B baselines (EASE lambda {lam:g}, chosen on protocol A's validation)")
+        b["baselines"] = {name: summarise_b(c, t_first, t_mid) for name, c in
+                          compare.prequential_baselines(data.all_events, t_mid, K,
+                                                        ease_lambda=lam).items()}
+        b["baselines"]["EASE, first half"]["ease_lambda"] = lam
+
     if "B" in protocols and not args.no_frozen:
         b = report.setdefault("protocol_b", {})
         b["sim_users"] = len(subset)
@@ -691,12 +723,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _sim_a_job(config: str, overrides: list[str], users: int, ms_per_event: float
+def side_by_side(args: argparse.Namespace, data: Data, report: dict[str, Any],
+                 engine_on_split: dict[tuple[str, int], dict[str, Any]],
+                 results: dict[str, Any], other_splits: list[tuple[str, int]]
+                 ) -> dict[str, Any]:
+    """Protocol A on every split: the engine (the job, or the simulator with
+    ``--simulator-only``) beside the baselines, EASE's lambda chosen on each split's
+    validation part; then mean and spread over the random splits' seeds."""
+    a = report.get("protocol_a") or {}
+    primary = (a.get("pipeline") or {}).get("metrics") or results["sim_a"]["metrics"]
+    source = "the job" if a.get("pipeline") else "the simulator"
+    splits = []
+    for kind, seed in [("random", movielens.DEFAULT_SPLIT_SEED)] + list(other_splits):
+        if (kind, seed) == ("random", movielens.DEFAULT_SPLIT_SEED):
+            data_s, engine = data, primary
+        else:
+            data_s = load_data(args.users, seed, kind=kind)
+            got = engine_on_split.get((kind, seed)) or results.get(f"sim_a:{kind}:{seed}")
+            engine = got["metrics"] if got else None
+        lam, search = compare.tune_ease(args.users, seed, kind, K)
+        log(f"baselines on the {kind} split {seed}: EASE lambda {lam:g} on validation")
+        splits.append({"kind": kind, "seed": seed if kind == "random" else None,
+                       "engine": engine, "baselines": compare.baseline_metrics(data_s, K, lam),
+                       "ease_lambda": lam, "ease_validation_ndcg": search,
+                       "train": len(data_s.train_events), "users": len(data_s.test)})
+    names = ["engine", *splits[0]["baselines"]]
+    metric = f"ndcg@{K}"
+
+    def value(sp: dict[str, Any], name: str) -> float | None:
+        m = sp["engine"] if name == "engine" else sp["baselines"].get(name)
+        return m[metric] if m else None
+
+    summary: dict[str, Any] = {}
+    for name in names:
+        rand = [v for sp in splits if sp["kind"] == "random"
+                if (v := value(sp, name)) is not None]
+        temp = [v for sp in splits if sp["kind"] == "temporal"
+                if (v := value(sp, name)) is not None]
+        summary[name] = {"random": compare.spread(rand) if rand else None,
+                         "temporal": temp[0] if temp else None}
+    return {"metric": metric, "engine_source": source, "splits": splits, "summary": summary}
+
+
+def _sim_a_job(config: str, overrides: list[str], users: int, ms_per_event: float,
+               seed: int = movielens.DEFAULT_SPLIT_SEED, kind: str = "random"
                ) -> dict[str, Any]:
     """Protocol A in the simulator (a worker process: loads its own data)."""
     from recsys import simulate
 
-    data = load_data(users)
+    data = load_data(users, seed, kind=kind)
     cfg = load_config(config, overrides, environ={})
     res = simulate.run_protocol_a(cfg, data.catalog, data.attributes, data.train_events,
                                   data.test, k=K, ms_per_event=ms_per_event)
@@ -737,6 +812,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of users in protocol B's simulator runs (live vs frozen)")
     p.add_argument("--b-seed", type=int, default=7)
     p.add_argument("--no-frozen", action="store_true", help="skip protocol B's simulator runs")
+    p.add_argument("--seeds", default="42,43,44",
+                   help="protocol A's random per-user splits (the first is the primary one)")
+    p.add_argument("--no-temporal", action="store_true",
+                   help="skip protocol A on the per-user temporal split")
     p.add_argument("--timeout", type=float, default=1800.0, help="per pipeline run, seconds")
     p.add_argument("--keep-work", action="store_true", help="keep broker data and job logs")
     p.add_argument("--plot-only", action="store_true",

@@ -53,7 +53,7 @@ import orjson
 
 from state_schemas import records as rec
 from state_schemas.config import EngineConfig, load_config
-from state_schemas.profile_state import UserProfile, decode_profile
+from state_schemas.profile_state import UserProfile, decode_forgotten, decode_profile
 from udfs.item_side import ItemSide
 from udfs.memory import freeze_survivors, tune_collector
 from udfs.user_side import BatchResult, UserSide
@@ -206,7 +206,8 @@ class EngineSimulator:
         """Run every pending flush and timer: the state the job reaches once idle for a few
         seconds (rows flushed and emitted, model updates applied, trending rebuilt)."""
         sim = self.cfg.similarity
-        horizon = self.proc_ms + sim.flush_interval_ms + sim.emit_min_interval_ms + 1
+        horizon = self.proc_ms + sim.flush_interval_ms + max(
+            sim.emit_min_interval_ms, sim.ease_refresh_ms if sim.ease_head_items else 0) + 1
         while True:
             self._run_due(horizon)
             self.proc_ms = max(self.proc_ms, horizon)
@@ -232,6 +233,8 @@ class EngineSimulator:
         self._count(result.metrics)
         for key, value in result.outputs.of(rec.USER_OUT_PAIRS, rec.KIND_PAIRS):
             self._to_items(key, rec.KIND_PAIRS, value, proc_now)
+        for key, value in result.outputs.of(rec.USER_OUT_PAIRS, rec.KIND_GRAM):
+            self._to_items(key, rec.KIND_GRAM, value, proc_now)
         for _, value in result.outputs.of(rec.USER_OUT_ACTIVITY, rec.KIND_ACTIVITY):
             self._to_items(None, rec.KIND_ACTIVITY, value, proc_now)
         return result
@@ -344,6 +347,11 @@ class EngineSimulator:
         self.recommendations.extend(made)
         return made
 
+    def forget(self, user_id: str, ts: int | None = None) -> None:
+        """A ``privacy-requests`` forget for ``user_id``."""
+        self._send(rec.KIND_PRIVACY, user_id, {"user_id": user_id, "action": "forget",
+                                               "ts": int(self.proc_ms) if ts is None else ts})
+
     def request(self, record: Record) -> Recommendation | None:
         """One ``recommendation-requests`` record (the user's profile as it is now)."""
         return self._recommendation(self._send(rec.KIND_REQUEST, str(record.get("user_id")),
@@ -355,7 +363,9 @@ class EngineSimulator:
         if slot is not None and (slot.profile is not None or slot.profile_blob is not None):
             return self.user._profile(slot, user_id)
         blob = self.user_state.get(user_id, [None])[0]
-        return decode_profile(blob) if blob is not None else None
+        if blob is None or decode_forgotten(blob) is not None:  # none, or forgotten
+            return None
+        return decode_profile(blob)
 
     def variant(self, user_id: str) -> str:
         p = self.profile(user_id) or UserProfile(user_id)
@@ -470,38 +480,7 @@ def run_protocol_b(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
     return ProtocolBResult(cases, time.perf_counter() - t0, sim.stats)
 
 
-def popularity_baseline(train_events: Sequence[Record], test: Mapping[str, set[str]],
-                        k: int = 10) -> dict[str, list[str]]:
-    """Offline: the k most-rated training items the user has not rated (ties by item id)."""
-    counts: dict[str, int] = {}
-    seen: dict[str, set[str]] = {}
-    for e in train_events:
-        counts[e["item_id"]] = counts.get(e["item_id"], 0) + 1
-        seen.setdefault(e["user_id"], set()).add(e["item_id"])
-    ranked = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    out: dict[str, list[str]] = {}
-    for u in test:
-        s = seen.get(u, set())
-        out[u] = list(itertools.islice((i for i in ranked if i not in s), k))
-    return out
-
-
 # ---------------------------------------------------------------------------- CLI
-
-def _ml100k_inputs(users_limit: int | None = None, seed: int = 42):
-    from recsys import movielens as ml_mod
-
-    ml = ml_mod.load()
-    users = None
-    if users_limit:
-        users = sorted(ml.users, key=int)[:users_limit]
-    train = ml_mod.select(ml, "train", seed=seed, users=users)
-    test_r = ml_mod.select(ml, "test", seed=seed, users=users)
-    test: dict[str, set[str]] = {}
-    for r in test_r:
-        test.setdefault(ml_mod.user_id(r.user), set()).add(ml_mod.item_id(r.item))
-    return ml, ml_mod, train, test
-
 
 def _grid(sweeps: list[str]) -> list[list[str]]:
     axes = []
@@ -549,29 +528,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="protocol B: share of users whose lists are computed")
     parser.add_argument("--split-seed", type=int, default=42,
                         help="seed of the per-user split (42: the evaluation's)")
+    parser.add_argument("--split", choices=["random", "temporal"], default="random")
+    parser.add_argument("--on", choices=["validation", "test"], default="validation",
+                        help="score on the validation split carved from the training ratings "
+                             "(default: what tuning may look at) or on the test split")
     args = parser.parse_args(argv)
 
-    ml, ml_mod, train, test = _ml100k_inputs(args.users or None, args.split_seed)
-    catalog = ml_mod.catalog_records(ml)
-    attributes = ml_mod.attribute_records(ml)
-    if args.users:
-        keep = {r["user_id"] for r in attributes[:args.users]}
-        attributes = [a for a in attributes if a["user_id"] in keep]
+    from recsys.datasets import load_data
+
+    data = load_data(args.users, args.split_seed, kind=args.split,
+                     validation=args.on == "validation")
+    catalog, attributes, train, test = data.catalog, data.attributes, data.train_events, data.test
     for combo in _grid(args.sweep):
         cfg = load_config(args.config, list(args.overrides) + combo, environ={})
         if args.protocol == "A":
-            res = run_protocol_a(cfg, catalog, attributes, ml_mod.events(train), test,
+            res = run_protocol_a(cfg, catalog, attributes, train, test,
                                  ms_per_event=args.ms_per_event)
             m = res.metrics
-            print(json.dumps({"set": combo, "ndcg@10": round(m["ndcg@10"], 4),
+            print(json.dumps({"set": combo, "on": args.on, "ndcg@10": round(m["ndcg@10"], 4),
                               "precision@10": round(m["precision@10"], 4),
                               "recall@10": round(m["recall@10"], 4), "map": round(m["map"], 4),
                               "seconds": round(res.seconds, 1)}), flush=True)
         else:
             from udfs.metrics import hit_and_rr
 
-            everyone = ml_mod.events(ml_mod.select(ml, "all", users=None if not args.users else
-                                                   sorted(ml.users, key=int)[:args.users]))
+            everyone = data.all_events
             users = sorted({e["user_id"] for e in everyone})
             rng = np.random.RandomState(7)
             chosen = set(rng.choice(users, max(1, int(len(users) * args.b_user_fraction)),

@@ -227,6 +227,14 @@ class SimilarityConfig:
     # > 0: a similarity row not updated for this long is dropped from keyed state (Flink state
     # TTL), so rows of items nobody touches any more do not accumulate; 0 keeps them.
     row_ttl_ms: int = 0
+    # EASE over the head of the catalogue (udfs/ease.py): > 0 keeps the Gram matrix of the
+    # users' recent-item sets over up to this many of the most active items, and publishes
+    # their EASE weights (signed: negative weights demote) as their neighbour rows; items
+    # outside the head keep the item-CF rows of `metric`. 0: item-CF only. Memory: 4 * M^2
+    # bytes of keyed state on one item-operator subtask; a refresh costs an M x M inverse.
+    ease_head_items: int = 0
+    ease_lambda: float = 300.0       # EASE's L2 regularisation (Steck 2019)
+    ease_refresh_ms: int = 10_000    # processing time between refreshes of a changed Gram
 
 
 @dataclass
@@ -486,13 +494,7 @@ def load_config(path: str | os.PathLike | None = None,
     """
     cfg = EngineConfig()
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            _apply(cfg, tomllib.loads(p.read_text()), "")
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p}: {e}") from e
+        _apply_file(cfg, Path(path), ())
     env = os.environ if environ is None else environ
     for name in sorted(env):
         if name.startswith("RECSYS__"):
@@ -506,6 +508,28 @@ def load_config(path: str | os.PathLike | None = None,
                _names_one_variant(key.strip()))
     validate_config(cfg)
     return cfg
+
+
+def _apply_file(cfg: EngineConfig, p: Path, chain: tuple[Path, ...]) -> None:
+    """Apply a TOML file; a top-level ``extends = "other.toml"`` (relative to the file) is
+    applied first, so a file can build on a preset (``deploy/presets/``) and say only what
+    differs."""
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist"
+                          + (f" (extended by {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        raise ConfigError(f"config file {p}: extends itself through "
+                          + " -> ".join(str(c) for c in chain))
+    try:
+        values = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p}: {e}") from e
+    base = values.pop("extends", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"config file {p}: extends must be a file name")
+        _apply_file(cfg, p.parent / base, chain + (p.resolve(),))
+    _apply(cfg, values, "")
 
 
 def validate_config(cfg: EngineConfig) -> None:
@@ -553,6 +577,8 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("kafka.starting_offsets must be earliest, latest or committed")
     if cfg.similarity.metric not in ("cosine", "jaccard", "popularity_penalised"):
         problems.append("similarity.metric must be cosine, jaccard or popularity_penalised")
+    if not cfg.similarity.ease_lambda > 0.0:
+        problems.append("similarity.ease_lambda must be > 0")
     if not 0.0 < cfg.similarity.hoeffding_delta < 1.0:
         problems.append("similarity.hoeffding_delta must be within (0, 1)")
     if cfg.similarity.admit not in ("all", "catalogue"):
@@ -583,6 +609,8 @@ def validate_config(cfg: EngineConfig) -> None:
             ("similarity.flush_interval_ms", sim.flush_interval_ms, 0, ""),
             ("similarity.hoeffding_min_obs", sim.hoeffding_min_obs, 1, ""),
             ("similarity.row_ttl_ms", sim.row_ttl_ms, 0, " (0: keep rows)"),
+            ("similarity.ease_head_items", sim.ease_head_items, 0, " (0: no EASE)"),
+            ("similarity.ease_refresh_ms", sim.ease_refresh_ms, 1, ""),
             ("similarity.freeze_item_model_at_ms", sim.freeze_item_model_at_ms, 0,
              " (0: never freeze)"),
             ("profile.state_write_back_ms", prof.state_write_back_ms, 0, ""),

@@ -12,6 +12,12 @@ releases before the micro-batch engine, and is not read: rows rebuild from new e
     u64[n] column hashes  f64[n] C  i32[n] observations
     u64[k] neighbour hashes  f64[k] scores (best first)
 
+EASE's Gram matrix (keyed state ``similarity-row`` of the key ``records.EASE_KEY``, version 1)::
+
+    "EG" u8 version u8 flags(bit 0: a refresh is pending)  i64 last refresh (processing ms)
+    u32 n_items  u32 n_id_bytes  orjson list of the head's item ids (slot order)
+    f32[n * n] Gram matrix, row-major (counts: exact in f32 up to 2^24)
+
 Counters (replicated state, version 1), one entry per item so that a checkpoint writes only
 what changed: ``n:<item id>`` -> orjson ``[version, occurrence N, popularity, {segment:
 popularity}]`` (forward-decayed values), and ``counters:meta`` -> orjson ``[version, occurrence
@@ -29,6 +35,8 @@ import orjson
 from state_schemas.versioning import StateVersionError, load_versioned
 
 ROW_STATE_VERSION = 2
+GRAM_STATE_VERSION = 1
+_GRAM = struct.Struct("<2sBBqII")
 STATS_STATE_VERSION = 1
 _ROW = struct.Struct("<2sBBqqHH")
 STATS_PREFIX = "n:"
@@ -99,3 +107,33 @@ def decode_counters_meta(blob: bytes) -> tuple[int | None, int | None, int | Non
     occ_landmark, pop_landmark, newest = load_versioned(blob, STATS_STATE_VERSION,
                                                         "item counters meta state", 3)
     return occ_landmark, pop_landmark, newest
+
+
+@dataclass(slots=True)
+class GramState:
+    ids: list[str]          # the head's items, by slot
+    gram: np.ndarray        # float32 (n, n)
+    last_refresh: int
+    pending: bool
+
+
+def encode_gram_state(g: GramState) -> bytes:
+    ids = orjson.dumps(g.ids)
+    n = len(g.ids)
+    return b"".join([_GRAM.pack(b"EG", GRAM_STATE_VERSION, 1 if g.pending else 0,
+                                g.last_refresh, n, len(ids)), ids,
+                     np.ascontiguousarray(g.gram[:n, :n], dtype="<f4").tobytes()])
+
+
+def decode_gram_state(blob: bytes) -> GramState:
+    if blob[:2] != b"EG":
+        raise StateVersionError("not an EASE Gram matrix state value")
+    if blob[2] != GRAM_STATE_VERSION:
+        raise StateVersionError(f"EASE Gram state version {blob[2]} is not supported "
+                                f"(this code reads {GRAM_STATE_VERSION})")
+    _, _, flags, last_refresh, n, n_id_bytes = _GRAM.unpack_from(blob)
+    at = _GRAM.size
+    ids = orjson.loads(blob[at:at + n_id_bytes])
+    at += n_id_bytes
+    gram = np.frombuffer(blob, dtype="<f4", count=n * n, offset=at).reshape(n, n).copy()
+    return GramState(ids, gram, last_refresh, bool(flags & 1))

@@ -21,6 +21,8 @@ Kinds::
     6    model update: item operator -> user operator (broadcast)
     7    item activity: user operator -> item operator (broadcast)
     8    pair updates of one similarity row: user operator -> item operator (keyed by row item)
+    9    a change of one user's recent-item set for EASE's Gram matrix: user operator -> item
+         operator (keyed by ``EASE_KEY``: one subtask holds the matrix)
     -1   a fired keyed timer (made by the operator host, never sent)
 """
 
@@ -41,9 +43,17 @@ KIND_CATALOG = 5
 KIND_MODEL_UPDATE = 6
 KIND_ACTIVITY = 7
 KIND_PAIRS = 8
+KIND_GRAM = 9
 KIND_NAMES = {KIND_TIMER: "timer", KIND_EVENT: "event", KIND_ATTRIBUTES: "attributes",
               KIND_REQUEST: "request", KIND_PRIVACY: "privacy", KIND_CATALOG: "catalog",
-              KIND_MODEL_UPDATE: "model_update", KIND_ACTIVITY: "activity", KIND_PAIRS: "pairs"}
+              KIND_MODEL_UPDATE: "model_update", KIND_ACTIVITY: "activity", KIND_PAIRS: "pairs",
+              KIND_GRAM: "gram"}
+# The key of the Gram-matrix records: not an item id (ids are validated non-empty and free of
+# control characters, so no item can collide with it).
+EASE_KEY = "\x00ease"
+# Where a neighbour row of a model update comes from: the item-CF shard or the EASE refresh.
+SOURCE_ITEM_CF = 0
+SOURCE_EASE = 1
 
 # Output tags of the user operator (0 is the main output).
 USER_OUT_RECOMMENDATIONS = 0
@@ -55,8 +65,10 @@ USER_OUT_ACTIVITY = 4
 ITEM_OUT_SIMILARITY = 0
 ITEM_OUT_MODEL = 1
 
-PAYLOAD_VERSION = 1   # model updates (also read back from the item-model-updates topic)
-STAMPED_VERSION = 2   # item activity and pair updates: v2 added the activity stamp
+MODEL_UPDATE_VERSION = 2   # v2 added each row's source; v1 (read back from the
+                           # item-model-updates topic after an upgrade) reads as item-CF rows
+STAMPED_VERSION = 2        # item activity and pair updates: v2 added the activity stamp
+GRAM_VERSION = 1
 
 
 def encode_activity(origin: int, seq: int, ids: Sequence[str], weights: Sequence[float],
@@ -89,19 +101,36 @@ def decode_pairs(payload: bytes) -> tuple[int, int, list, list, list]:
     return origin, seq, cols, deltas, ts
 
 
-def encode_model_update(rows: Sequence[tuple[str, list[str], list[float]]],
-                        popularity: dict[str, Any] | None) -> bytes:
-    """Neighbour rows (item, neighbour ids, scores) and the popularity of changed items
+GramChange = tuple[Sequence[str], Sequence[str], Sequence[str]]   # kept, added, removed
+
+
+def encode_gram(changes: Sequence[GramChange]) -> bytes:
+    """Changes of users' recent-item sets, in order: in each, ``added`` joined the set,
+    ``removed`` left it and ``kept`` stayed (the three are disjoint). The Gram matrix changes by
+    the difference of the set's outer products (``udfs/ease.py``)."""
+    return orjson.dumps([GRAM_VERSION, [[list(k), list(a), list(r)] for k, a, r in changes]])
+
+
+def decode_gram(payload: bytes) -> list[tuple[list, list, list]]:
+    (changes,) = load_versioned(payload, GRAM_VERSION, "Gram update payload", 1)
+    return [(k, a, r) for k, a, r in changes]
+
+
+Row = tuple[str, list[str], list[float], int]   # item, neighbour ids, scores, source
+
+
+def encode_model_update(rows: Sequence[Row], popularity: dict[str, Any] | None) -> bytes:
+    """Neighbour rows (item, neighbour ids, scores, source) and the popularity of changed items
     (``udfs.similarity.ItemStats.popularity_update``)."""
-    return orjson.dumps([PAYLOAD_VERSION, rows, popularity])
+    return orjson.dumps([MODEL_UPDATE_VERSION, rows, popularity])
 
 
-def encode_model_updates(rows: Sequence[tuple[str, list[str], list[float]]],
-                         popularity: dict[str, Any] | None, max_bytes: int) -> list[bytes]:
+def encode_model_updates(rows: Sequence[Row], popularity: dict[str, Any] | None,
+                         max_bytes: int) -> list[bytes]:
     """The same content as :func:`encode_model_update`, in as many payloads of at most
     ``max_bytes`` as it takes (a Kafka message has a size limit; one batch of a large catalogue
     can change more rows than fit). Rows first, then the popularity, split by items."""
-    head = b"[%d,[" % PAYLOAD_VERSION
+    head = b"[%d,[" % MODEL_UPDATE_VERSION
     tail_no_pop = b"],null]"
     out: list[bytes] = []
     parts: list[bytes] = []
@@ -115,9 +144,9 @@ def encode_model_updates(rows: Sequence[tuple[str, list[str], list[float]]],
         size += len(encoded) + 1
     encoded_pop: list[bytes] = []
     if popularity is not None:
-        whole = orjson.dumps([PAYLOAD_VERSION, [], popularity])  # almost always fits: once
+        whole = orjson.dumps([MODEL_UPDATE_VERSION, [], popularity])  # almost always fits
         encoded_pop = [whole] if len(whole) <= max_bytes else [
-            orjson.dumps([PAYLOAD_VERSION, [], piece])
+            orjson.dumps([MODEL_UPDATE_VERSION, [], piece])
             for piece in _split_popularity(popularity, max_bytes - 64)]
     if parts or not encoded_pop:
         out.append(head + b",".join(parts) + tail_no_pop)
@@ -151,6 +180,10 @@ def _split_popularity(popularity: dict[str, Any], max_bytes: int) -> list[dict[s
     return [p for piece in pieces for p in _split_popularity(piece, max_bytes)]
 
 
-def decode_model_update(payload: bytes) -> tuple[list, dict[str, Any] | None]:
-    rows, popularity = load_versioned(payload, PAYLOAD_VERSION, "model update payload", 2)
+def decode_model_update(payload: bytes) -> tuple[list[Row], dict[str, Any] | None]:
+    """Rows as ``(item, ids, scores, source)``; a v1 payload's rows are item-CF rows."""
+    if bytes(payload[:3]) == b"[1,":  # written by the previous release (orjson: no spaces)
+        rows, popularity = load_versioned(payload, 1, "model update payload", 2)
+        return [(item, ids, scores, SOURCE_ITEM_CF) for item, ids, scores in rows], popularity
+    rows, popularity = load_versioned(payload, MODEL_UPDATE_VERSION, "model update payload", 2)
     return rows, popularity

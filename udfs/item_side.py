@@ -26,6 +26,7 @@ import orjson
 
 from state_schemas import records as rec
 from state_schemas.config import EngineConfig
+from udfs.ease import EaseHead
 from udfs.observability import MetricDeltas
 from udfs.similarity import Emission, ItemStats, SimilarityShard
 from udfs.user_side import BatchResult, Record
@@ -54,6 +55,13 @@ class ItemSide:
         # pair updates that arrived before the activity they were stamped with (in order).
         self.activity_counted: dict[int, int] = {}
         self.waiting_pairs: list[tuple[int, int, str, list, list, list]] = []
+        # EASE over the head (similarity.ease_head_items > 0): used on the subtask that owns
+        # records.EASE_KEY only; the others never receive its records.
+        self.ease = EaseHead(cfg, self.stats) if cfg.similarity.ease_head_items > 0 else None
+        self.ease_timer_at: int | None = None
+        if self.ease is not None:
+            for name in ("ease_refreshes", "ease_updates_outside_head"):
+                self.metrics.inc(name, 0)
         # Registered at 0: Prometheus' increase() cannot see the growth of a series whose first
         # scrape already holds its value, and dashboards show 0 rather than "no data".
         for name in ("similarity_pair_updates", "similarity_batches",
@@ -80,6 +88,27 @@ class ItemSide:
             np.asarray(ts, dtype=np.int64), segments)
         if seq > self.activity_counted.get(origin, 0):
             self.activity_counted[origin] = seq
+
+    def _on_ease_record(self, r: Record, blob: bytes | None, proc_now: int,
+                        out: BatchResult) -> bool:
+        """A Gram update or the refresh timer of the EASE key; True when a refresh is due now.
+        One timer at a time: a change registers one for the next refresh time."""
+        ease = self.ease
+        if ease is None:  # records from a user operator configured differently: a defect
+            raise RuntimeError("an EASE record reached an item operator with EASE off")
+        ease.load(blob)
+        if r.kind == rec.KIND_GRAM:
+            ease.apply(rec.decode_gram(r.payload))
+        elif r.kind == rec.KIND_TIMER:
+            self.ease_timer_at = None
+        if not ease.pending:
+            return False
+        if proc_now >= ease.due_at():
+            return True
+        if self.ease_timer_at is None:
+            self.ease_timer_at = ease.due_at()
+            out.timers.append((rec.EASE_KEY, self.ease_timer_at))
+        return False
 
     def _release_waiting_pairs(self, checkpoint: bool) -> int:
         """Hand the waiting pair updates whose activity has been counted to the shard (all of
@@ -114,8 +143,12 @@ class ItemSide:
                 with self._boundary(r):
                     self._count_activity(r.payload)
         pair_records = self._release_waiting_pairs(checkpoint)
+        ease_due = False
         for r in records:
-            if r.kind == rec.KIND_PAIRS:
+            if r.key >= 0 and keys[r.key] == rec.EASE_KEY:
+                with self._boundary(r):
+                    ease_due |= self._on_ease_record(r, states[r.key][STATE_ROW], proc_now, out)
+            elif r.kind == rec.KIND_PAIRS:
                 with self._boundary(r):
                     item = keys[r.key]
                     self.shard.load(item, states[r.key][STATE_ROW])
@@ -141,6 +174,12 @@ class ItemSide:
         for e in emitted:
             out.outputs.emit(rec.ITEM_OUT_SIMILARITY, 0, e.item_id, similarity_message(e))
         self.metrics.inc("similarity_updates_emitted", len(emitted))
+        if ease_due:
+            # EASE rows reach the recommender only (item-similarity carries the item-CF rows).
+            ease_rows = self.ease.refresh(proc_now)
+            emitted += ease_rows
+            self.metrics.inc("ease_refreshes")
+            self.metrics.set("ease_head_items", len(self.ease.ids))
         if self.shard.rows_created:
             self.metrics.inc("similarity_rows_created", self.shard.rows_created)
             self.shard.rows_created = 0
@@ -149,13 +188,21 @@ class ItemSide:
             popularity = None
         if emitted or popularity is not None:
             for payload in rec.encode_model_updates(
-                    [(e.item_id, e.neighbor_ids, e.scores) for e in emitted], popularity,
+                    [(e.item_id, e.neighbor_ids, e.scores, e.source) for e in emitted],
+                    popularity,
                     self.cfg.kafka.max_message_bytes):
                 out.outputs.emit(rec.ITEM_OUT_MODEL, rec.KIND_MODEL_UPDATE, "", payload)
         out.timers.extend(timers)
         if checkpoint:
             for item, blob in self.shard.dirty_rows():
                 out.state_updates.append((item, STATE_ROW, blob))
+            if self.ease is not None:
+                blob = self.ease.snapshot()
+                if blob is not None:
+                    out.state_updates.append((rec.EASE_KEY, STATE_ROW, blob))
+                if self.ease.updates_outside_head:
+                    self.metrics.inc("ease_updates_outside_head", self.ease.updates_outside_head)
+                    self.ease.updates_outside_head = 0
             out.shared.update(self.stats.snapshot())
             self.metrics.set("similarity_rows_resident", len(self.shard))
             self.metrics.set("similarity_items_with_occurrence", len(self.stats.items))

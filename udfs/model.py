@@ -30,6 +30,7 @@ from state_schemas.config import EngineConfig
 from state_schemas.model_state import (
     CATALOG_PREFIX, ITEM_PREFIX, META_KEY, decode_catalog_entry, decode_item_entry, decode_meta,
     encode_catalog_entry, encode_item_entry, encode_meta)
+from state_schemas.records import SOURCE_EASE, SOURCE_ITEM_CF
 from udfs.items import NO_CODE, FeatureTable, ItemTable
 
 _F64 = np.float64
@@ -89,6 +90,9 @@ class ItemModel:
         self.nbr_codes = np.full((cap, self.top_k), NO_CODE, dtype=_I32)
         self.nbr_scores = np.zeros((cap, self.top_k), dtype=_F64)
         self.nbr_len = np.zeros(cap, dtype=np.int16)
+        # Where each row came from: an EASE row (head items) is not replaced by the item-CF row
+        # of the same item until EASE releases it (an empty EASE row).
+        self.nbr_source = np.zeros(cap, dtype=np.int8)
         self.neighbor_pairs = 0
         # popularity (stored forward-decayed values against self.pop_landmark)
         self.pop = np.zeros(cap, dtype=_F64)
@@ -140,6 +144,7 @@ class ItemModel:
         self.nbr_codes = grow(self.nbr_codes, NO_CODE)
         self.nbr_scores = grow(self.nbr_scores, 0.0)
         self.nbr_len = grow(self.nbr_len, 0)
+        self.nbr_source = grow(self.nbr_source, SOURCE_ITEM_CF)
         self.pop = grow(self.pop, 0.0)
         self.pop_seg = {s: grow(a, 0.0) for s, a in self.pop_seg.items()}
         self.usable = grow(self.usable, False)
@@ -176,6 +181,7 @@ class ItemModel:
         self.neighbor_pairs -= int(self.nbr_len[victims].sum())
         self.nbr_len[victims] = 0
         self.nbr_codes[victims] = NO_CODE
+        self.nbr_source[victims] = SOURCE_ITEM_CF
         hit = np.isin(self.nbr_codes, victims)
         rows = np.flatnonzero(hit.any(axis=1))
         for r in rows.tolist():  # rare (one batch of evictions at a time): compact each row
@@ -286,12 +292,19 @@ class ItemModel:
         self.nbr_len[c] = n
 
     def set_neighbors(self, item_id: str, neighbor_ids: Sequence[str],
-                      scores: Sequence[float]) -> None:
-        """Replace an item's neighbour row (ids and scores, best first)."""
+                      scores: Sequence[float], source: int = SOURCE_ITEM_CF) -> None:
+        """Replace an item's neighbour row (ids and scores, best first), unless it is an
+        item-CF row for an item whose row EASE holds; an empty EASE row gives it back."""
         c = self.code(item_id)
-        codes = self.items.codes(neighbor_ids) if len(neighbor_ids) else np.zeros(0, _I32)
         self._ensure_capacity()
+        if self.nbr_source[c] == SOURCE_EASE:
+            if source == SOURCE_ITEM_CF:
+                return
+        elif source == SOURCE_EASE and not len(neighbor_ids):
+            return  # EASE withdraws a row it does not hold: the item-CF row stays
+        codes = self.items.codes(neighbor_ids) if len(neighbor_ids) else np.zeros(0, _I32)
         self._set_row(c, codes, np.asarray(scores, dtype=_F64))
+        self.nbr_source[c] = SOURCE_EASE if source == SOURCE_EASE and len(codes) else SOURCE_ITEM_CF
         self._dirty_items.add(item_id)
 
     def neighbors_of(self, item_id: str) -> list[tuple[str, float]]:
@@ -455,7 +468,8 @@ class ItemModel:
             segs = {seg_names[s]: float(a[c]) for s, a in self.pop_seg.items() if a[c] > 0}
             out[ITEM_PREFIX + item] = encode_item_entry(
                 [self.items.ids[j] for j in self.nbr_codes[c, :n].tolist()],
-                self.nbr_scores[c, :n].tolist(), float(self.pop[c]), segs)
+                self.nbr_scores[c, :n].tolist(), float(self.pop[c]), segs,
+                int(self.nbr_source[c]))
         if self._dirty_items:
             out[META_KEY] = encode_meta(self.pop_landmark, self.pop_newest_ts)
         self._dirty_catalog = set()
@@ -485,10 +499,10 @@ class ItemModel:
         for key, value in entries.items():
             if key.startswith(ITEM_PREFIX):
                 item = key[len(ITEM_PREFIX):]
-                ids, scores, pop, segs = decode_item_entry(value)
+                ids, scores, pop, segs, source = decode_item_entry(value)
                 c = self.code(item)
                 if ids:
-                    self.set_neighbors(item, ids, scores)
+                    self.set_neighbors(item, ids, scores, source)
                 self.pop[c] = pop
                 for name, v in segs.items():
                     s = self.segment_code(name)

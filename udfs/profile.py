@@ -34,6 +34,9 @@ class EventOutcome:
     weight: float = 0.0            # action weight (<= 0: no popularity, no pairs)
     occurrence_delta: float = 0.0  # increase of the user's rating of the item
     pairs: list[tuple[str, str, float]] = field(default_factory=list)  # (row, col, delta)
+    # How the recent-item set changed (EASE's Gram matrix counts users' recent-item sets).
+    recent_added: str | None = None
+    recent_removed: list[str] = field(default_factory=list)
 
 
 def age_band(age: Any) -> str | None:
@@ -131,13 +134,17 @@ class ProfileStep:
             del u.not_interested[p.not_interested_max:]
             if item_id in u.recent_ids:
                 self._drop_recent(u, u.recent_ids.index(item_id))
+                outcome.recent_removed.append(item_id)
             return outcome
         if t == self.purchase and item is not None and item[2] is not None:
             u.purchase_amount_sum += item[2]
             u.purchase_priced_count += 1
         if t in self.consumed_types:
             self._consume(u, item_id)
-        old_weight = self._update_recent(u, item_id, t, weight, ts)
+        was_recent = item_id in u.recent_ids
+        old_weight = self._update_recent(u, item_id, t, weight, ts, outcome.recent_removed)
+        if not was_recent:
+            outcome.recent_added = item_id
         outcome.occurrence_delta, outcome.pairs = self._pairs(u, item_id, old_weight, weight, ts)
         return outcome
 
@@ -216,8 +223,9 @@ class ProfileStep:
             del u.recent_codes[i]
 
     def _update_recent(self, u: UserProfile, item_id: str, t: int, weight: float,
-                       ts: int) -> float:
+                       ts: int, evicted: list[str]) -> float:
         """Move the item to the front keeping its strongest action; the old weight (0 if new).
+        Items pushed out of the list are appended to ``evicted``.
 
         The stored weight is the user's "rating" of the item (max action weight so far)."""
         old_weight, old_type, old_ts = 0.0, t, ts
@@ -238,6 +246,7 @@ class ProfileStep:
             u.recent_codes.insert(0, NO_CODE)  # looked up by recent_item_codes
         n = self.p.recent_items_max
         if len(u.recent_ids) > n:
+            evicted.extend(u.recent_ids[n:])
             del u.recent_ids[n:], u.recent_types[n:], u.recent_ts[n:], u.recent_weights[n:]
             if u.recent_codes is not None:
                 del u.recent_codes[n:]

@@ -5,7 +5,10 @@ Sources (each normalised to [0, 1] by its maximum before blending):
 * ``collaborative`` — item-to-item CF. Every recent item ``r`` with a positive action weight
   votes with ``r.weight * 2^(-(ref - r.ts) / recency_half_life)`` for each neighbour ``(j, s)``
   of its row: ``cf[j] += s * vote``, where ``ref`` is the newest recent item's time (or now, if
-  earlier): the same ranking as decaying from now, and defined after a gap of any length. The best ``candidates_per_source`` allowed items are kept.
+  earlier): the same ranking as decaying from now, and defined after a gap of any length. Rows
+  of EASE head items (``udfs/ease.py``) carry signed weights: a negative one lowers ``cf[j]``,
+  and items whose sum is not positive are no candidates. The best ``candidates_per_source``
+  allowed items are kept.
 * ``content`` — cosine between the positive part of the user's interest vector and each
   candidate's 0/1 feature vector (``category:*``, ``tag:*``), over the candidates of every source
   plus the items trending in the user's favourite categories (the ``max_interest_categories``
@@ -187,7 +190,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
         for q in range(nbr_len[rc]):
             j = nbr_codes[rc, q]
             sc = nbr_scores[rc, q]
-            if j < 0 or not sc > 0:
+            if j < 0 or not sc != 0.0:  # EASE rows carry negative weights: they demote
                 continue
             p = pool_of[j]
             if p == -2:
@@ -198,7 +201,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
                 pool_of[j] = p
                 cf_code[p] = j
                 cf_sum[p] = 0.0
-                cf_best[p] = -1.0
+                cf_best[p] = 0.0  # the reason is the largest positive contribution
                 cf_r[p] = -1
                 n_cf += 1
             cf_sum[p] += v
@@ -220,6 +223,8 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
         n_cand = 0
         for p in top:
             j = cf_code[p]
+            if not cf_sum[p] > 0:
+                continue  # demoted below zero by negative (EASE) weights
             if in_catalog[j] and not usable[j]:
                 continue
             if _in_set(consumed_set, hashes[j]):

@@ -37,6 +37,7 @@ from state_schemas.config import EngineConfig, SimilarityConfig
 from state_schemas.item_state import (
     STATS_META_KEY, STATS_PREFIX, RowState, decode_counters, decode_counters_meta, decode_row,
     encode_counters, encode_counters_meta, encode_row)
+from state_schemas.records import SOURCE_ITEM_CF
 from udfs.decay import ForwardDecay
 from udfs.items import NO_CODE, ItemTable
 from udfs.jit import kernel, lex_order
@@ -421,6 +422,7 @@ class Emission:
     neighbor_ids: list[str]
     scores: list[float]
     updated_at: int
+    source: int = SOURCE_ITEM_CF   # or SOURCE_EASE (udfs/ease.py)
 
 
 class SimilarityShard:

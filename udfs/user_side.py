@@ -125,6 +125,10 @@ class UserSide:
         # It starts again at 0 after a restore, as does the item operator's count of it: both
         # operators restart together (one pipelined region) and no record survives in flight.
         self.activity_seq = 0
+        # EASE (similarity.ease_head_items > 0): changes of users' recent-item sets, sent once
+        # per batch to the item operator's Gram matrix.
+        self.ease_on = cfg.similarity.ease_head_items > 0
+        self._grams: list[tuple[list[str], list[str], list[str]]] = []
         self.pseudonym_key = pseudonym_key
         self.clock = clock
         self.model = ItemModel(cfg)
@@ -218,6 +222,10 @@ class UserSide:
         for row, (cols, deltas, ts) in pairs.items():
             out.outputs.emit(rec.USER_OUT_PAIRS, rec.KIND_PAIRS, row,
                              rec.encode_pairs(self.subtask, self.activity_seq, cols, deltas, ts))
+        if self._grams:
+            out.outputs.emit(rec.USER_OUT_PAIRS, rec.KIND_GRAM, rec.EASE_KEY,
+                             rec.encode_gram(self._grams))
+            self._grams = []
         for key in keys:  # the users this batch changed join the write-back queue
             if key not in self.dirty:
                 slot = self.cache.get(key)
@@ -451,6 +459,10 @@ class UserSide:
                 entry[0].append(col)
                 entry[1].append(delta)
                 entry[2].append(event["ts"])
+            if self.ease_on and (outcome.recent_added or outcome.recent_removed):
+                added = outcome.recent_added
+                self._gram_change([i for i in u.recent_ids if i != added],
+                                  [added] if added else [], outcome.recent_removed)
         self._maybe_snapshot(slot, r.key, proc_now, out)
         log = self._impressions(slot)
         hit = attribute_feedback(log, id_hash(item_id), event["event_type"], event["ts"],
@@ -517,10 +529,20 @@ class UserSide:
             slot.forgotten_at = proc_now
             out.timers.append((key, proc_now + ttl))
 
+    def _gram_change(self, kept: list[str], added: list[str], removed: list[str]) -> None:
+        if self.catalogue_only:
+            known = self.model.in_catalogue
+            kept, added, removed = ([i for i in ids if known(i)] for ids in (kept, added, removed))
+        if added or removed:
+            self._grams.append((kept, added, removed))
+
     def _erase(self, slot: _UserSlot, key: int, user_id: str, out: BatchResult,
                profile_value: bytes | None = None) -> None:
         """Drop both states (the profile's may take ``profile_value``) and tombstone the
-        compacted topics (forget, inactive-user expiry)."""
+        compacted topics (forget, inactive-user expiry). The user's recent items leave EASE's
+        Gram matrix too."""
+        if self.ease_on and (slot.profile is not None or slot.profile_blob is not None):
+            self._gram_change([], [], list(self._profile(slot, user_id).recent_ids))
         slot.profile = slot.impressions = None
         slot.profile_blob = slot.impressions_blob = None
         slot.profile_dirty = slot.impressions_dirty = False
@@ -577,8 +599,8 @@ class UserSide:
     def _apply_model_update(self, rows: list, popularity: dict[str, Any] | None) -> None:
         import numpy as np
 
-        for item_id, neighbor_ids, scores in rows:
-            self.model.set_neighbors(item_id, neighbor_ids, scores)
+        for item_id, neighbor_ids, scores, source in rows:
+            self.model.set_neighbors(item_id, neighbor_ids, scores, source)
         if popularity is not None:
             self.model.apply_popularity(
                 popularity["landmark"], popularity["newest_ts"], popularity["ids"],

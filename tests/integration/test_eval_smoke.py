@@ -14,7 +14,8 @@ from recsys import movielens
 from state_schemas.config import load_config
 from recsys.evaluation import DEFAULT_CONFIG, K, PipelineRunner, load_data, pipeline_protocol_a
 from recsys.paths import PROJECT_ROOT
-from recsys.simulate import popularity_baseline, run_protocol_a
+from recsys import baselines
+from recsys.simulate import run_protocol_a
 from udfs.metrics import ranking_metrics
 
 USERS = 50
@@ -48,7 +49,7 @@ def test_protocol_a_through_the_job(kafka_bootstrap, tmp_path, data):
     assert metrics["users"] == USERS
     for name in ("precision@10", "recall@10", "ndcg@10", "map"):
         assert 0.0 <= metrics[name] <= 1.0
-    popularity = ranking_metrics(popularity_baseline(data.train_events, data.test, K),
+    popularity = ranking_metrics(baselines.popularity(data.interactions(), sorted(data.test), K),
                                  data.test, K)
     assert metrics["ndcg@10"] > popularity["ndcg@10"]
 

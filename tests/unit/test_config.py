@@ -120,6 +120,22 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
         load(path=tmp_path / "nope.toml")
 
 
+def test_a_file_extends_a_preset_and_says_only_what_differs(tmp_path: Path) -> None:
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "base.toml").write_text("[similarity]\ntop_k = 70\nmetric = \"jaccard\"\n")
+    (tmp_path / "site.toml").write_text('extends = "presets/base.toml"\n[similarity]\ntop_k = 30\n')
+    cfg = load(path=tmp_path / "site.toml")
+    assert (cfg.similarity.top_k, cfg.similarity.metric) == (30, "jaccard")   # file over preset
+    (presets / "loop.toml").write_text('extends = "../loop2.toml"\n')
+    (tmp_path / "loop2.toml").write_text('extends = "presets/loop.toml"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        load(path=tmp_path / "loop2.toml")
+    (tmp_path / "gone.toml").write_text('extends = "presets/nope.toml"\n')
+    with pytest.raises(ConfigError, match="does not exist .extended by"):
+        load(path=tmp_path / "gone.toml")
+
+
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="engine.toml"):
         load(path=write_toml(tmp_path, "[kafka\npartitions = 2\n"))

@@ -20,6 +20,7 @@ import pytest
 
 import udfs.recommend as recommend_mod
 import udfs.similarity as similarity_mod
+from state_schemas.records import SOURCE_EASE
 from state_schemas.config import EVENT_TYPES, VariantConfig, load_config
 from state_schemas.ids import id_hash
 from udfs.jit import _sort_run, best_n, lex_order
@@ -258,6 +259,10 @@ def _random_model(rng):
         if rng.random() < 0.7:
             nb = rng.choice(ids, int(rng.integers(0, 6)), replace=False).tolist()
             nb = [j for j in nb if j != item]
+            if rng.random() < 0.3:  # an EASE row: signed weights, negative ones demote
+                scores = sorted((float(rng.uniform(-1, 1)) for _ in nb), reverse=True)
+                model.set_neighbors(item, nb, scores, SOURCE_EASE)
+                continue
             scores = sorted((float(rng.choice([0.25, 0.5, 1.0])) if rng.random() < 0.5
                              else float(rng.uniform(0, 1)) for _ in nb), reverse=True)
             model.set_neighbors(item, nb, scores)

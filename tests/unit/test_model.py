@@ -307,7 +307,7 @@ def test_second_snapshot_holds_only_changed_entries():
     m.set_neighbors("c", ["b"], [0.5])
     snap = m.snapshot()
     assert set(snap) == {ITEM_PREFIX + "c", META_KEY}
-    assert decode_item_entry(snap[ITEM_PREFIX + "c"]) == (["b"], [0.5], 1.5, {"old": 1.0})
+    assert decode_item_entry(snap[ITEM_PREFIX + "c"]) == (["b"], [0.5], 1.5, {"old": 1.0}, 0)
     popularity(m, {"ghost": 2.0}, landmark=T, newest=T + 9)
     snap = m.snapshot()
     assert set(snap) == {ITEM_PREFIX + "ghost", META_KEY}

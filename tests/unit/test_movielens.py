@@ -128,6 +128,35 @@ def test_stratified_split_matches_the_documented_procedure():
     assert {ratings.index(r) for r in train} == expected_train
 
 
+def test_temporal_split_puts_each_users_newest_quarter_in_test():
+    import random
+
+    ratings = _ratings()
+    random.Random(1).shuffle(ratings)            # file order must not matter
+    train, test = m.temporal_split(ratings)
+    assert sorted(train + test, key=ratings.index) == ratings
+    for u in {r.user for r in ratings}:
+        tr = [r.ts for r in train if r.user == u]
+        te = [r.ts for r in test if r.user == u]
+        assert len(tr) == int(0.75 * (len(tr) + len(te)) + 1e-9)
+        assert not te or not tr or max(tr) <= min(te), u    # nothing in test older than train
+
+
+@pytest.mark.parametrize("kind", m.SPLIT_KINDS)
+def test_validation_is_carved_from_train_and_never_sees_test(kind):
+    """What ``recsys tune`` scores on: a split of the training ratings only."""
+    ratings = _ratings()
+    train, test = m.make_split(ratings, kind, seed=42)
+    fit, validation = m.make_split(ratings, kind, seed=42, validation=True)
+    assert sorted(fit + validation, key=ratings.index) == train
+    assert not set(validation) & set(test) and not set(fit) & set(test)
+    assert validation and fit
+    if kind == "random":   # its own seed: not the test split's draws again
+        assert m.stratified_split(train, 0.75, 42) != (fit, validation)
+    with pytest.raises(ValueError, match="split kind"):
+        m.make_split(ratings, "by-genre")
+
+
 def test_select_splits_over_all_users_first(ml):
     full_train = m.select(ml, "train")
     only_1 = m.select(ml, "train", users=["1"])

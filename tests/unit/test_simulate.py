@@ -9,7 +9,7 @@ import pytest
 from state_schemas.config import load_config
 from recsys.evaluation import protocol_b_cases, summarise_b
 from recsys.simulate import (
-    EngineSimulator, popularity_baseline, request_records, run_protocol_a, run_protocol_b)
+    EngineSimulator, request_records, run_protocol_a, run_protocol_b)
 
 T0 = 1_767_225_600_000
 ITEMS = [{"item_id": i, "ts": T0 - 100, "title": t, "categories": c, "tags": [], "price": 20.0,
@@ -101,7 +101,7 @@ def test_frozen_by_configuration_like_the_job():
     assert not sim.neighbors("a") and sim.occurrence("b") == 0 and sim.occurrence("a") > 0
 
 
-def test_protocol_runners_and_baseline():
+def test_protocol_runners():
     events = [ev(f"e{n}", f"u{n % 3}", "purchase", "abcd"[n % 4], n * 10) for n in range(12)]
     train, test = events[:9], {"u0": {"d"}, "u1": {"a"}, "u2": {"b"}}
     res = run_protocol_a(cfg(), ITEMS, [], train, test, k=3)
@@ -109,10 +109,6 @@ def test_protocol_runners_and_baseline():
     assert all(len(v) <= 3 for v in res.recommendations.values())
     b = run_protocol_b(cfg(), ITEMS, [], events, k=3)
     assert len(b.cases) == 12 - 3                      # every user's first event has no list
-    pop = popularity_baseline(train, test, k=2)
-    seen = {u: {e["item_id"] for e in train if e["user_id"] == u} for u in test}
-    assert all(len(v) <= 2 and not set(v) & seen[u] for u, v in pop.items())
-    assert pop["u0"] == ["b"]                           # u0 rated a, c, d; b is left
     reqs = request_records(train, ["u0", "nobody"], k=5)
     assert reqs[0]["ts"] == max(e["ts"] for e in train if e["user_id"] == "u0")
     assert reqs[1]["ts"] == max(e["ts"] for e in train) and reqs[1]["k"] == 5

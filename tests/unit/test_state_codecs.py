@@ -445,10 +445,28 @@ def test_catalog_entry_round_trips():
 
 
 def test_item_model_entry_round_trips():
-    entry = (["n1", "n2"], [0.75, 0.5], 1.5e20, {"age:18-24": 3.0})
+    entry = (["n1", "n2"], [0.75, -0.5], 1.5e20, {"age:18-24": 3.0}, 1)
     assert model_state.decode_item_entry(model_state.encode_item_entry(*entry)) == entry
-    empty = ([], [], 0.0, {})
+    empty = ([], [], 0.0, {}, 0)
     assert model_state.decode_item_entry(model_state.encode_item_entry(*empty)) == empty
+
+
+def test_item_model_entry_of_version_1_reads_as_an_item_cf_row():
+    """What the previous release checkpointed (no row source) still restores."""
+    v1 = orjson.dumps([1, ["n1"], [0.5], 2.0, {"s": 1.0}])
+    assert model_state.decode_item_entry(v1) == (["n1"], [0.5], 2.0, {"s": 1.0}, 0)
+
+
+def test_model_update_of_version_1_reads_as_item_cf_rows():
+    """Records of the previous release left in the item-model-updates topic after an upgrade."""
+    v1 = orjson.dumps([1, [["i1", ["n1"], [0.5]]], None])
+    assert records.decode_model_update(v1) == ([("i1", ["n1"], [0.5], 0)], None)
+
+
+def test_gram_payload_round_trips():
+    changes = [(["a", "b"], ["c"], []), ([], [], ["a", "b", "c"])]
+    assert records.decode_gram(records.encode_gram(changes)) == [
+        (list(k), list(a), list(r)) for k, a, r in changes]
 
 
 @pytest.mark.parametrize("meta", [(T0, T0 + 5), (None, None)])
@@ -547,7 +565,7 @@ def test_payloads_of_another_version_are_refused():
     with pytest.raises(StateVersionError, match="version"):
         records.decode_pairs(orjson.dumps([0, 0, 1, [], [], []]))
     with pytest.raises(StateVersionError, match="version"):
-        records.decode_model_update(orjson.dumps([2, [], None]))
+        records.decode_model_update(orjson.dumps([3, [], None]))
     with pytest.raises(StateVersionError):
         records.decode_model_update(orjson.dumps({"v": 1, "rows": [], "popularity": None}))
 
@@ -567,7 +585,7 @@ NEWER_WITH_AN_EXTRA_FIELD = [
     ("item_state.decode_counters", item_state.decode_counters, [2, 1.0, 2.0, {}, "new"]),
     ("item_state.decode_counters_meta", item_state.decode_counters_meta, [2, 1, 2, 3, "new"]),
     ("model_state.decode_catalog_entry", model_state.decode_catalog_entry, [2, {}, "new"]),
-    ("model_state.decode_item_entry", model_state.decode_item_entry, [2, [], [], 0.0, {}, "new"]),
+    ("model_state.decode_item_entry", model_state.decode_item_entry, [3, [], [], 0.0, {}, 0, "new"]),
     ("model_state.decode_meta", model_state.decode_meta, [2, 1, 2, "new"]),
     ("records.decode_activity", records.decode_activity, [3, 0, 1, [], [], [], [], [], "new"]),
     ("records.decode_pairs", records.decode_pairs, [3, 0, 1, [], [], [], "new"]),

@@ -167,8 +167,8 @@ def test_ab_totals_survive_a_failure_without_counting_the_replay_twice():
     # neighbours i(n+1), i(n+2) of every i(n): a view of i(n) recommends i(n+1), clicked next
     catalogue += [Record(rec.KIND_MODEL_UPDATE, -1, T0, 0, payload)
                   for payload in rec.encode_model_updates(
-                      [(f"i{n}", [f"i{(n + 1) % 20}", f"i{(n + 2) % 20}"], [0.9, 0.5])
-                       for n in range(20)], None, 1 << 20)]
+                      [(f"i{n}", [f"i{(n + 1) % 20}", f"i{(n + 2) % 20}"], [0.9, 0.5],
+                        rec.SOURCE_ITEM_CF) for n in range(20)], None, 1 << 20)]
 
     def events(n0: int) -> list[tuple[str, bytes]]:
         return [(f"u{n % 3}", orjson.dumps(event(

@@ -1,0 +1,118 @@
+"""The engine beside batch baselines, like for like: same splits, same metric code.
+
+For every protocol-A split of ``make eval`` (random per-user splits on several seeds and the
+per-user temporal split, ``recsys.datasets``) this module scores popularity, SAR (cosine and
+Jaccard, with the time decay Recommenders documents: 30 days) and EASE, whose lambda is
+chosen on the validation split carved from that split's *training* ratings, never on its test
+ratings. Protocol B's baselines replay the same event stream: popularity refreshed at every
+event, and EASE trained once on the first half of time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from recsys import baselines
+from recsys.datasets import Data, load_data
+from udfs.metrics import rank_of, ranking_metrics
+
+EASE_LAMBDAS = (50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0)
+SAR_HALF_LIFE_MS = 30 * baselines.DAY_MS   # Recommenders' SAR time_decay_coefficient default
+SAR_VARIANTS = {"SAR cosine": "cosine", "SAR jaccard": "jaccard"}
+
+
+def tune_ease(users_limit: int, seed: int, kind: str, k: int
+              ) -> tuple[float, dict[float, float]]:
+    """EASE's lambda with the best validation nDCG@k on the validation split of (kind, seed);
+    returns it and the whole search (lambda -> nDCG@k)."""
+    val = load_data(users_limit, seed, kind=kind, validation=True)
+    m = val.interactions()
+    users = sorted(val.test)
+    x = m.binary()
+    search = {}
+    for lam in EASE_LAMBDAS:
+        recs = baselines.top_lists(m, x @ baselines.ease_weights(x, lam), users, k)
+        search[lam] = ranking_metrics(recs, val.test, k)[f"ndcg@{k}"]
+    best = max(EASE_LAMBDAS, key=lambda lam: (search[lam], -lam))
+    return best, search
+
+
+def baseline_metrics(data: Data, k: int, ease_lambda: float) -> dict[str, dict[str, float]]:
+    """Every baseline's protocol-A metrics on ``data``'s test split."""
+    m = data.interactions()
+    users = sorted(data.test)
+    out = {"popularity": ranking_metrics(baselines.popularity(m, users, k), data.test, k)}
+    for name, sim in SAR_VARIANTS.items():
+        out[name] = ranking_metrics(baselines.sar(m, users, k, similarity=sim,
+                                                  half_life_ms=SAR_HALF_LIFE_MS), data.test, k)
+    out["EASE"] = ranking_metrics(baselines.ease(m, users, k, lam=ease_lambda), data.test, k)
+    return out
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of a metric over seeds."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+
+
+# ------------------------------------------------------------------------- protocol B
+
+def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
+                          users: set[str] | None = None, ease_lambda: float = 400.0
+                          ) -> dict[str, list[tuple[int, str, str, int]]]:
+    """Protocol B cases ``(ts, user, variant, rank)`` of two baselines over ``events`` (event
+    time order), in the engine's protocol: an event of a user is a case when that user had an
+    earlier event, ranked in the list the user would have been shown after that earlier event.
+
+    * ``popularity, live``: the k most frequent items over every event so far (the list after
+      the user's previous event), minus the user's own items.
+    * ``EASE, first half``: trained once on the events before ``t_mid``; the user's scores are
+      the sum of the B rows of every item they touched so far (history keeps growing), minus
+      their own items. Only cases at or after ``t_mid`` are returned (before, it would be
+      scored on its own training data).
+    """
+    items = list(dict.fromkeys(e["item_id"] for e in events))
+    index = {i: n for n, i in enumerate(items)}
+    n_items = len(items)
+    first = [e for e in events if e["ts"] < t_mid]
+    m = baselines.InteractionMatrix.of(
+        (baselines.Interaction(e["user_id"], e["item_id"], e["ts"], 1.0) for e in first),
+        items=items)
+    b = baselines.ease_weights(m.binary(), ease_lambda)
+
+    counts = np.zeros(n_items, dtype=np.float64)
+    seen: dict[str, np.ndarray] = {}
+    ease_scores: dict[str, np.ndarray] = {}
+    last_pop: dict[str, list[str]] = {}
+    last_ease: dict[str, list[str]] = {}
+    cases: dict[str, list[tuple[int, str, str, int]]] = {"popularity, live": [],
+                                                         "EASE, first half": []}
+    for e in events:
+        u, item, ts = e["user_id"], e["item_id"], e["ts"]
+        c = index[item]
+        scored = users is None or u in users
+        if scored and u in last_pop:
+            cases["popularity, live"].append((ts, u, "popularity", rank_of(item, last_pop[u], k)))
+            if ts >= t_mid:
+                cases["EASE, first half"].append((ts, u, "ease",
+                                                  rank_of(item, last_ease[u], k)))
+        counts[c] += 1.0
+        s = seen.get(u)
+        if s is None:
+            s = seen[u] = np.zeros(n_items, dtype=bool)
+            ease_scores[u] = np.zeros(n_items, dtype=np.float64)
+        if not s[c]:
+            s[c] = True
+            ease_scores[u] += b[c]
+        if scored:
+            last_pop[u] = _top_unseen(counts, s, k, items)
+            last_ease[u] = _top_unseen(ease_scores[u], s, k, items)
+    return cases
+
+
+def _top_unseen(scores: np.ndarray, seen: np.ndarray, k: int, items: list[str]) -> list[str]:
+    top = baselines.top_k_unseen(scores[None, :], seen[None, :], k)[0]
+    return [items[c] for c in top if c >= 0]

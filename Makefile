@@ -43,6 +43,7 @@ bench: setup test-tools
 	$(PY) bench/bench_state_size.py --out reports/state_size.json
 	$(PY) bench/bench_recovery.py --out reports/recovery.json
 	$(PY) bench/bench_unknown_ids.py --out reports/unknown_ids.json
+	$(PY) bench/bench_ease.py --out reports/ease.json
 	$(PY) bench/bench_e2e.py --out-json reports/bench.json --out-md reports/bench.md
 	$(PY) bench/bench_serve.py --seconds 20 --out reports/bench_serve.json
 

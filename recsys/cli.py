@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     from recsys.serve import add_arguments as add_serve_arguments
     add_serve_arguments(serve)
 
+    from recsys import tune as tune_mod  # imports nothing heavy at parse time
+    tune = sub.add_parser("tune", help="choose engine settings on validation data (coordinate "
+                                       "descent, simulator) and write the search and a preset")
+    tune_mod.add_arguments(tune)
+
     demo = sub.add_parser("demo", help="make run: broker + topics + job + sample stream + tail")
     _add_config_args(demo)
     demo.add_argument("--port", type=int, default=9092)
@@ -119,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from recsys import serve
             return serve.main(args, _config(args))
+        if args.command == "tune":
+            from recsys import tune
+            return tune.run(args, argv[1:] if argv is not None else None)
         if args.command == "demo":
             from recsys import demo
             return demo.run_demo(args, _config(args))

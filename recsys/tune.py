@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="recsys tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
+    argv = list(argv if argv is not None else sys.argv[1:])
     return run(p.parse_args(argv), argv)
 
 
@@ -218,6 +219,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """``argv``: the arguments after ``tune`` (for the report's command line)."""
     from recsys import movielens
 
     movielens.fetch()

@@ -270,6 +270,14 @@ class RecommendConfig:
     # touched longest ago are evicted (they come back with their next update).
     model_max_items: int = 1_000_000
     max_interest_categories: int = 3  # favourite categories searched for content candidates
+    # Item cold start: besides its most popular items, each favourite category offers its
+    # newest catalogue items that are not among them (listed within new_item_window_ms of the
+    # newest listing, at most new_items_per_category, newest first), so an item nobody has
+    # touched yet can match a user's interests. Of the k slots, ceil(exploration_share * k)
+    # go to such new items when any matches the user's interests (0: no reserved slots).
+    new_items_per_category: int = 20
+    new_item_window_ms: int = 14 * DAY_MS
+    exploration_share: float = 0.1
     max_reasons: int = 3  # reasons per recommended item
     min_reason_share: float = 0.1  # a source is a reason when it gives this share of the score
 
@@ -577,6 +585,8 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("kafka.starting_offsets must be earliest, latest or committed")
     if cfg.similarity.metric not in ("cosine", "jaccard", "popularity_penalised"):
         problems.append("similarity.metric must be cosine, jaccard or popularity_penalised")
+    if not 0.0 <= cfg.recommend.exploration_share <= 1.0:
+        problems.append("recommend.exploration_share must be within [0, 1]")
     if not cfg.similarity.ease_lambda > 0.0:
         problems.append("similarity.ease_lambda must be > 0")
     if not 0.0 < cfg.similarity.hoeffding_delta < 1.0:
@@ -616,6 +626,9 @@ def validate_config(cfg: EngineConfig) -> None:
             ("profile.state_write_back_ms", prof.state_write_back_ms, 0, ""),
             ("profile.state_cache_users", prof.state_cache_users, 1, ""),
             ("recommend.model_max_items", cfg.recommend.model_max_items, 16, ""),
+            ("recommend.new_items_per_category", cfg.recommend.new_items_per_category, 0,
+             " (0: no new-item lists)"),
+            ("recommend.new_item_window_ms", cfg.recommend.new_item_window_ms, 0, ""),
             ("serve.max_users_cached", cfg.serve.max_users_cached, 1, ""),
             ("privacy.forgotten_marker_ttl_ms", privacy.forgotten_marker_ttl_ms, 0, ""),
             ("privacy.compaction_max_lag_ms", privacy.compaction_max_lag_ms, 0, ""),

@@ -77,6 +77,8 @@ class ItemModel:
         self.in_catalog = np.zeros(cap, dtype=bool)
         self.available = np.zeros(cap, dtype=bool)
         self.updated_at = np.full(cap, -(1 << 62), dtype=np.int64)
+        # When the item entered the catalogue (its first record's ts): the new-item lists.
+        self.first_listed = np.full(cap, -(1 << 62), dtype=np.int64)
         self.price = np.full(cap, np.nan, dtype=_F64)
         self.primary_cat = np.full(cap, NO_CODE, dtype=_I32)
         self.titles: dict[int, str] = {}
@@ -111,6 +113,7 @@ class ItemModel:
         self.list_bounds_list = [0, 0]
         self.seg_range: dict[int, int] = {}
         self.cat_range: dict[int, int] = {}
+        self.new_range: dict[int, int] = {}
         self.lst_codes = np.zeros(0, dtype=_I32)
         self.lst_vals = np.zeros(0, dtype=_F64)
         self.lst_hash = np.zeros(0, dtype=np.uint64)
@@ -139,6 +142,7 @@ class ItemModel:
         self.in_catalog = grow(self.in_catalog, False)
         self.available = grow(self.available, False)
         self.updated_at = grow(self.updated_at, -(1 << 62))
+        self.first_listed = grow(self.first_listed, -(1 << 62))
         self.price = grow(self.price, np.nan)
         self.primary_cat = grow(self.primary_cat, NO_CODE)
         self.nbr_codes = grow(self.nbr_codes, NO_CODE)
@@ -199,6 +203,8 @@ class ItemModel:
             return False
         if self.usable[c] and not rec["available"]:
             self._trending_urgent = True  # never recommend it from a list built before
+        if not self.in_catalog[c]:
+            self.first_listed[c] = rec["ts"]
         self.in_catalog[c] = True
         self.available[c] = bool(rec["available"])
         self.catalog_version += 1
@@ -385,6 +391,7 @@ class ItemModel:
             lists.append(ranked_prefix(a, hashes, usable, n))
             values.append(a)
         self.cat_range = {}
+        self.new_range = {}
         ncat = len(self.categories)
         if ncat:
             items, cats = self._category_pairs()
@@ -393,11 +400,19 @@ class ItemModel:
             order = np.argsort(cats, kind="stable")
             bounds_by_cat = np.searchsorted(cats[order], np.arange(ncat + 1))
             members_sorted = items[order]
+            fresh = self._freshness()
+            n_new = self.cfg.recommend.new_items_per_category
             for k in range(ncat):
                 self.cat_range[k] = len(lists)
                 members = members_sorted[bounds_by_cat[k]:bounds_by_cat[k + 1]]
-                lists.append(ranked_prefix(self.pop, hashes, members, n))
+                popular = ranked_prefix(self.pop, hashes, members, n)
+                lists.append(popular)
                 values.append(self.pop)
+                if n_new > 0:
+                    self.new_range[k] = len(lists)
+                    lists.append(ranked_prefix(fresh, hashes,
+                                               np.setdiff1d(members, popular), n_new))
+                    values.append(fresh)
         bounds = np.zeros(len(lists) + 1, dtype=np.int64)
         np.cumsum([len(x) for x in lists], out=bounds[1:])
         self.list_bounds = bounds
@@ -416,6 +431,21 @@ class ItemModel:
                          else np.zeros(0, _I32))
         self._trending_dirty = False
 
+    def _freshness(self) -> np.ndarray:
+        """Per item code, how new its listing is: ``2^(-age / window)`` for usable items listed
+        within ``recommend.new_item_window_ms`` of the newest listing, else 0 (event time, so
+        replays and the simulator rank alike)."""
+        window = self.cfg.recommend.new_item_window_ms
+        listed = self.first_listed[:len(self.usable)]
+        fresh = np.zeros(len(self.usable), dtype=_F64)
+        if not self.usable.any() or window <= 0:
+            return fresh
+        newest = listed[self.usable].max()
+        age = newest - listed
+        ok = self.usable & (age <= window)
+        fresh[ok] = np.exp2(-age[ok] / window)
+        return fresh
+
     def _category_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         if self._cat_pairs is None:
             items: list[int] = []
@@ -429,18 +459,24 @@ class ItemModel:
 
     def list_ranges(self, segment: str, categories: Sequence[str]) -> np.ndarray:
         """(start, end) in the ``lst_*`` arrays of the lists a user's candidates come from:
-        overall, the segment's (empty when unknown), each category's (empty when unknown)."""
+        overall, the segment's (empty when unknown), each category's popular items, then each
+        category's new items (empty when unknown)."""
         b = self.list_bounds_list
-        out = np.zeros((2 + len(categories), 2), dtype=np.int64)
+        n_cat = len(categories)
+        out = np.zeros((2 + 2 * n_cat, 2), dtype=np.int64)
         out[0, 1] = b[1]
         s = self.segments.get(segment) if segment else None
         r = self.seg_range.get(s) if s is not None else None
         if r is not None:
             out[1] = b[r], b[r + 1]
         for n, cat in enumerate(categories):
-            r = self.cat_range.get(self.categories.get(cat))
+            code = self.categories.get(cat)
+            r = self.cat_range.get(code)
             if r is not None:
                 out[n + 2] = b[r], b[r + 1]
+            r = self.new_range.get(code)
+            if r is not None:
+                out[n + 2 + n_cat] = b[r], b[r + 1]
         return out
 
     # ------------------------------------------------------------------------ sizes

@@ -12,7 +12,12 @@ Sources (each normalised to [0, 1] by its maximum before blending):
 * ``content`` — cosine between the positive part of the user's interest vector and each
   candidate's 0/1 feature vector (``category:*``, ``tag:*``), over the candidates of every source
   plus the items trending in the user's favourite categories (the ``max_interest_categories``
-  categories with the highest positive interest).
+  categories with the highest positive interest) and each such category's newest items that are
+  not among its popular ones (``recommend.new_items_per_category`` listed within
+  ``recommend.new_item_window_ms`` of the newest listing): item cold start, an item nobody has
+  touched yet can match. ``ceil(recommend.exploration_share * k)`` of the k slots go to such new
+  items when one matches, in place of the lowest-ranked other picks (exploration: new items
+  earn the feedback the CF model needs).
 * ``trending`` — the most popular catalogue items overall (forward-decayed activity).
 * ``segment`` — the most popular among users of the user's demographic segment.
 
@@ -29,8 +34,8 @@ first, then the overall trending items (each group in blended order).
 Diversity: at most ``max_per_category`` items per primary category (an item's first category),
 greedily in rank order. Reasons: the sources giving at least ``min_reason_share`` of an item's
 score, largest first, at most ``max_reasons``, in words ("because you purchased <title>",
-"matches your interest in <feature>", "trending in <category>", "trending now", "popular with
-users like you").
+"matches your interest in <feature>", "trending in <category>", "new in <category>",
+"trending now", "popular with users like you").
 
 The per-candidate work — gathering neighbours, filtering, scoring, blending, ordering — is one
 compiled kernel (:func:`score_candidates`, ``udfs/jit.py``); Python builds its inputs from the
@@ -150,12 +155,12 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
                      nbr_codes, nbr_scores, nbr_len, hashes, in_catalog, usable,
                      feat_start, feat_len, feat_idx, limit, w_cf, w_ct, w_tr, w_sg, feat_w,
                      pool_of, k, need, primary_cat, max_per_category, cat_count, min_share, feat_rank,
-                     out_codes, out_parts, out_score, out_because, out_cat, out_order,
+                     n_explore, out_codes, out_parts, out_score, out_because, out_cat, out_order,
                      out_reasons, out_feature):
     """Score one user's candidates into the ``out_*`` arrays (in no particular order): code,
     normalised value of each source (``out_parts``, unweighted), blended score, the recent item
     that contributed most to the CF score (index, -1), the favourite category whose list brought a
-    content candidate (index, -1). ``out_order`` lists the (at most ``k``) candidates picked,
+    content candidate (index c < n_fav: its popular items; n_fav + c: its new items; -1). ``out_order`` lists the (at most ``k``) candidates picked,
     best first; for each, ``out_reasons`` the sources to give as reasons, in order (-1 ends),
     and ``out_feature`` the feature code behind its content reason (-1: none).
 
@@ -164,10 +169,12 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
     entry and on exit) that also maps a candidate's code to its slot, so candidates are found
     without hashing and nothing as large as the catalogue is allocated. ``ranges`` are the
     (start, end) rows of the ranked lists in ``lst_*`` to walk: trending overall, in the user's
-    segment, then in each favourite category; the lists hold each entry's code, popularity, hash
-    and features (CSR), contiguous, so the walks read memory in order. ``feat_w`` (per feature
-    code) and ``cat_count`` (per category code) are zero on entry and left zero. Returns
-    ``(n candidates, n picked, cold start)``.
+    segment, then in each favourite category, then each favourite category's new items; the
+    lists hold each entry's code, value (popularity, or freshness for new items), hash and
+    features (CSR), contiguous, so the walks read memory in order. ``feat_w`` (per feature
+    code) and ``cat_count`` (per category code) are zero on entry and left zero. Up to
+    ``n_explore`` of the k picks go to new items with a content match (exploration), in place
+    of the lowest-ranked other picks. Returns ``(n candidates, n picked, cold start)``.
     """
     # Dense scratch over item codes: -1 = not seen, -2 = blocked, else an index (CF entry,
     # then pool entry). Left all -1 on exit, so a call touches only the entries it uses.
@@ -252,6 +259,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
     p_fa = np.zeros(cap, dtype=np.int64)  # features: [p_fa, p_fb) of lst_fidx, or of feat_idx
     p_fb = np.zeros(cap, dtype=np.int64)  # when p_flist is False
     p_flist = np.zeros(cap, dtype=np.bool_)
+    p_fresh = np.zeros(cap, dtype=np.bool_)  # from a category's new-item list
     p_hash = np.zeros(cap, dtype=np.uint64)
     n_pool = 0
     cf_max = 0.0
@@ -270,7 +278,8 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
             cf_max = cf_sum[p]
         n_pool += 1
 
-    # -- trending overall, in the segment, in the favourite categories --
+    # -- trending overall, in the segment, in the favourite categories, new in them --
+    n_fav = (len(ranges) - 2) // 2
     for l in range(len(ranges)):
         taken = 0
         top = 0.0
@@ -299,8 +308,11 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
                 p_tr[q] = lst_vals[i] / top
             elif l == 1:
                 p_sg[q] = lst_vals[i] / top
-            elif p_cat[q] < 0:
-                p_cat[q] = l - 2
+            else:
+                if p_cat[q] < 0:
+                    p_cat[q] = l - 2  # < n_fav: popular in category l - 2; else new in it
+                if l >= 2 + n_fav:
+                    p_fresh[q] = True
 
     for q in range(n_pool):
         pool_of[pool[q]] = -1
@@ -334,6 +346,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
     n_out = 0
     out_hash = np.empty(n_pool, dtype=np.uint64)
     out_pool = np.empty(n_pool, dtype=np.int64)
+    out_fresh = np.zeros(n_pool, dtype=np.bool_)
     for q in range(n_pool):
         has_ct = p_ct[q] > 0
         if not (p_cf[q] > 0 or has_ct or p_tr[q] > 0 or p_sg[q] > 0):
@@ -350,6 +363,7 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
         out_score[n_out] = w_cf * a_cf + w_ct * a_ct + w_tr * p_tr[q] + w_sg * p_sg[q]
         out_because[n_out] = p_r[q] if p_cf[q] > 0 else -1
         out_cat[n_out] = p_cat[q] if has_ct else -1
+        out_fresh[n_out] = p_fresh[q] and has_ct
         n_out += 1
     cold = n_cand == 0 and ct_max == 0.0
 
@@ -405,6 +419,45 @@ def score_candidates(recent_codes, recent_votes, consumed, blocked,
             c = primary_cat[out_codes[out_order[q]]]
             if c >= 0:
                 cat_count[c] = 0
+    # -- exploration: new items matching the user's interests take up to n_explore picks,
+    #    replacing the lowest-ranked picks that are not new (outside the category cap); then
+    #    the picks in rank order --
+    if n_explore > 0 and not cold:
+        have = 0
+        for q in range(n_chosen):
+            if out_fresh[out_order[q]]:
+                have += 1
+        chosen = np.zeros(n_out, dtype=np.bool_)
+        for q in range(n_chosen):
+            chosen[out_order[q]] = True
+        fresh_part = np.empty(n_el, dtype=np.int64)
+        n_fp = 0
+        for e in range(n_el):
+            if out_fresh[elig[e]] and not chosen[elig[e]]:
+                fresh_part[n_fp] = e
+                n_fp += 1
+        fresh_part = fresh_part[:n_fp]
+        f_order = lex_order(k2[fresh_part], k2[fresh_part], k3[fresh_part])
+        nxt = 0
+        slot = n_chosen - 1
+        while have < n_explore and nxt < n_fp:
+            i = elig[fresh_part[f_order[nxt]]]
+            nxt += 1
+            if n_chosen < k:
+                out_order[n_chosen] = i
+                n_chosen += 1
+            else:
+                while slot >= 0 and out_fresh[out_order[slot]]:
+                    slot -= 1
+                if slot < 0:
+                    break
+                out_order[slot] = i
+                slot -= 1
+            have += 1
+        picked = out_order[:n_chosen].copy()
+        ranked = lex_order(-out_score[picked], -out_score[picked], out_hash[picked])
+        for q in range(n_chosen):
+            out_order[q] = picked[ranked[q]]
     # -- reasons of the picked: the sources giving at least min_share of the score, largest
     #    first (ties in source order; on a cold start the list's own source first), and the
     #    item's feature the user likes most (ties: the feature name first in sort order) --
@@ -522,7 +575,7 @@ class Recommender:
                 box[0] = prepared
         _, int_feats, int_weights, norm_p, top_cats = prepared
         ranges = model.list_ranges(user.segment, top_cats)
-        self._scratch(limit * (3 + len(top_cats)))
+        self._scratch(limit * (1 + len(ranges)))  # CF, then at most `limit` from each list
         n, m, cold = score_candidates(
             recent_codes, votes, user.consumed, blocked,
             int_feats, int_weights, norm_p,
@@ -532,7 +585,8 @@ class Recommender:
             limit, float(weights.w_collaborative), float(weights.w_content),
             float(weights.w_trending), float(weights.w_segment), self.feat_w, self.pool_of,
             k, 4 * k + 16, model.primary_cat, cfg.max_per_category, self.cat_count,
-            float(cfg.min_reason_share), model.feature_rank(), self.out_codes, self.out_parts,
+            float(cfg.min_reason_share), model.feature_rank(),
+            math.ceil(cfg.exploration_share * k), self.out_codes, self.out_parts,
             self.out_score, self.out_because, self.out_cat, self.out_order, self.out_reasons,
             self.out_feature)
         order = self.out_order[:m]
@@ -557,7 +611,8 @@ class Recommender:
                     c = int(self.out_cat[i])
                     if c < 0 or _TR in sources:
                         continue
-                    reason = "trending in " + top_cats[c]
+                    reason = ("trending in " + top_cats[c] if c < len(top_cats)
+                              else "new in " + top_cats[c - len(top_cats)])
                 elif s == _TR:
                     reason = "trending now"
                 else:

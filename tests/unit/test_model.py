@@ -53,10 +53,13 @@ def pop_of(model, item):
     return float(model.pop[model.items.get(item)])
 
 
-def lists(model, segment="", categories=()):
-    """The ranked lists a user reads: [overall, segment, *categories] as item ids."""
+def lists(model, segment="", categories=(), new=False):
+    """The ranked lists a user reads: [overall, segment, *categories] as item ids (with
+    ``new``: each category's new-item list instead)."""
     out = []
-    for a, b in model.list_ranges(segment, list(categories)).tolist():
+    rows = model.list_ranges(segment, list(categories)).tolist()
+    n = len(categories)
+    for a, b in rows[:2] + (rows[2 + n:] if new else rows[2:2 + n]):
         out.append([model.items.id_of(c) for c in model.lst_codes[a:b].tolist()])
     return out
 

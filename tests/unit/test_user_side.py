@@ -185,14 +185,17 @@ def test_ab_totals_survive_a_failure_without_counting_the_replay_twice():
             self.shared = shared
             self.side.restore(shared, {})
             self.ab: dict = {}
+            self.now = T0  # processing time: a second per batch (lists rebuild in between)
             self.run([], broadcast=catalogue)
 
         def run(self, records, checkpoint=False, broadcast=()) -> None:
             keys = list(dict.fromkeys(k for k, _ in records))
+            self.now += 1000
             out = self.side.process(
                 keys, [self.state.get(k, [None, None]) for k in keys],
                 list(broadcast) + [Record(rec.KIND_EVENT, keys.index(k), T0, 0, p)
-                                   for k, p in records], T0, -(1 << 63), checkpoint=checkpoint)
+                                   for k, p in records], self.now, -(1 << 63),
+                checkpoint=checkpoint)
             for key, which, value in out.state_updates:
                 user = keys[key] if isinstance(key, int) else key
                 self.state.setdefault(user, [None, None])[which] = value

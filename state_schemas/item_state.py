@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from state_schemas.versioning import StateVersionError, load_versioned
+from state_schemas.versioning import check_binary_header, load_versioned
 
 ROW_STATE_VERSION = 2
 GRAM_STATE_VERSION = 1
@@ -69,11 +69,7 @@ def encode_row(r: RowState) -> bytes:
 
 
 def decode_row(blob: bytes) -> RowState:
-    if blob[:2] != b"SR":
-        raise StateVersionError("not a similarity row state value")
-    if blob[2] != ROW_STATE_VERSION:
-        raise StateVersionError(f"similarity row state version {blob[2]} is not supported "
-                                f"(this code reads {ROW_STATE_VERSION})")
+    check_binary_header(blob, b"SR", ROW_STATE_VERSION, "a similarity row")
     _, _, flags, landmark, last_emit, n, k = _ROW.unpack_from(blob)
     at = _ROW.size
 
@@ -126,11 +122,7 @@ def encode_gram_state(g: GramState) -> bytes:
 
 
 def decode_gram_state(blob: bytes) -> GramState:
-    if blob[:2] != b"EG":
-        raise StateVersionError("not an EASE Gram matrix state value")
-    if blob[2] != GRAM_STATE_VERSION:
-        raise StateVersionError(f"EASE Gram state version {blob[2]} is not supported "
-                                f"(this code reads {GRAM_STATE_VERSION})")
+    check_binary_header(blob, b"EG", GRAM_STATE_VERSION, "an EASE Gram matrix")
     _, _, flags, last_refresh, n, n_id_bytes = _GRAM.unpack_from(blob)
     at = _GRAM.size
     ids = orjson.loads(blob[at:at + n_id_bytes])

@@ -49,7 +49,7 @@ import numpy as np
 import orjson
 
 from state_schemas.config import DAY_MS, EVENT_TYPES
-from state_schemas.versioning import StateVersionError
+from state_schemas.versioning import StateVersionError, check_binary_header
 
 PROFILE_STATE_VERSION = 3
 IMPRESSION_STATE_VERSION = 2
@@ -255,11 +255,7 @@ def encode_impressions(log: ImpressionLog) -> bytes:
 
 
 def decode_impressions(blob: bytes) -> ImpressionLog:
-    if blob[:2] != _IMAGIC:
-        raise StateVersionError("not an impression log state value")
-    if blob[2] != IMPRESSION_STATE_VERSION:
-        raise StateVersionError(f"impression log state version {blob[2]} is not supported "
-                                f"(this code reads {IMPRESSION_STATE_VERSION})")
+    check_binary_header(blob, _IMAGIC, IMPRESSION_STATE_VERSION, "an impression log")
     _, _, flags, base, n = _IHEADER.unpack_from(blob)
     buf = memoryview(blob)
     at = _IHEADER.size

@@ -25,3 +25,13 @@ def load_versioned(blob: bytes | memoryview, version: int, what: str, fields: in
     if len(msg) != fields + 1:
         raise StateVersionError(f"{what}: {len(msg) - 1} fields, expected {fields}")
     return msg[1:]
+
+
+def check_binary_header(blob: bytes | memoryview, magic: bytes, version: int, what: str) -> None:
+    """A binary state value starts with a 2-byte ``magic`` and a u8 version: refuse another
+    kind of value, or a version this code does not read, as a version error."""
+    if bytes(blob[:2]) != magic:
+        raise StateVersionError(f"not {what} state value")
+    if blob[2] != version:
+        raise StateVersionError(f"{what} state version {blob[2]} is not supported "
+                                f"(this code reads {version})")

@@ -18,6 +18,7 @@ from recsys import baselines
 from recsys.datasets import Data, load_data
 from udfs.metrics import rank_of, ranking_metrics
 
+K_DEFAULT = 10
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0)
 SAR_HALF_LIFE_MS = 30 * baselines.DAY_MS   # Recommenders' SAR time_decay_coefficient default
 SAR_VARIANTS = {"SAR cosine": "cosine", "SAR jaccard": "jaccard"}
@@ -116,3 +117,49 @@ def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
 def _top_unseen(scores: np.ndarray, seen: np.ndarray, k: int, items: list[str]) -> list[str]:
     top = baselines.top_k_unseen(scores[None, :], seen[None, :], k)[0]
     return [items[c] for c in top if c >= 0]
+
+
+# ----------------------------------------------------------------- the synthetic stream
+
+SYNTHETIC = {"n_users": 500, "n_items": 600, "n_events": 20_000}
+SYNTHETIC_TUNING_SEED = 11   # recsys tune (deploy/tuning/ecommerce.toml)
+SYNTHETIC_EVAL_SEED = 7      # make eval: another stream from the same generator
+
+
+def synthetic_stream(seed: int) -> dict[str, Any]:
+    """The synthetic e-commerce stream (``recsys.sample_stream``, larger than the bundled
+    sample): catalogue, users, events in time order, and the mid time."""
+    from recsys.sample_stream import generate_sample
+
+    d = generate_sample(seed=seed, **SYNTHETIC)
+    events = sorted(d.events, key=lambda e: (e["ts"], e["event_id"]))
+    t_first, t_last = events[0]["ts"], events[-1]["ts"]
+    return {"items": d.items, "users": d.users, "events": events, "t_first": t_first,
+            "t_mid": (t_first + t_last) // 2, "seed": seed}
+
+
+def engine_protocol_b(cfg: Any, stream: dict[str, Any]) -> dict[str, Any]:
+    """Protocol B of the engine (simulator) on a synthetic stream."""
+    from recsys.evaluation import summarise_b
+    from recsys.simulate import run_protocol_b
+
+    res = run_protocol_b(cfg, stream["items"], stream["users"], stream["events"], k=K_DEFAULT)
+    return summarise_b([(c.ts, c.user_id, c.variant, c.rank) for c in res.cases],
+                       stream["t_first"], stream["t_mid"])
+
+
+def synthetic_report(k: int = K_DEFAULT) -> dict[str, Any]:
+    """Protocol B on the evaluation's synthetic stream: the engine with the shipped defaults
+    beside popularity refreshed at every event and EASE trained on the first half."""
+    from recsys.evaluation import summarise_b
+    from state_schemas.config import load_config
+
+    stream = synthetic_stream(SYNTHETIC_EVAL_SEED)
+    out: dict[str, Any] = {"seed": stream["seed"], "events": len(stream["events"]),
+                           **SYNTHETIC,
+                           "engine_defaults": engine_protocol_b(load_config(None, [], environ={}),
+                                                                stream)}
+    out["baselines"] = {name: summarise_b(c, stream["t_first"], stream["t_mid"])
+                        for name, c in prequential_baselines(stream["events"], stream["t_mid"],
+                                                             k).items()}
+    return out

@@ -566,6 +566,18 @@ def table(report: dict[str, Any]) -> str:
                          f"{s[f'mrr@{K}']:>10.4f}"
                          f"{s.get(f'second_half_hit_rate@{K}', float('nan')):>13.4f}"
                          f"{s.get(f'second_half_mrr@{K}', float('nan')):>14.4f}")
+    syn = report.get("synthetic")
+    if syn:
+        lines.append("")
+        head = (f"{'Protocol B, synthetic e-commerce (seed ' + str(syn['seed']) + ')':<44}"
+                f"{'cases':>10}{'HitRate@10':>12}{'MRR@10':>10}{'2nd half HR':>13}")
+        lines += [head, "-" * len(head)]
+        rows = [("the engine, shipped defaults", syn["engine_defaults"])] + [
+            (f"baseline: {n}", v) for n, v in sorted(syn["baselines"].items())]
+        for name, s in rows:
+            lines.append(f"{name:<44}{s['cases']:>10}{s[f'hit_rate@{K}']:>12.4f}"
+                         f"{s[f'mrr@{K}']:>10.4f}"
+                         f"{s.get(f'second_half_hit_rate@{K}', float('nan')):>13.4f}")
     return "\n".join(lines)
 
 
@@ -719,6 +731,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         b["sim_live"] = results["sim_live"]
         b["sim_frozen"] = results["sim_frozen"]
 
+    if "S" in protocols:
+        log("protocol B on the synthetic e-commerce stream (shipped defaults, simulator)")
+        report["synthetic"] = compare.synthetic_report(K)
+
     report["seconds"] = time.monotonic() - started
     return report
 
@@ -801,7 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE")
-    p.add_argument("--protocols", default="A,B")
+    p.add_argument("--protocols", default="A,B,S",
+                   help="A (offline, ml-100k), B (prequential, ml-100k), S (prequential on the "
+                        "synthetic e-commerce stream, shipped defaults)")
     p.add_argument("--users", type=int, default=0, help="only the first N users (0: all 943)")
     p.add_argument("--out", default="reports", help="directory of eval.json and the PNGs")
     p.add_argument("--simulator-only", action="store_true",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor
@@ -33,16 +34,24 @@ from recsys.paths import PROJECT_ROOT
 K = 10
 
 
+DATASETS = ("ml-100k", "synthetic")
+
+
 @dataclass
 class Search:
     path: Path
-    split: str
-    seed: int
+    dataset: str       # ml-100k: protocol A nDCG@10 on a validation split of the training
+    split: str         # ratings; synthetic: protocol B HitRate@10 on the synthetic e-commerce
+    seed: int          # stream generated with this seed (the evaluation reports another)
     users: int
     rounds: int
     fixed: dict[str, Any]
     start: dict[str, Any]
     space: dict[str, list[Any]]
+
+    @property
+    def metric(self) -> str:
+        return f"ndcg@{K}" if self.dataset == "ml-100k" else f"hit_rate@{K}"
 
     @classmethod
     def load(cls, path: Path) -> "Search":
@@ -54,9 +63,12 @@ class Search:
         for key, values in space.items():
             if not isinstance(values, list) or not values:
                 raise SystemExit(f"{path}: space.{key} must be a non-empty list of values")
-        return cls(path, t.get("split", "random"), int(t.get("seed", 42)), int(t.get("users", 0)),
-                   int(t.get("rounds", 2)), dict(raw.get("fixed", {})), dict(raw.get("start", {})),
-                   {k: list(v) for k, v in space.items()})
+        dataset = t.get("dataset", "ml-100k")
+        if dataset not in DATASETS:
+            raise SystemExit(f"{path}: tune.dataset must be one of {DATASETS}")
+        return cls(path, dataset, t.get("split", "random"), int(t.get("seed", 42)),
+                   int(t.get("users", 0)), int(t.get("rounds", 2)), dict(raw.get("fixed", {})),
+                   dict(raw.get("start", {})), {k: list(v) for k, v in space.items()})
 
 
 def literal(value: Any) -> str:
@@ -78,19 +90,29 @@ def overrides(settings: dict[str, Any]) -> list[str]:
 _DATA: Any = None
 
 
-def _init(split: str, seed: int, users: int) -> None:
+def _init(dataset: str, split: str, seed: int, users: int) -> None:
     global _DATA
+    if dataset == "synthetic":
+        from recsys.compare import synthetic_stream
+
+        _DATA = synthetic_stream(seed)
+        return
     from recsys.datasets import load_data
 
     _DATA = load_data(users, seed, kind=split, validation=True)
 
 
 def _trial(settings: list[str]) -> float:
-    from recsys.simulate import run_protocol_a
     from state_schemas.config import load_config
 
     cfg = load_config(None, settings, environ={})
     d = _DATA
+    if isinstance(d, dict):  # the synthetic stream: protocol B
+        from recsys.compare import engine_protocol_b
+
+        return float(engine_protocol_b(cfg, d)[f"hit_rate@{K}"])
+    from recsys.simulate import run_protocol_a
+
     res = run_protocol_a(cfg, d.catalog, d.attributes, d.train_events, d.test, k=K)
     return float(res.metrics[f"ndcg@{K}"])
 
@@ -114,7 +136,8 @@ class Result:
 def coordinate_descent(search: Search, workers: int, log=print) -> Result:
     cache: dict[tuple, float] = {}
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init,
-                               initargs=(search.split, search.seed, search.users))
+                               initargs=(search.dataset, search.split, search.seed,
+                                         search.users))
     t0 = time.monotonic()
 
     def score_all(candidates: list[dict[str, Any]]) -> list[float]:
@@ -159,22 +182,32 @@ def coordinate_descent(search: Search, workers: int, log=print) -> Result:
 # ------------------------------------------------------------------------- reports
 
 def markdown(search: Search, result: Result, command: str) -> str:
-    lines = [f"# Tuning: `{search.path.relative_to(PROJECT_ROOT) if search.path.is_absolute() else search.path}`",
+    shown = search.path.resolve()
+    if shown.is_relative_to(PROJECT_ROOT):
+        shown = shown.relative_to(PROJECT_ROOT)
+    lines = [f"# Tuning: `{shown}`",
              "",
-             f"Written by `{command}` ({result.seconds / 60:.0f} min). Coordinate descent on the "
-             f"validation split carved from the training ratings of the **{search.split}** split "
-             f"(seed {search.seed}) of MovieLens-100k: the test ratings were not loaded. Metric: "
-             f"protocol A nDCG@{K} in the simulator.",
+             f"Written by `{command}` ({result.seconds / 60:.0f} min). " + describe(search),
              "",
-             f"**Chosen (validation nDCG@{K} {result.score:.4f}):**",
+             f"**Chosen (validation {search.metric} {result.score:.4f}):**",
              "", "```toml"] + [f"{k} = {literal(v)}" for k, v in result.settings.items()] + [
              "```", "", "Fixed for the data set (not tuned): "
              + ", ".join(f"`{k} = {literal(v)}`" for k, v in search.fixed.items()), "",
-             "| round | setting | value | validation nDCG@10 |", "|---|---|---|---|"]
+             f"| round | setting | value | validation {search.metric} |", "|---|---|---|---|"]
     for t in result.trials:
         chosen = " **(kept)**" if result.settings.get(t.setting) == t.value else ""
         lines.append(f"| {t.round} | `{t.setting}` | `{literal(t.value)}`{chosen} | {t.ndcg:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def describe(search: Search) -> str:
+    if search.dataset == "synthetic":
+        return (f"Coordinate descent on the synthetic e-commerce stream generated with seed "
+                f"{search.seed} (`recsys.compare.synthetic_stream`; `make eval` reports another "
+                f"seed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
+    return (f"Coordinate descent on the validation split carved from the training ratings of "
+            f"the **{search.split}** split (seed {search.seed}) of MovieLens-100k: the test "
+            f"ratings were not loaded. Metric: protocol A nDCG@{K} in the simulator.")
 
 
 def preset_toml(search: Search, result: Result, command: str) -> str:
@@ -189,13 +222,13 @@ def preset_toml(search: Search, result: Result, command: str) -> str:
     for key, value in result.settings.items():
         section, _, name = key.rpartition(".")
         tried = last.get(key)
-        comment = ("  # validation nDCG@10: " + ", ".join(f"{v} {s:.4f}" for v, s in tried.items())
-                   if tried else "")
+        comment = (f"  # validation {search.metric}: "
+                   + ", ".join(f"{v} {s:.4f}" for v, s in tried.items()) if tried else "")
         sections.setdefault(section, []).append(f"{name} = {literal(value)}{comment}")
-    out = [f"# Generated by `{command}`:",
-           f"# coordinate descent on the validation split of MovieLens-100k ({search.split} split,",
-           f"# seed {search.seed}), validation nDCG@10 {result.score:.4f}. The whole search: the",
-           "# report next to the search file (docs/tuning/). Do not hand-edit; re-run the tuner.", ""]
+    out = [f"# Generated by `{command}`.",
+           *(f"# {line}" for line in textwrap.wrap(describe(search), 94)),
+           f"# Validation {search.metric}: {result.score:.4f}. The whole search is in the report",
+           "# (docs/tuning/). Do not hand-edit: change the search file and re-run the tuner.", ""]
     for section, lines in sections.items():
         out += [f"[{section}]", *lines, ""]
     return "\n".join(out)
@@ -231,15 +264,16 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     command = "recsys tune " + " ".join(argv if argv is not None else sys.argv[2:])
     result = coordinate_descent(search, args.workers,
                                 log=lambda s: print(s, file=sys.stderr, flush=True))
-    print(json.dumps({"settings": result.settings, "validation_ndcg@10": result.score}))
+    print(json.dumps({"settings": result.settings, f"validation_{search.metric}": result.score}))
     if args.report:
         md = Path(args.report)
         md.parent.mkdir(parents=True, exist_ok=True)
         md.write_text(markdown(search, result, command))
         md.with_suffix(".json").write_text(json.dumps(
-            {"command": command, "search": str(search.path), "split": search.split,
+            {"command": command, "search": str(search.path), "dataset": search.dataset,
+             "split": search.split,
              "seed": search.seed, "fixed": search.fixed, "start": search.start,
-             "chosen": result.settings, "validation_ndcg@10": result.score,
+             "chosen": result.settings, f"validation_{search.metric}": result.score,
              "trials": [t.__dict__ for t in result.trials], "seconds": result.seconds},
             indent=1) + "\n")
     if args.write:

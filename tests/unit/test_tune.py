@@ -1,0 +1,86 @@
+"""``recsys tune``'s pure parts: the search file, the coordinate descent's bookkeeping and the
+preset it writes (the trials themselves are simulator runs, covered by the simulator's tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys import tune
+from state_schemas.config import load_config
+
+
+def search_file(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "search.toml"
+    p.write_text(body)
+    return p
+
+
+SEARCH = """
+[tune]
+split = "random"
+seed = 42
+[fixed]
+"validation.min_ts_ms" = 788918400000
+"recommend.variants" = { tuned = { traffic = 1.0 } }
+[space]
+"similarity.top_k" = [20, 50]
+"similarity.metric" = ["cosine", "jaccard"]
+"recommend.variants.tuned.w_trending" = [0.2, 0.5]
+"""
+
+
+def test_coordinate_descent_keeps_the_best_value_per_setting_and_stops_when_nothing_changes(
+        tmp_path, monkeypatch):
+    search = tune.Search.load(search_file(tmp_path, SEARCH))
+    assert search.dataset == "ml-100k" and search.metric == "ndcg@10"
+    calls = []
+
+    class Pool:  # scores the settings with a known function, in this process
+        def __init__(self, **_): pass
+        def submit(self, fn, settings):
+            calls.append(settings)
+            score = (0.1 * ("similarity.top_k=50" in settings)
+                     + 0.01 * ('similarity.metric="jaccard"' in settings))
+
+            class Done:
+                def result(self):
+                    return score
+            return Done()
+        def shutdown(self, **_): pass
+
+    monkeypatch.setattr(tune, "ProcessPoolExecutor", Pool)
+    result = tune.coordinate_descent(search, workers=1, log=lambda s: None)
+    assert result.settings["similarity.top_k"] == 50
+    assert result.settings["similarity.metric"] == "jaccard"
+    assert result.settings["recommend.variants.tuned.w_trending"] == 0.2  # a tie keeps the first
+    assert result.score == pytest.approx(0.11)
+    assert all('validation.min_ts_ms=788918400000' in c for c in calls)  # fixed in every trial
+    assert len(calls) == len(set(map(tuple, calls)))  # each configuration scored once
+    assert {t.round for t in result.trials} == {1, 2}  # round 2 changed nothing: stop
+
+    preset = tmp_path / "preset.toml"
+    preset.write_text(tune.preset_toml(search, result, "recsys tune search.toml"))
+    cfg = load_config(preset, ["validation.min_ts_ms=788918400000"], environ={})
+    assert cfg.similarity.top_k == 50 and cfg.similarity.metric == "jaccard"
+    assert set(cfg.recommend.variants) == {"tuned"}
+    assert "validation nDCG" not in preset.read_text()  # the metric's own name is written
+    assert "# validation ndcg@10: 20 0.0100, 50 0.1100" in preset.read_text()
+    md = tune.markdown(search, result, "recsys tune search.toml")
+    assert "test ratings were not loaded" in md and "| 1 | `similarity.top_k` | `50` **(kept)**" in md
+
+
+def test_search_files_are_checked(tmp_path):
+    with pytest.raises(SystemExit, match="names no setting"):
+        tune.Search.load(search_file(tmp_path, "[tune]\nseed = 1\n"))
+    with pytest.raises(SystemExit, match="non-empty list"):
+        tune.Search.load(search_file(tmp_path, '[space]\n"similarity.top_k" = 5\n'))
+    with pytest.raises(SystemExit, match="dataset"):
+        tune.Search.load(search_file(tmp_path, '[tune]\ndataset = "imdb"\n[space]\n"a.b" = [1]\n'))
+
+
+def test_literals_are_toml():
+    assert tune.literal(True) == "true" and tune.literal("jaccard") == '"jaccard"'
+    assert tune.literal({"tuned": {"traffic": 1.0}}) == "{tuned = {traffic = 1.0}}"
+    assert tune.overrides({"similarity.top_k": 50}) == ["similarity.top_k=50"]

@@ -39,8 +39,9 @@ def one(m: int, users: int, set_size: int, repeats: int, seed: int) -> dict:
     ease = EaseHead(cfg)
     rng = np.random.default_rng(seed)
     ids = [f"i{j}" for j in range(m)]
-    ease.apply([([], ids, [])])  # every item admitted in order, by one set holding them all,
-    ease.apply([([], [], ids)])  # ... which then leaves again: G is back to zero
+    for start in range(0, m, 200):  # every item admitted in order, by sets that then leave
+        chunk = ids[start:start + 200]  # again (G back to zero)
+        ease.apply([([], chunk, []), ([], [], chunk)])
     p = 1.0 / np.arange(1, m + 1) ** 0.8
     p /= p.sum()
     t0 = time.perf_counter()

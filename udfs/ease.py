@@ -26,7 +26,8 @@ Streaming form (:class:`EaseHead`, one instance on the item-operator subtask tha
   ``SOURCE_EASE``: the recommender then ignores that item's item-CF rows.
 
 Cost: G takes ``4 M^2`` bytes (float32 counts, exact to 2^24) of keyed state on one subtask,
-and a refresh inverts an M x M matrix (``bench/bench_ease.py`` measures it).
+and a refresh inverts an M x M matrix on one working copy (``bench/bench_ease.py`` measures
+time and memory per M).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from udfs.similarity import Emission, ItemStats
 # losing the row's history), and at most this share of the head is swapped per refresh.
 SWAP_RATIO = 2.0
 SWAP_SHARE = 0.05
+SELECT_ROWS_PER_BLOCK = 256
 
 
 class EaseHead:
@@ -164,18 +166,23 @@ class EaseHead:
 
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(active slots, B over them)``: EASE's weights among head items with a non-zero
-        diagonal (B[a, b]: how much item a in a user's set speaks for item b)."""
+        diagonal (B[a, b]: how much item a in a user's set speaks for item b), in float64
+        (numpy's inverse computes in double precision whatever the input). Its working set is
+        the float64 copy of G plus what ``numpy.linalg.inv`` allocates (about three M x M
+        float64 arrays in all, measured by ``bench/bench_ease.py``)."""
         n = len(self.ids)
         diag = np.diag(self.gram[:n, :n])
         active = np.flatnonzero(diag > 0)
         if not len(active):
             return active, np.zeros((0, 0))
-        g = self.gram[np.ix_(active, active)].astype(np.float64)
+        g = (self.gram[:n, :n] if len(active) == n
+             else self.gram[np.ix_(active, active)]).astype(np.float64)
         # Removing a set counted before a swap zeroed a slot can leave small negative counts.
         np.maximum(g, 0.0, out=g)
         g[np.diag_indices_from(g)] += self.lam
-        p = np.linalg.inv(g)
-        b = p / (-np.diag(p))
+        b = np.linalg.inv(g)
+        del g
+        b /= -np.diag(b).copy()
         b[np.diag_indices_from(b)] = 0.0
         return active, b
 
@@ -186,15 +193,18 @@ class EaseHead:
         active, b = self.weights()
         out = []
         k = min(self.k, max(len(active) - 1, 0))
-        if k > 0:
-            top = np.argpartition(-np.abs(b), k - 1, axis=1)[:, :k]
-            vals = np.take_along_axis(b, top, axis=1)
+        # Top-K by magnitude, a block of rows at a time (argpartition's indices for all rows
+        # at once would take 8 M^2 bytes).
+        for start in range(0, len(active) if k > 0 else 0, SELECT_ROWS_PER_BLOCK):
+            block = b[start:start + SELECT_ROWS_PER_BLOCK]
+            top = np.argpartition(-np.abs(block), k - 1, axis=1)[:, :k]
+            vals = np.take_along_axis(block, top, axis=1)
             order = np.argsort(-vals, axis=1, kind="stable")
             top = np.take_along_axis(top, order, axis=1)
             vals = np.take_along_axis(vals, order, axis=1)
-            for row in range(len(active)):
+            for row in range(len(block)):
                 keep = vals[row] != 0.0
-                out.append(Emission(self.ids[active[row]],
+                out.append(Emission(self.ids[active[start + row]],
                                     [self.ids[active[j]] for j in top[row][keep].tolist()],
                                     vals[row][keep].tolist(), proc_now, SOURCE_EASE))
         now_published = {e.item_id for e in out if e.neighbor_ids}

@@ -60,7 +60,7 @@ import numpy as np
 
 from recsys import compare, movielens
 from recsys.datasets import Data, load_data
-from state_schemas.config import EngineConfig, TopicNames, load_config
+from state_schemas.config import EngineConfig, TopicNames, VariantConfig, load_config
 from recsys.paths import PROJECT_ROOT
 from udfs.metrics import hit_and_rr, rank_of, ranking_metrics
 
@@ -73,11 +73,8 @@ PUBLISHED = {  # Recommenders' MovieLens-100k benchmark table (examples/06_bench
     "LightGCN": {"ndcg@10": 0.4198},
 }
 # Protocol B's A/B experiment: the tuned blend against the engine's shipped default blend.
-SHIPPED_VARIANT = ["recommend.variants.shipped.traffic=1.0",
-                   "recommend.variants.shipped.w_collaborative=1.0",
-                   "recommend.variants.shipped.w_content=0.5",
-                   "recommend.variants.shipped.w_trending=0.2",
-                   "recommend.variants.shipped.w_segment=0.2"]
+SHIPPED_VARIANT = [f"recommend.variants.shipped.{f.name}={getattr(VariantConfig(), f.name)}"
+                   for f in fields(VariantConfig)]
 
 # Replay-speed settings of the evaluation's jobs (not tuning): a checkpoint every 5 s instead of
 # every second. Each checkpoint snapshots the whole broadcast model (MBs for ml-100k) and commits

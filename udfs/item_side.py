@@ -176,9 +176,11 @@ class ItemSide:
         self.metrics.inc("similarity_updates_emitted", len(emitted))
         if ease_due:
             # EASE rows reach the recommender only (item-similarity carries the item-CF rows).
-            ease_rows = self.ease.refresh(proc_now)
-            emitted += ease_rows
-            self.metrics.inc("ease_refreshes")
+            try:
+                emitted += self.ease.refresh(proc_now)
+                self.metrics.inc("ease_refreshes")
+            except Exception:  # noqa: BLE001 - a defect: counted, the previous rows stay
+                self.metrics.inc("internal_errors", 1, (("kind", "ease_refresh"),))
             self.metrics.set("ease_head_items", len(self.ease.ids))
         if self.shard.rows_created:
             self.metrics.inc("similarity_rows_created", self.shard.rows_created)

@@ -206,7 +206,7 @@ def describe(search: Search) -> str:
                 f"{search.seed} (`recsys.compare.synthetic_stream`; `make eval` reports another "
                 f"seed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
     return (f"Coordinate descent on the validation split carved from the training ratings of "
-            f"the **{search.split}** split (seed {search.seed}) of MovieLens-100k: the test "
+            f"the {search.split} split (seed {search.seed}) of MovieLens-100k: the test "
             f"ratings were not loaded. Metric: protocol A nDCG@{K} in the simulator.")
 
 

@@ -136,6 +136,17 @@ def test_a_file_extends_a_preset_and_says_only_what_differs(tmp_path: Path) -> N
         load(path=tmp_path / "gone.toml")
 
 
+def test_the_shipped_ratings_preset_and_ml100k_file_load() -> None:
+    from recsys.paths import PROJECT_ROOT
+
+    ratings = load(path=PROJECT_ROOT / "deploy/presets/ratings.toml")
+    ml = load(path=PROJECT_ROOT / "deploy/ml-100k.toml")
+    assert ratings.profile.rate_neutral == ml.profile.rate_neutral == 0.0
+    assert ml.similarity == ratings.similarity and ml.recommend == ratings.recommend
+    assert ml.profile == ratings.profile and set(ml.recommend.variants) == {"tuned"}
+    assert ml.similarity.ease_head_items > 0  # the preset runs EASE over the head
+
+
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="engine.toml"):
         load(path=write_toml(tmp_path, "[kafka\npartitions = 2\n"))

@@ -11,8 +11,11 @@ Protocol A (offline, comparable with Microsoft Recommenders' MovieLens-100k tabl
     rated in training are consumed and never recommended (``profile.consumed_event_types``
     contains ``rate``; ``profile.consumed_max`` = 1000 > the 737 ratings of the heaviest user).
     Metrics: ``udfs.metrics`` (Recommenders' definitions, binary relevance, every test rating is
-    relevant). Beside it: an offline popularity baseline (most-rated training items the user has
-    not rated) and the published table.
+    relevant). Beside it, on the same split and with the same metric code: popularity, SAR
+    (cosine, Jaccard) and EASE with lambda chosen on the split's validation part
+    (``recsys/compare.py``, ``recsys/baselines.py``); and the published table. The same is run
+    on seeds 43 and 44 (``--seeds``) and on the per-user temporal split (``--no-temporal`` to
+    skip), each through a fresh job: mean and spread over the random seeds.
 
 Protocol B (streaming, prequential)
     A second fresh job gets *all* ratings in event-time order. The job emits a recommendation
@@ -34,9 +37,13 @@ and its clock set to the pipeline's measured throughput; the report gives both m
 mean overlap of the two top-10 lists per user, and for protocol B the live simulator against the
 pipeline on the same users.
 
+Protocol S: protocol B on a synthetic e-commerce stream (``recsys.compare``), the shipped
+defaults in the simulator beside popularity refreshed at every event and EASE trained on the
+first half.
+
 Output: ``reports/eval.json``, ``reports/eval_*.png`` and a table on stdout.
 
-    python -m recsys.evaluation [--config deploy/ml-100k.toml] [--users N] [--protocols A,B]
+    python -m recsys.evaluation [--config deploy/ml-100k.toml] [--users N] [--protocols A,B,S]
 """
 
 from __future__ import annotations

@@ -212,8 +212,9 @@ class ItemModel:
         self.price[c] = np.nan if rec.get("price") is None else float(rec["price"])
         cats, tags = tuple(rec["categories"]), tuple(rec["tags"])
         self.titles[c] = rec["title"]
+        if self.item_cats.get(c) != cats:  # a price or availability update keeps the index
+            self._cat_pairs = None
         self.item_cats[c] = cats
-        self._cat_pairs = None
         self.item_tags[c] = tags
         self.primary_cat[c] = self.categories.code(cats[0]) if cats else NO_CODE
         for cat in cats:

@@ -413,6 +413,12 @@ class UserSide:
                 self._maybe_snapshot(slot, r.key, proc_now, out)
         elif r.kind == rec.KIND_REQUEST:
             u = self._profile(slot, user_id)
+            if not u.last_active_at and self.cfg.profile.inactive_user_ttl_ms > 0:
+                # A user known only by requests: their impression log (and the answer on the
+                # compacted recommendations topic) expires like an inactive user, counted from
+                # the first request (requests are not activity: they do not postpone it).
+                u.last_active_at = proc_now
+                slot.profile_dirty = True
             self._recommend(slot, u, parsed["ts"], parsed["k"], out, r.ingest_ms,
                             request_id=parsed["request_id"])
         elif r.kind == rec.KIND_PRIVACY:

@@ -163,6 +163,33 @@ def test_an_inactive_user_expires_with_tombstones_and_activity_postpones_it():
     assert len({t for k, t in h.timers if k == "u2"}) <= 5
 
 
+def test_a_user_known_only_by_requests_expires_too():
+    """Their impression log and their answer on the compacted recommendations topic go after
+    the TTL (counted from the first request), not only at Flink's backstop TTL."""
+    h = Host("profile.inactive_user_ttl_ms=60000")
+    popular = {"landmark": T0, "newest_ts": T0, "ids": ["i1", "i2"], "pop": [2.0, 1.0],
+               "seg": [], "seg_item": [], "seg_pop": []}
+    h.batch([(rec.KIND_CATALOG, None, orjson.dumps(
+        {"item_id": i, "ts": T0, "title": i, "categories": ["c"], "tags": [], "price": None,
+         "available": True})) for i in ("i1", "i2")]
+            + [(rec.KIND_MODEL_UPDATE, None, p)
+               for p in rec.encode_model_updates([], popular, 1 << 20)])
+    h.now += 1000  # the trending lists are rebuilt
+    out = h.batch([(rec.KIND_REQUEST, "asker", request("asker"))])
+    assert len(out["recs"]) == 1 and orjson.loads(out["recs"][0][1])["items"]
+    assert h.state["asker"][STATE_IMPRESSIONS] is not None
+    h.now = T0 + 30_000
+    h.batch([(rec.KIND_REQUEST, "asker", request("asker"))])  # requests do not postpone it
+    h.now = T0 + 75_000
+    out = h.fire_timers()
+    assert [(k, v) for k, v in out["profiles"] + out["recs"]] == [("asker", None)] * 2
+    assert h.state["asker"] == [None, None]
+    # without a TTL nothing is stored for such a user beyond the impression log, as before
+    h2 = Host()
+    h2.batch([(rec.KIND_REQUEST, "asker", request("asker"))])
+    assert h2.state.get("asker", [None, None])[STATE_PROFILE] is None and not h2.timers
+
+
 def test_dead_letters_are_keyed_by_the_pseudonymised_user_and_carry_no_raw_id_or_contact():
     h = Host("privacy.pseudonymize_user_ids=true", pseudonym_key=KEY)
     pseudonym = h.routing_key("alice-real-id")

@@ -31,11 +31,8 @@ def tune_ease(users_limit: int, seed: int, kind: str, k: int
     val = load_data(users_limit, seed, kind=kind, validation=True)
     m = val.interactions()
     users = sorted(val.test)
-    x = m.binary()
-    search = {}
-    for lam in EASE_LAMBDAS:
-        recs = baselines.top_lists(m, x @ baselines.ease_weights(x, lam), users, k)
-        search[lam] = ranking_metrics(recs, val.test, k)[f"ndcg@{k}"]
+    search = {lam: ranking_metrics(baselines.ease(m, users, k, lam=lam), val.test, k)[f"ndcg@{k}"]
+              for lam in EASE_LAMBDAS}
     best = max(EASE_LAMBDAS, key=lambda lam: (search[lam], -lam))
     return best, search
 
@@ -62,7 +59,7 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 # ------------------------------------------------------------------------- protocol B
 
 def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
-                          users: set[str] | None = None, ease_lambda: float = 400.0
+                          ease_lambda: float, users: set[str] | None = None
                           ) -> dict[str, list[tuple[int, str, str, int]]]:
     """Protocol B cases ``(ts, user, variant, rank)`` of two baselines over ``events`` (event
     time order), in the engine's protocol: an event of a user is a case when that user had an
@@ -159,7 +156,14 @@ def synthetic_report(k: int = K_DEFAULT) -> dict[str, Any]:
                            **SYNTHETIC,
                            "engine_defaults": engine_protocol_b(load_config(None, [], environ={}),
                                                                 stream)}
+    # EASE's lambda is chosen on the tuning stream (the validation data of this protocol).
+    tuning = synthetic_stream(SYNTHETIC_TUNING_SEED)
+    hit = {lam: summarise_b(prequential_baselines(tuning["events"], tuning["t_mid"], k, lam)[
+        "EASE, first half"], tuning["t_first"], tuning["t_mid"])[f"hit_rate@{k}"]
+        for lam in EASE_LAMBDAS}
+    lam = max(EASE_LAMBDAS, key=lambda x: (hit[x], -x))
+    out["ease_lambda"], out["ease_lambda_search"] = lam, hit
     out["baselines"] = {name: summarise_b(c, stream["t_first"], stream["t_mid"])
                         for name, c in prequential_baselines(stream["events"], stream["t_mid"],
-                                                             k).items()}
+                                                             k, lam).items()}
     return out

@@ -577,7 +577,8 @@ def table(report: dict[str, Any]) -> str:
                 f"{'cases':>10}{'HitRate@10':>12}{'MRR@10':>10}{'2nd half HR':>13}")
         lines += [head, "-" * len(head)]
         rows = [("the engine, shipped defaults", syn["engine_defaults"])] + [
-            (f"baseline: {n}", v) for n, v in sorted(syn["baselines"].items())]
+            (f"baseline: {n}" + (f" (lambda {syn['ease_lambda']:g})" if n.startswith("EASE")
+                                  else ""), v) for n, v in sorted(syn["baselines"].items())]
         for name, s in rows:
             lines.append(f"{name:<44}{s['cases']:>10}{s[f'hit_rate@{K}']:>12.4f}"
                          f"{s[f'mrr@{K}']:>10.4f}"

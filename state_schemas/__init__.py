@@ -1,7 +1,15 @@
-"""Explicit, versioned schemas of every message (``json/*.json``) and piece of state (``state.py``).
+"""The base of the import graph: the typed configuration (``config.py``) and an explicit,
+versioned schema or codec for every message and every piece of state.
 
-Messages are validated against the JSON Schema files at the job's edge; the compiled validators
-(fastjsonschema) are cached per process so validation costs a few microseconds per record.
+* Messages on Kafka: JSON Schema files (``json/*.json``), validated at the job's edge; the
+  compiled validators (fastjsonschema) are cached per process, a few microseconds per record.
+* Records between the operators: ``records.py``.
+* State: ``profile_state.py`` (profiles, impression logs, forgotten-user markers),
+  ``item_state.py`` (similarity rows, the EASE Gram matrix, item counters),
+  ``model_state.py`` (the recommender's replicated item model), ``legacy.py`` (migrations);
+  version errors are ``versioning.StateVersionError``.
+
+Imports nothing of the project.
 """
 
 from __future__ import annotations

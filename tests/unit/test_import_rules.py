@@ -56,3 +56,10 @@ def test_the_rules_see_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from pyflink.datastream import x\n    import recsys.cli\n")
     assert imported_roots(module) == {"pyflink", "recsys"}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_module_opens_with_a_docstring_saying_its_role(package):
+    missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / package).rglob("*.py"))
+               if not ast.get_docstring(ast.parse(p.read_text(), str(p)))]
+    assert not missing, missing

@@ -206,8 +206,10 @@ class PipelineRunner:
 
     def run(self, tag: str, config_file: str, overrides: list[str], data: Data,
             events: Sequence[Record], requests: Sequence[Record], keep_event_lists: bool,
-            timeout_s: float) -> tuple[PipelineRun, RecommendationCollector, EngineConfig]:
-        """A fresh job on fresh topics: catalogue + attributes, ``events``, then ``requests``."""
+            timeout_s: float, speed: str = "max"
+            ) -> tuple[PipelineRun, RecommendationCollector, EngineConfig]:
+        """A fresh job on fresh topics: catalogue + attributes, ``events`` (at ``speed``:
+        ``max`` or an event-time factor such as ``60000x``), then ``requests``."""
         from recsys.job_process import log_tail, start_job_process, stop_job_process
         from recsys.replay import profiles_barrier, replay
         suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
@@ -247,7 +249,7 @@ class PipelineRunner:
                 barrier()
                 started["t"] = time.monotonic()
 
-            replay(cfg, data.catalog, data.attributes, events, speed="max", progress=False,
+            replay(cfg, data.catalog, data.attributes, events, speed=speed, progress=False,
                    barrier=ready)
             te = started["t"]
             # Wait until the job has applied every event (one recommendation per event).
@@ -671,7 +673,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "B" in protocols:
                     run_b, coll, _ = pipe.run("B", args.config,
                                               list(args.overrides) + SHIPPED_VARIANT, data,
-                                              data.all_events, [], True, args.timeout)
+                                              data.all_events, [], True, args.timeout,
+                                              speed=args.b_speed)
                     cases = protocol_b_cases(data.all_events, coll.event_lists)
                     report.setdefault("protocol_b", {})["pipeline"] = summarise_b(
                         cases, t_first, t_mid)
@@ -834,6 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b-fraction", type=float, default=0.2,
                    help="share of users in protocol B's simulator runs (live vs frozen)")
     p.add_argument("--b-seed", type=int, default=7)
+    p.add_argument("--b-speed", default="max",
+                   help="protocol B's replay speed: max, or an event-time factor (60000x: the "
+                        "7 months of ml-100k in ~5 min, ~330 events/s)")
     p.add_argument("--no-frozen", action="store_true", help="skip protocol B's simulator runs")
     p.add_argument("--seeds", default="42,43,44",
                    help="protocol A's random per-user splits (the first is the primary one)")

@@ -6,6 +6,7 @@ out; the TaskManager's PrometheusReporter exports the job's metrics; savepoint, 
 
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import sys
@@ -166,7 +167,12 @@ def test_job_on_standalone_cluster_end_to_end(flink_cluster: cluster.ClusterInfo
         deadline = time.monotonic() + 30
         body = ""
         while time.monotonic() < deadline:
-            body = scrape(tm_port)
+            try:
+                body = scrape(tm_port)
+            except (OSError, http.client.HTTPException):
+                # The reporter's HTTP server may drop a connection while the TaskManager is
+                # busy (a fresh-clone run once got RemoteDisconnected): ask again.
+                body = ""
             if 'flink_taskmanager_job_task_operator_variant_trigger_recommendations_emitted{' in body:
                 break
             time.sleep(1)

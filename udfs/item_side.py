@@ -144,8 +144,10 @@ class ItemSide:
                     self._count_activity(r.payload)
         pair_records = self._release_waiting_pairs(checkpoint)
         ease_due = False
+        ease_on = self.ease is not None  # else only a stray Gram record (a defect) can be here
         for r in records:
-            if r.key >= 0 and keys[r.key] == rec.EASE_KEY:
+            if r.kind == rec.KIND_GRAM or (ease_on and r.key >= 0
+                                           and keys[r.key] == rec.EASE_KEY):
                 with self._boundary(r):
                     ease_due |= self._on_ease_record(r, states[r.key][STATE_ROW], proc_now, out)
             elif r.kind == rec.KIND_PAIRS:

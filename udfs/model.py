@@ -401,8 +401,8 @@ class ItemModel:
             order = np.argsort(cats, kind="stable")
             bounds_by_cat = np.searchsorted(cats[order], np.arange(ncat + 1))
             members_sorted = items[order]
-            fresh = self._freshness()
             n_new = self.cfg.recommend.new_items_per_category
+            fresh = self._freshness() if n_new > 0 else None
             for k in range(ncat):
                 self.cat_range[k] = len(lists)
                 members = members_sorted[bounds_by_cat[k]:bounds_by_cat[k + 1]]

@@ -667,7 +667,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         m_s, run_s, _ = pipeline_protocol_a(
                             pipe, args.config, list(args.overrides), data_s, args.timeout,
                             tag=f"A-{kind}-{seed}")
-                        engine_on_split[(kind, seed)] = {"metrics": m_s, "run": run_s.__dict__}
+                        engine_on_split[(kind, seed)] = {"metrics": m_s, "run": run_s.__dict__,
+                                                         "_data": data_s}
                         log(f"protocol A, {kind} split {seed or ''}: nDCG@{K} "
                             f"{m_s[f'ndcg@{K}']:.4f}")
                 if "B" in protocols:
@@ -762,8 +763,9 @@ def side_by_side(args: argparse.Namespace, data: Data, report: dict[str, Any],
         if (kind, seed) == ("random", movielens.DEFAULT_SPLIT_SEED):
             data_s, engine = data, primary
         else:
-            data_s = load_data(args.users, seed, kind=kind)
             got = engine_on_split.get((kind, seed)) or results.get(f"sim_a:{kind}:{seed}")
+            data_s = (engine_on_split.get((kind, seed), {}).pop("_data", None)
+                      or load_data(args.users, seed, kind=kind))  # loaded once per split
             engine = got["metrics"] if got else None
         lam, search = compare.tune_ease(args.users, seed, kind, K)
         log(f"baselines on the {kind} split {seed}: EASE lambda {lam:g} on validation")

@@ -12,7 +12,7 @@ What it does, in one run, on one broker it starts itself (free port, temporary d
 2. **Synthetic workload** (``bench/workload.py``: Zipf items over a catalogue, Zipf user
    activity, every event type in a shop-like mix). Catalogue, user attributes and ``--events``
    events are written to the run's own input topics *before* the job starts; then the job starts
-   on the local mini-cluster (``recsys.job_process.start_job_process`` with ``--set`` overrides,
+   on the local mini-cluster (``recsys.local.job_process.start_job_process`` with ``--set`` overrides,
    ``kafka.starting_offsets="earliest"``) and drains the backlog.
    **Throughput** = events/s with a recommendation for every event, counted on the
    ``recommendations`` topic from the first recommendation to the last (start-up excluded); the
@@ -29,7 +29,7 @@ What it does, in one run, on one broker it starts itself (free port, temporary d
    when the checkpoint commits the transaction).
 4. **ml-100k replay** (``deploy/ml-100k.toml``): the first ``--ml-events`` ratings preloaded,
    throughput, then the following ratings paced for latency.
-5. **Scale-out on a real cluster**: a local standalone cluster (``recsys/cluster.py``) with two
+5. **Scale-out on a real cluster**: a local standalone cluster (``recsys/local/cluster.py``) with two
    single-slot TaskManagers (two JVMs: two Python interpreters, two GILs) runs the job at
    parallelism 1 and then 2 (2-partition topics), each draining the same backlog.
 6. **Ceilings of the same machine in the same run**: (a) ``bench/copy_job.py``, a Flink job with
@@ -58,7 +58,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -69,11 +68,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import orjson  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
-from recsys import kafka_local  # noqa: E402
-from state_schemas.config import TopicNames  # noqa: E402
-from recsys.job_process import log_tail, start_job_process, stop_job_process  # noqa: E402
+from recsys.local import kafka_broker  # noqa: E402
+from recsys.local.job_process import stop_job_process  # noqa: E402
+from recsys.local.processes import log_tail  # noqa: E402
+from recsys.local.stack import JobStack, LocalBroker  # noqa: E402
 from recsys.paths import KAFKA_JARS_DIR  # noqa: E402
-from recsys.topics import topic_specs  # noqa: E402
 from workload import Workload, now_ms  # noqa: E402
 
 PY = sys.executable
@@ -141,20 +140,6 @@ def machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- kafka helpers
-def run_topics(tag: str) -> TopicNames:
-    d = TopicNames()
-    return TopicNames(**{f.name: f"{getattr(d, f.name)}-{tag}" for f in fields(TopicNames)})
-
-
-def create_topics(bootstrap: str, names: TopicNames, partitions: int) -> None:
-    """The contract's topics (same configs as ``recsys topics create``), plus LogAppendTime on
-    ``recommendations`` so every output record carries the time the broker received it."""
-    specs = topic_specs(names, partitions)
-    specs[names.recommendations]["configs"]["message.timestamp.type"] = "LogAppendTime"
-    with KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench") as admin:
-        admin.create_topics(specs, timeout_ms=30_000, wait_for_metadata=True)
-
-
 def create_plain_topic(bootstrap: str, topic: str, partitions: int,
                        configs: dict[str, str] | None = None) -> None:
     with KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench") as admin:
@@ -258,47 +243,25 @@ def consume_records(bootstrap: str, topic: str, expected: int, timeout_s: float,
 
 
 # ------------------------------------------------------------------------------- the job
-class JobRun:
-    """One recsys job on its own topics, started after its input was preloaded."""
+class JobRun(JobStack):
+    """One recsys job on its own topics (the stack harness), started after its input was
+    preloaded."""
 
     def __init__(self, bench: "Bench", label: str, partitions: int = 1,
                  overrides: Iterable[str] = (), config_file: str | None = None):
-        self.bench, self.label = bench, label
-        self.tag = f"{label}-{uuid.uuid4().hex[:6]}"
-        self.names = run_topics(self.tag)
-        self.partitions = partitions
-        self.overrides = list(overrides)
-        self.config_file = config_file
-        self.proc: subprocess.Popen | None = None
-        self.log_path = bench.work_dir / f"{self.tag}.log"
-        create_topics(bench.bootstrap, self.names, partitions)
+        super().__init__(bench.bootstrap, bench.work_dir, tag=label, config_file=config_file,
+                         overrides=list(overrides), partitions=partitions, checkpoints=True)
+        self.label = label
 
-    def job_overrides(self) -> list[str]:
-        ckpt = (self.bench.work_dir / f"ckpt-{self.tag}").as_uri()
-        return ([f'kafka.bootstrap_servers="{self.bench.bootstrap}"',
-                 'kafka.starting_offsets="earliest"', f'kafka.group_id="g-{self.tag}"',
-                 f'kafka.transactional_id_prefix="x-{self.tag}"',
-                 f'job.checkpoint_dir="{ckpt}"']
-                + [f'topics.{f.name}="{getattr(self.names, f.name)}"' for f in fields(TopicNames)]
-                + self.overrides)
-
-    def start(self) -> None:
+    def start(self, extra: Iterable[str] = ()) -> "JobRun":
         self.started_at = time.time()
-        self.proc = start_job_process(self.job_overrides(), self.log_path,
-                                      config_file=self.config_file)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_job_process(self.proc)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return super().start(list(extra))
 
     def java_pid(self) -> int | None:
         """The JVM the job's Python process launched (mini-cluster + embedded interpreter)."""
-        if self.proc is None:
+        if self.process is None:
             return None
-        out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(self.proc.pid)],
+        out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(self.process.pid)],
                              capture_output=True, text=True).stdout
         for line in out.splitlines():
             pid, comm = line.split(None, 1)
@@ -308,7 +271,7 @@ class JobRun:
 
 
 class ClusterJobRun(JobRun):
-    """The same job submitted to a local standalone cluster (``recsys/cluster.py``: JobManager
+    """The same job submitted to a local standalone cluster (``recsys/local/cluster.py``: JobManager
     and TaskManagers as separate JVMs), as a deployment runs it."""
 
     def __init__(self, bench: "Bench", label: str, cluster_info: Any, partitions: int = 1,
@@ -317,19 +280,21 @@ class ClusterJobRun(JobRun):
         self.cluster = cluster_info
         self.job_id: str | None = None
 
-    def start(self) -> None:
-        from recsys import cluster
+    def start(self, extra: Iterable[str] = ()) -> "ClusterJobRun":
+        from recsys.local import cluster
         self.started_at = time.time()
-        self.job_id = cluster.submit_job(self.cluster.jobmanager, overrides=self.job_overrides(),
+        self.job_id = cluster.submit_job(self.cluster.jobmanager,
+                                         overrides=self.overrides + list(extra),
                                          log_path=self.log_path)
+        return self
 
     def stop(self) -> None:
-        from recsys import cluster
+        from recsys.local import cluster
         if self.job_id is not None and self.alive():
             cluster.cancel_job(self.cluster.jobmanager, self.job_id)
 
     def alive(self) -> bool:
-        from recsys import cluster
+        from recsys.local import cluster
         if self.job_id is None:
             return False
         state = cluster.job_details(self.cluster.jobmanager, self.job_id).get("state")
@@ -345,17 +310,17 @@ class ClusterJobRun(JobRun):
 def drain(job: JobRun, n_events: int, max_s: float, startup_timeout_s: float = 180) -> dict[str, Any]:
     """Wait for one recommendation per preloaded event; measure the rate (see module doc)."""
     b = job.bench
-    watcher = OffsetWatcher(b.bootstrap, job.names.recommendations)
+    watcher = OffsetWatcher(b.bootstrap, job.topics.recommendations)
     watcher.start()
     load0 = loadavg()
     try:
         t_start = time.time()
         while watcher.latest()[1] == 0:
             if not job.alive():
-                raise RuntimeError(f"job {job.label} exited:\n{log_tail(job.log_path)}")
+                raise RuntimeError(f"job {job.label} exited:\n{job.log_tail()}")
             if time.time() - t_start > startup_timeout_s:
                 raise RuntimeError(f"job {job.label} wrote nothing in {startup_timeout_s} s:\n"
-                                   f"{log_tail(job.log_path)}")
+                                   f"{job.log_tail()}")
             time.sleep(0.1)
         t_first = watcher.latest()[0]
         startup_s = t_first - job.started_at
@@ -372,7 +337,7 @@ def drain(job: JobRun, n_events: int, max_s: float, startup_timeout_s: float = 1
             if time.time() - t_first > max_s:
                 break
             if not job.alive():
-                raise RuntimeError(f"job {job.label} exited:\n{log_tail(job.log_path)}")
+                raise RuntimeError(f"job {job.label} exited:\n{job.log_tail()}")
             time.sleep(0.2)
     finally:
         watcher.stop()
@@ -389,7 +354,7 @@ def drain(job: JobRun, n_events: int, max_s: float, startup_timeout_s: float = 1
 
     slope = (0.8 * hw_final) / max(1e-9, t_at(0.9) - t_at(0.1)) if hw_final > 10 else None
     # Every record, read_committed: append time, generated_at, trigger id.
-    recs = consume_records(b.bootstrap, job.names.recommendations, n_events, 120,
+    recs = consume_records(b.bootstrap, job.topics.recommendations, n_events, 120,
                            lambda m: (m.timestamp, *_reco_fields(m.value)))
     triggers = {r[1] for r in recs if r[1]}
     appended = sorted(r[0] for r in recs)
@@ -481,9 +446,9 @@ def paced_latency(job: JobRun, rate: float, seconds: float,
     consumer = Consumer({"bootstrap.servers": b.bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
                          "isolation.level": "read_committed", "enable.auto.commit": False,
                          "fetch.wait.max.ms": 10})
-    meta = consumer.list_topics(job.names.recommendations, timeout=10)
-    parts = [CTopicPartition(job.names.recommendations, p, OFFSET_END)
-             for p in meta.topics[job.names.recommendations].partitions]
+    meta = consumer.list_topics(job.topics.recommendations, timeout=10)
+    parts = [CTopicPartition(job.topics.recommendations, p, OFFSET_END)
+             for p in meta.topics[job.topics.recommendations].partitions]
     consumer.assign(parts)
 
     def collect() -> None:
@@ -502,7 +467,7 @@ def paced_latency(job: JobRun, rate: float, seconds: float,
     reader.start()
     time.sleep(1.0)  # the consumer has its partitions and sits at their end
     producer = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 0})
-    topic = job.names.user_events
+    topic = job.topics.user_events
     load0 = loadavg()
     start = time.time()
     behind = 0.0
@@ -555,20 +520,18 @@ class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.work_dir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-        self.port = kafka_local.free_port_pair()
-        self.data_dir = self.work_dir / "kafka"
+        self.broker = LocalBroker(self.work_dir)
         self.bootstrap = ""
         self.wl = Workload(n_users=args.users, n_items=args.items, zipf_s=args.zipf, seed=args.seed)
         self.results: dict[str, Any] = {}
 
     def start_broker(self) -> None:
-        info = kafka_local.start_broker(self.port, self.data_dir, timeout_s=120)
-        self.bootstrap = info.bootstrap_servers
-        log(f"broker on {self.bootstrap} (data {self.data_dir})")
+        self.bootstrap = self.broker.start()
+        log(f"broker on {self.bootstrap} (data {self.broker.data_dir})")
 
     def stop(self) -> None:
         try:
-            kafka_local.stop_broker(self.port, self.data_dir)
+            self.broker.stop()
         finally:
             if not self.args.keep:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -592,9 +555,9 @@ class Bench:
 
     def preload_synthetic(self, job: JobRun, n: int | None = None) -> None:
         events = self.preload if n is None else self.preload[:n]
-        produce_all(self.bootstrap, job.names.item_catalog, self.catalog)
-        produce_all(self.bootstrap, job.names.user_attributes, self.user_attrs)
-        k, s = produce_all(self.bootstrap, job.names.user_events, events)
+        produce_all(self.bootstrap, job.topics.item_catalog, self.catalog)
+        produce_all(self.bootstrap, job.topics.user_attributes, self.user_attrs)
+        k, s = produce_all(self.bootstrap, job.topics.user_events, events)
         log(f"{job.label}: preloaded {len(self.catalog)} items, {len(self.user_attrs)} users, "
             f"{k} events ({k / s:.0f}/s)")
 
@@ -634,24 +597,24 @@ class Bench:
                         log(f"{label}: latency at {rate:.0f}/s: "
                             f"{point['latency_ms_send_to_visible']}")
             res["job_log_errors"] = _log_errors(job.log_path)
-            res["job_input_topic"] = job.names.user_events
+            res["job_input_topic"] = job.topics.user_events
             return res
         finally:
             job.stop()
 
     def ml100k_run(self, overrides: list[str]) -> dict[str, Any]:
         if not (ROOT / "recsys" / "movielens.py").is_file():
-            return {"skipped": "recsys/movielens.py is absent"}
-        from recsys import movielens
+            return {"skipped": "recsys/evaluation/movielens.py is absent"}
+        from recsys.evaluation import movielens
         ml = movielens.load()
         events = movielens.events(ml.ratings)
         n = min(self.args.ml_events, len(events))
         job = JobRun(self, "ml100k", 1, overrides, config_file=str(ROOT / "deploy" / "ml-100k.toml"))
-        produce_all(self.bootstrap, job.names.item_catalog,
+        produce_all(self.bootstrap, job.topics.item_catalog,
                     [(r["item_id"], orjson.dumps(r)) for r in movielens.catalog_records(ml)])
-        produce_all(self.bootstrap, job.names.user_attributes,
+        produce_all(self.bootstrap, job.topics.user_attributes,
                     [(r["user_id"], orjson.dumps(r)) for r in movielens.attribute_records(ml)])
-        k, s = produce_all(self.bootstrap, job.names.user_events,
+        k, s = produce_all(self.bootstrap, job.topics.user_events,
                            [(e["user_id"], orjson.dumps(e)) for e in events[:n]])
         log(f"ml100k: preloaded {len(ml.items)} items, {len(ml.users)} users, {k} ratings")
         job.start()
@@ -756,12 +719,12 @@ class Bench:
     def cluster_runs(self, partitions_list: list[int]) -> dict[str, Any]:
         """The job on a local standalone cluster with two single-slot TaskManagers (two JVMs,
         so two Python interpreters and two GILs), once per parallelism in ``partitions_list``."""
-        from recsys import cluster
+        from recsys.local import cluster
         home = self.work_dir / "flink-cluster"
-        rest_port = kafka_local.free_port_pair()
+        rest_port = kafka_broker.free_port_pair()
         info = cluster.start_cluster(rest_port=rest_port, slots=1, taskmanagers=2,
                                      metrics_ports="0", home=home)
-        out: dict[str, Any] = {"cluster": "2 TaskManagers x 1 slot (recsys/cluster.py)"}
+        out: dict[str, Any] = {"cluster": "2 TaskManagers x 1 slot (recsys/local/cluster.py)"}
         try:
             for par in partitions_list:
                 label = f"cluster_p{par}"

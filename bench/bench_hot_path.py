@@ -2,7 +2,7 @@
 
 Replays the synthetic workload (``bench/workload.py``: 10k users, 20k Zipf items) through the
 job's own engine — ``udfs.user_side.UserSide`` and ``udfs.item_side.ItemSide``, driven by the
-simulator (``recsys/simulate.py``) in micro-batches of ``--batch`` records, as the job's user
+simulator (``recsys/evaluation/simulate.py``) in micro-batches of ``--batch`` records, as the job's user
 operator takes them from a backlog — and measures the CPU time (``time.thread_time``) spent in
 the two engines per event, after ``--warm`` events have grown the model to a steady size.
 No Flink, no Kafka: what the replay cannot see is the Java side (Kafka clients, network
@@ -41,7 +41,7 @@ import udfs.item_side as item_side  # noqa: E402
 import udfs.recommend as recommend  # noqa: E402
 import udfs.similarity as similarity  # noqa: E402
 import udfs.user_side as user_side  # noqa: E402
-from recsys.simulate import EngineSimulator  # noqa: E402
+from recsys.evaluation.simulate import EngineSimulator  # noqa: E402
 from state_schemas.config import load_config  # noqa: E402
 from udfs import jit  # noqa: E402
 from workload import Workload, now_ms  # noqa: E402

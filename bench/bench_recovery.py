@@ -40,9 +40,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import orjson  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
-from bench_e2e import code_version, machine, run_topics  # noqa: E402
-from recsys import cluster, kafka_local  # noqa: E402
-from recsys.topics import ensure_topics  # noqa: E402
+from bench_e2e import code_version, machine  # noqa: E402
+from recsys.local import cluster, kafka_broker  # noqa: E402
+from recsys.local.topics import ensure_topics  # noqa: E402
+from recsys.local.stack import LocalBroker, suffixed_topic_names, topic_overrides  # noqa: E402
 from state_schemas.config import TopicNames  # noqa: E402
 
 
@@ -131,23 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
-    port = kafka_local.free_port_pair()
-    rest_port = kafka_local.free_port_pair()
-    broker = kafka_local.start_broker(port, work / "kafka", timeout_s=120)
+    rest_port = kafka_broker.free_port_pair()
+    broker = LocalBroker(work)
+    bootstrap = broker.start()
     info = None
     try:
         info = cluster.start_cluster(rest_port=rest_port, slots=1, taskmanagers=args.kills + 1,
                                      metrics_ports="0", home=work / "flink", timeout_s=180)
-        names = run_topics("rv")
-        ensure_topics(broker.bootstrap_servers, names, 1)
-        overrides = [f'kafka.bootstrap_servers="{broker.bootstrap_servers}"',
-                     'kafka.starting_offsets="earliest"', 'job.name="bench-recovery"']
-        overrides += [f'topics.{f}="{getattr(names, f)}"' for f in vars(names)]
+        names = suffixed_topic_names("rv")
+        ensure_topics(bootstrap, names, 1)
+        overrides = [f'kafka.bootstrap_servers="{bootstrap}"',
+                     'kafka.starting_offsets="earliest"', 'job.name="bench-recovery"',
+                     *topic_overrides(names)]
         job_id = cluster.submit_job(info.jobmanager, overrides=overrides,
                                     log_path=work / "submit.log", ship_code=args.ship_code)
         cluster.wait_for_job_running(info.jobmanager, job_id, 180)
         seconds = args.warmup_s + args.kills * args.gap_s
-        stream = Stream(broker.bootstrap_servers, names, args.rate, seconds)
+        stream = Stream(bootstrap, names, args.rate, seconds)
         stream.consumer.start()
         stream.start()
         log(f"streaming {args.rate:.0f} events/s for {seconds:.0f} s; {args.kills} kills")
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["python", "bench/bench_recovery.py", *(argv or sys.argv[1:])]),
             "machine": machine(), "code": code_version(), "rate_per_s": args.rate,
             "setup": f"{args.kills + 1} TaskManagers x 1 slot, job parallelism 1, cluster "
-                     "defaults of recsys/cluster.py (heartbeat timeout 10 s), job defaults",
+                     "defaults of recsys/local/cluster.py (heartbeat timeout 10 s), job defaults",
             "kills": kills,
             "median": {key: statistics.median(k[key] for k in kills if k[key] is not None)
                        for key in ("detected_s", "running_s", "first_answer_s", "recovered_s")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if info is not None:
             cluster.stop_cluster(rest_port, work / "flink")
-        kafka_local.stop_broker(port, work / "kafka")
+        broker.stop()
         if args.keep:
             log(f"kept {work}")
         else:

@@ -1,9 +1,9 @@
-"""Load test of ``GET /users/{id}/recommendations`` (recsys/serve.py) on loopback.
+"""Load test of ``GET /users/{id}/recommendations`` (recsys/serving/api.py) on loopback.
 
 The serving path is "dict lookup + JSON encoding" behind aiohttp, so the job is not needed:
 this script starts its own broker (or uses --bootstrap-servers), writes synthetic, schema-valid
 recommendations for --users users plus a catalogue (for titles) into topics of its own, starts
-``python -m recsys.serve`` in a separate process, waits for /healthz, and drives it for --seconds
+``python -m recsys.serving.api`` in a separate process, waits for /healthz, and drives it for --seconds
 with ``wrk`` (Debian package; scripts/install_test_tools.sh installs it) or, without wrk, with an
 asyncio load generator in another process. Random users per request, keep-alive connections.
 Writes requests/s, p50/p90/p99 latency, the command line and the machine to --out.
@@ -27,18 +27,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from recsys import kafka_io, kafka_local  # noqa: E402
-from state_schemas.config import TopicNames  # noqa: E402
-from recsys.job_process import stop_job_process  # noqa: E402
-from recsys.serve import start_process  # noqa: E402
-from recsys.topics import ensure_topics  # noqa: E402
+from recsys import kafka_io  # noqa: E402
+from recsys.local import kafka_broker  # noqa: E402
+from recsys.local.stack import LocalBroker, suffixed_topic_names, topic_overrides  # noqa: E402
+from recsys.local.job_process import stop_job_process  # noqa: E402
+from recsys.serving.api import start_process  # noqa: E402
+from recsys.local.topics import ensure_topics  # noqa: E402
 from state_schemas import validator  # noqa: E402
 
 TARGET_RPS = 2_000
@@ -189,25 +189,23 @@ def main() -> int:
         ap.error("--seconds must be within [1, 300]")
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
 
-    broker_dir = None
+    broker = None
     bootstrap = args.bootstrap_servers
     if not bootstrap:
-        port = kafka_local.free_port_pair()
-        broker_dir = Path(tempfile.mkdtemp(prefix="bench-serve-kafka-"))
-        bootstrap = kafka_local.start_broker(port, broker_dir, timeout_s=90).bootstrap_servers
+        broker = LocalBroker(Path(tempfile.mkdtemp(prefix="bench-serve-kafka-")), timeout_s=90)
+        bootstrap = broker.start()
     server = None
     try:
-        suffix = "bench-" + uuid.uuid4().hex[:8]
-        names = TopicNames(**{f.name: f"{getattr(TopicNames(), f.name)}-{suffix}" for f in fields(TopicNames)})
+        names = suffixed_topic_names("bench-" + uuid.uuid4().hex[:8])
         ensure_topics(bootstrap, names, 1)
         items, recs = synthetic_records(args.users, args.items, args.k)
         kafka_io.produce_json(bootstrap, names.item_catalog, items, "item_id")
         kafka_io.produce_json(bootstrap, names.recommendations, recs, "user_id", timeout_s=120)
 
-        http_port = kafka_local.free_port_pair()
+        http_port = kafka_broker.free_port_pair()
         log_path = Path(tempfile.mkdtemp(prefix="bench-serve-")) / "serve.log"
-        server = start_process(http_port, [f'kafka.bootstrap_servers="{bootstrap}"', *(
-            f'topics.{f.name}="{getattr(names, f.name)}"' for f in fields(TopicNames))], log_path)
+        server = start_process(http_port, [f'kafka.bootstrap_servers="{bootstrap}"',
+                                           *topic_overrides(names)], log_path)
         base = f"http://127.0.0.1:{http_port}"
         deadline = time.monotonic() + 120
         while True:
@@ -229,14 +227,14 @@ def main() -> int:
     finally:
         if server is not None:
             stop_job_process(server)
-        if broker_dir is not None:
-            kafka_local.stop_broker(port, broker_dir)
-            shutil.rmtree(broker_dir, ignore_errors=True)
+        if broker is not None:
+            broker.stop()
+            shutil.rmtree(broker.data_dir.parent, ignore_errors=True)
 
     report = {
         "benchmark": "GET /users/{id}/recommendations (random user among --users), keep-alive, loopback",
         "command": " ".join(["bench/bench_serve.py", *sys.argv[1:]]),
-        "tool": tool, "load_command": " ".join(load_cmd), "server_command": "python -m recsys.serve",
+        "tool": tool, "load_command": " ".join(load_cmd), "server_command": "python -m recsys.serving.api",
         "users": args.users, "items_per_recommendation": args.k, "connections": args.connections,
         **result,
         "target_requests_per_s": TARGET_RPS, "meets_target": result["requests_per_s"] >= TARGET_RPS,

@@ -1,6 +1,6 @@
 """State size per user and per item, and the bound a hot user stays within.
 
-Offline (no Flink, no Kafka): the job's engine in the simulator (``recsys/simulate.py``) replays
+Offline (no Flink, no Kafka): the job's engine in the simulator (``recsys/evaluation/simulate.py``) replays
 the data, and the state values are encoded with the job's own codecs
 (``state_schemas/profile_state.py``, ``state_schemas/item_state.py``). The bytes counted are the
 values the job puts into Flink's keyed state (``ValueState<byte[]>``): what the heap backend
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from recsys.simulate import EngineSimulator  # noqa: E402
+from recsys.evaluation.simulate import EngineSimulator  # noqa: E402
 from state_schemas.config import EngineConfig, load_config  # noqa: E402
 from state_schemas.profile_state import UserProfile, encode_profile  # noqa: E402
 
@@ -89,7 +89,7 @@ def breakdown(profiles: list[UserProfile]) -> dict[str, float]:
 
 
 def replay_ml100k(cfg: EngineConfig, ms_per_event: float) -> EngineSimulator:
-    from recsys import movielens
+    from recsys.evaluation import movielens
 
     ml = movielens.load()
     sim = EngineSimulator(cfg, ms_per_event=ms_per_event)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_e2e import code_version, machine  # noqa: E402
-from recsys.simulate import EngineSimulator  # noqa: E402
+from recsys.evaluation.simulate import EngineSimulator  # noqa: E402
 from state_schemas.config import load_config  # noqa: E402
 
 T0 = 1_767_225_600_000

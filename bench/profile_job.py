@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from recsys import kafka_local  # noqa: E402
+from recsys.local import kafka_broker  # noqa: E402
 from bench_e2e import Bench, JobRun, OffsetWatcher, log, loadavg, machine  # noqa: E402
 
 # (category, substring of a frame "function (file:line)"), first match from the leaf wins.
@@ -150,7 +150,7 @@ def main() -> int:
         pid = job.java_pid()
         names = java_thread_names(pid)
         cpu0, proc0 = thread_cpu(pid), process_cpu(pid)
-        broker0 = process_cpu(kafka_local.broker_status(bench.port, bench.data_dir).pid)
+        broker0 = process_cpu(kafka_broker.broker_status(bench.port, bench.data_dir).pid)
         _, hw0, _ = watcher.latest()
         t0 = time.time()
         collapsed = Path(args.out).with_suffix(".collapsed.txt")
@@ -163,7 +163,7 @@ def main() -> int:
         t1 = time.time()
         _, hw1, _ = watcher.latest()
         cpu1, proc1 = thread_cpu(pid), process_cpu(pid)
-        broker1 = process_cpu(kafka_local.broker_status(bench.port, bench.data_dir).pid)
+        broker1 = process_cpu(kafka_broker.broker_status(bench.port, bench.data_dir).pid)
         names.update({t: n for t, n in java_thread_names(pid).items() if t not in names})
         watcher.stop()
         job.stop()

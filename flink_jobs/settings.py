@@ -1,7 +1,7 @@
 """Flink configuration options derived from the engine's settings: pure functions, no pyflink.
 
 The job (``flink_jobs/io.py``) sets them on its environment; the local standalone cluster
-(``recsys/cluster.py``) writes the reporter's into its ``config.yaml``; unit tests check them
+(``recsys/local/cluster.py``) writes the reporter's into its ``config.yaml``; unit tests check them
 without a JVM.
 """
 

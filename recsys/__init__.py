@@ -1,5 +1,5 @@
-"""Everything around the engine: the ``recsys`` command (``cli``), local infrastructure (Kafka
-broker, topics, standalone cluster, job processes), the HTTP service, the sample stream and the
-demo, and the offline side: MovieLens, splits, the simulator, the evaluation, its baselines and
-the tuner.
+"""Everything around the engine, by role: the ``recsys`` command (``cli``), local
+infrastructure (``local``: broker, cluster, topics, the job as a process, the stack harness,
+the demo), the HTTP service (``serving``), offline evaluation (``evaluation``) and the sample
+data (``sample_data``).
 """

@@ -8,25 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from state_schemas.config import ConfigError, EngineConfig, load_config
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting (repeatable), e.g. --set similarity.top_k=30")
-    p.add_argument("--bootstrap-servers", metavar="H:P", help="Kafka bootstrap servers")
-
-
-def _config(args: argparse.Namespace) -> EngineConfig:
-    overrides = list(args.overrides)
-    if getattr(args, "bootstrap_servers", None):
-        overrides.append(f'kafka.bootstrap_servers="{args.bootstrap_servers}"')
-    if getattr(args, "parallelism", None):
-        overrides.append(f"job.parallelism={args.parallelism}")
-    if getattr(args, "partitions", None):
-        overrides.append(f"kafka.partitions={args.partitions}")
-    return load_config(args.config, overrides)
+from recsys.config_args import add_config_arguments, config_from_arguments
+from state_schemas.config import ConfigError
 
 
 def _kafka_args(p: argparse.ArgumentParser) -> None:
@@ -46,50 +29,50 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="Kafka topics of the contract")
     tsub = topics.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="create every topic (idempotent)")
-    _add_config_args(create)
+    add_config_arguments(create)
     create.add_argument("--partitions", type=int)
 
     job = sub.add_parser("job", help="the streaming job")
     jsub = job.add_subparsers(dest="action", required=True)
     run = jsub.add_parser("run", help="run the job on the local mini-cluster")
-    _add_config_args(run)
+    add_config_arguments(run)
     run.add_argument("--parallelism", type=int)
-    from recsys import cluster
-    cluster.add_job_arguments(jsub, _add_config_args)  # submit | list | cancel | savepoint
+    from recsys.local import cluster
+    cluster.add_job_arguments(jsub)  # submit | list | cancel | savepoint
     cluster.add_arguments(sub.add_parser(
         "cluster", help="a local standalone Flink cluster (JobManager + TaskManagers)"))
 
     sample = sub.add_parser("sample", help="the bundled sample stream")
     ssub = sample.add_subparsers(dest="action", required=True)
     produce = ssub.add_parser("produce", help="produce the bundled sample stream into Kafka")
-    _add_config_args(produce)
+    add_config_arguments(produce)
     produce.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
     produce.add_argument("--loop", action="store_true", help="keep producing (fresh event ids, current time)")
 
-    from recsys import replay as replay_mod  # imports neither kafka nor numpy
+    from recsys.evaluation import replay as replay_mod  # imports neither kafka nor numpy
     replay = sub.add_parser("replay", help="replay a data set (ml-100k) into Kafka in event-time order")
-    _add_config_args(replay)
+    add_config_arguments(replay)
     replay_mod.add_arguments(replay)
 
     tail = sub.add_parser("tail", help="print records of a topic as they arrive")
-    _add_config_args(tail)
+    add_config_arguments(tail)
     tail.add_argument("topic")
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int, default=0, help="stop after this many records (0: never)")
 
     serve = sub.add_parser("serve", help="HTTP API and explorer page over the live profiles and "
                                          "recommendations")
-    _add_config_args(serve)
-    from recsys.serve import add_arguments as add_serve_arguments
+    add_config_arguments(serve)
+    from recsys.serving.api import add_arguments as add_serve_arguments
     add_serve_arguments(serve)
 
-    from recsys import tune as tune_mod  # imports nothing heavy at parse time
+    from recsys.evaluation import tune as tune_mod  # imports nothing heavy at parse time
     tune = sub.add_parser("tune", help="choose engine settings on validation data (coordinate "
                                        "descent, simulator) and write the search and a preset")
     tune_mod.add_arguments(tune)
 
     demo = sub.add_parser("demo", help="make run: broker + topics + job + sample stream + tail")
-    _add_config_args(demo)
+    add_config_arguments(demo)
     demo.add_argument("--port", type=int, default=9092)
     demo.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
     demo.add_argument("--http-port", type=int, default=8080, help="HTTP API + explorer page (0: off)")
@@ -100,36 +83,36 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "kafka":
-            from recsys import kafka_local
-            return kafka_local.main(args.action, port=args.port, data_dir=args.data_dir)
+            from recsys.local import kafka_broker
+            return kafka_broker.main(args.action, port=args.port, data_dir=args.data_dir)
         if args.command == "topics":
-            from recsys import topics
-            return topics.create_topics(_config(args))
+            from recsys.local import topics
+            return topics.create_topics(config_from_arguments(args))
         if args.command == "cluster" or (args.command == "job" and args.action != "run"):
-            from recsys import cluster
+            from recsys.local import cluster
             return cluster.main(args)
         if args.command == "job":
             from flink_jobs import recsys_job
-            return recsys_job.run(_config(args))
+            return recsys_job.run(config_from_arguments(args))
         if args.command == "sample":
-            from recsys import sample_stream
-            return sample_stream.produce(_config(args), rate=args.rate, loop=args.loop)
+            from recsys.sample_data import synthetic
+            return synthetic.produce(config_from_arguments(args), rate=args.rate, loop=args.loop)
         if args.command == "replay":
-            from recsys import replay
-            return replay.main(args, _config(args))
+            from recsys.evaluation import replay
+            return replay.main(args, config_from_arguments(args))
         if args.command == "tail":
-            from recsys import tail
-            return tail.tail(_config(args), args.topic, from_beginning=args.from_beginning,
+            from recsys.local import tail
+            return tail.tail(config_from_arguments(args), args.topic, from_beginning=args.from_beginning,
                              max_records=args.max)
         if args.command == "serve":
-            from recsys import serve
-            return serve.main(args, _config(args))
+            from recsys.serving import api
+            return api.main(args, config_from_arguments(args))
         if args.command == "tune":
-            from recsys import tune
+            from recsys.evaluation import tune
             return tune.run(args, argv[1:] if argv is not None else None)
         if args.command == "demo":
-            from recsys import demo
-            return demo.run_demo(args, _config(args))
+            from recsys.local import demo
+            return demo.run_demo(args, config_from_arguments(args))
     except ConfigError as e:
         print(f"recsys: configuration error: {e}", file=sys.stderr)
         return 2

@@ -6,8 +6,9 @@ versioned schema or codec for every message and every piece of state.
 * Records between the operators: ``records.py``.
 * State: ``profile_state.py`` (profiles, impression logs, forgotten-user markers),
   ``item_state.py`` (similarity rows, the EASE Gram matrix, item counters),
-  ``model_state.py`` (the recommender's replicated item model), ``legacy.py`` (migrations);
-  version errors are ``versioning.StateVersionError``.
+  ``model_state.py`` (the recommender's replicated item model), ``legacy.py`` (the old
+  catalogue state); version errors are ``versioning.StateVersionError``.
+* ``codecs.py``: every state and record codec behind one typed interface (``Codec[T]``).
 
 Imports nothing of the project.
 """

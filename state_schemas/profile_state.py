@@ -8,7 +8,7 @@ items it must *name* (recent items, "not interested" items, interest features) k
 
 Versions:
 
-* v1, v2 (releases before the micro-batch engine): a pickled dict, see ``legacy.py``.
+* v1, v2 (releases before the micro-batch engine): a pickled dict, see ``profile_from_v2``.
   :func:`decode_profile` recognises a pickle by its first byte and migrates it.
 * v3: this module.
 
@@ -175,9 +175,7 @@ def _unpack_dedup(packed: np.ndarray, base_minute: int) -> dict[int, int]:
 def decode_profile(blob: bytes, user_id: str | None = None) -> UserProfile:
     """The profile in ``blob`` (v3, or a pickled v1/v2 value of an earlier release)."""
     if blob[:1] == b"\x80":  # pickle protocol 2+: a state value written before v3
-        from state_schemas import legacy
-
-        return legacy.profile_from_v2(legacy.migrate_profile_dict(pickle.loads(blob)))
+        return profile_from_v2(migrate_profile_dict(pickle.loads(blob)))
     if blob[:2] != _MAGIC:
         raise StateVersionError("not a user profile state value")
     if blob[2] != PROFILE_STATE_VERSION:
@@ -286,3 +284,65 @@ def decode_forgotten(blob: bytes) -> int | None:
 
 def day_index(ts: int) -> int:
     return ts // DAY_MS
+
+
+# ---------------------------------------------------------------------------------------------
+# v1 / v2: releases before the micro-batch engine stored the profile (keyed state
+# ``user-profile`` of operator ``profiles``) as a pickled dict with ``"v"`` 1 or 2 (v1 -> v2: day
+# buckets became a dict, the A/B variant was stored). Read once, by ``decode_profile``.
+
+def migrate_profile_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """A v1 or v2 profile dict as v2."""
+    version = state.get("v") if isinstance(state, dict) else None
+    if version not in (1, 2):
+        raise StateVersionError(f"user profile state version {version!r} is not supported")
+    if version == 1:
+        state = dict(state)
+        state["counts_by_day"] = {int(day): dict(bucket) for day, bucket in state["counts_by_day"]}
+        state["variant"] = None
+        state["variant_salt"] = None
+        state["v"] = 2
+    return state
+
+
+def profile_from_v2(state: dict[str, Any]) -> UserProfile:
+    """The v3 profile holding what a v2 dict held (dedup ids rehashed, consumed items hashed)."""
+    from state_schemas.ids import id_hash as item_hash
+
+    def counts(d: dict[str, int]) -> list[int]:
+        row = [0] * N_TYPES
+        for t, n in d.items():
+            if t in TYPE_CODE:
+                row[TYPE_CODE[t]] = int(n)
+        return row
+
+    recent = [tuple(r) for r in state["recent_items"]]
+    consumed = sorted(state["consumed"].items(), key=lambda kv: kv[1])  # oldest first
+    seen = state["seen_event_ids"]
+    newest_minute = max(seen.values()) // 60_000 if seen else 0
+    dedup = {item_hash(e) >> 16: t // 60_000 for e, t in seen.items()}
+    return UserProfile(
+        user_id=state["user_id"],
+        attributes=dict(state["attributes"]),
+        attributes_ts=int(state["attributes_ts"]),
+        counts_all_time=counts(state["counts_all_time"]),
+        counts_by_day={int(day) // DAY_MS: counts(b) for day, b in state["counts_by_day"].items()},
+        interests=dict(state["interests"]),  # decayed to interests_ts: the same as forward
+        interests_landmark=int(state["interests_ts"]),  # decay with it as the landmark
+        recent_ids=[r[0] for r in recent],
+        recent_types=[TYPE_CODE.get(r[1], 0) for r in recent],
+        recent_ts=[int(r[2]) for r in recent],
+        recent_weights=[float(r[3]) for r in recent],
+        not_interested=list(state["not_interested"]),
+        consumed=dict.fromkeys(item_hash(i) for i, _ in consumed),
+        first_seen=state["first_seen"],
+        last_seen=state["last_seen"],
+        purchase_amount_sum=float(state["purchase_amount_sum"]),
+        purchase_priced_count=int(state["purchase_priced_count"]),
+        dedup=dedup,
+        dedup_base_minute=newest_minute,
+        last_snapshot_at=int(state["last_snapshot_at"]),
+        snapshot_pending=bool(state["snapshot_pending"]),
+        variant=state.get("variant"),
+        variant_salt=state.get("variant_salt"),
+    )

@@ -28,7 +28,8 @@ with warnings.catch_warnings():
     import kafka  # noqa: F401
 
 from state_schemas.config import EngineConfig, TopicNames, load_config
-from recsys.kafka_local import free_port_pair  # noqa: F401  (re-exported for tests)
+from recsys.local.kafka_broker import free_port_pair  # noqa: F401  (re-exported for tests)
+from recsys.local.stack import suffixed_topic_names
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -69,36 +70,29 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    from recsys import kafka_local
+    from recsys.local import kafka_broker
 
     port = free_port_pair()
     data_dir = tmp_path_factory.mktemp("kafka")
     try:
-        info = kafka_local.start_broker(port, data_dir, timeout_s=90)
-    except kafka_local.KafkaLocalError as e:
+        info = kafka_broker.start_broker(port, data_dir, timeout_s=90)
+    except kafka_broker.KafkaLocalError as e:
         pytest.fail(f"could not start the test Kafka broker: {e}", pytrace=False)
     try:
         yield info.bootstrap_servers
     finally:
-        kafka_local.stop_broker(port, data_dir)
+        kafka_broker.stop_broker(port, data_dir)
 
 
 # --------------------------------------------------------------------------- topics and config
 
-def unique_topic_names(suffix: str | None = None) -> TopicNames:
-    """Every topic of the contract with ``-<suffix>`` appended (8 random hex chars by default)."""
-    suffix = suffix or uuid.uuid4().hex[:8]
-    defaults = TopicNames()
-    return TopicNames(**{f.name: f"{getattr(defaults, f.name)}-{suffix}" for f in fields(TopicNames)})
-
-
 @pytest.fixture
 def topic_names_factory(kafka_bootstrap: str) -> Callable[..., TopicNames]:
     """``make(create=True, partitions=1) -> TopicNames``: fresh unique names, created or not."""
-    from recsys.topics import ensure_topics
+    from recsys.local.topics import ensure_topics
 
     def make(create: bool = True, partitions: int = 1) -> TopicNames:
-        names = unique_topic_names()
+        names = suffixed_topic_names()
         if create:
             ensure_topics(kafka_bootstrap, names, partitions)
         return names

@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator, Sequence
 
 import pytest
 from aiohttp import web
 
-from recsys import cluster, kafka_io
-from state_schemas.config import TopicNames
-from recsys.job_process import log_tail, start_job_process, stop_job_process
-from recsys.topics import ensure_topics
-from tests.conftest import unique_topic_names
+from recsys.local import cluster
+from recsys.local.stack import JobExited, JobStack
 
 # Small intervals so tests see outputs quickly; everything else is the shipped default.
 FAST_SETTINGS = [
@@ -28,53 +23,19 @@ FAST_SETTINGS = [
 ]
 
 
-@dataclass
-class RunningJob:
-    bootstrap: str
-    topics: TopicNames
-    log_path: Path
-    process: Any
+class RunningJob(JobStack):
+    """The harness's ``JobStack`` with the shared fast settings; a dead job fails the test with
+    the end of its log."""
 
-    def produce(self, topic_field: str, records: list[Any], key_field: str | None = None) -> int:
-        return kafka_io.produce_json(self.bootstrap, getattr(self.topics, topic_field), records,
-                                     key_field=key_field)
-
-    def produce_raw(self, topic_field: str, values: list[bytes]) -> None:
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
-        for v in values:
-            producer.send(getattr(self.topics, topic_field), value=v)
-        producer.flush()
-        producer.close()
-
-    def consume(self, topic_field: str, until: Callable[[list], bool], timeout_s: float = 60) -> list:
-        self.assert_alive()
-        records = kafka_io.consume(self.bootstrap, getattr(self.topics, topic_field),
-                                   timeout_s=timeout_s, until=until)
-        self.assert_alive()
-        return records
-
-    def assert_alive(self) -> None:
-        if self.process.poll() is not None:
-            pytest.fail(f"the job exited with {self.process.returncode}:\n{log_tail(self.log_path)}",
-                        pytrace=False)
+    def check_alive(self) -> None:
+        try:
+            super().check_alive()
+        except JobExited as e:
+            pytest.fail(str(e), pytrace=False)
 
 
-def topic_overrides(names: TopicNames) -> list[str]:
-    return [f'topics.{f.name}="{getattr(names, f.name)}"' for f in fields(TopicNames)]
-
-
-def start_running_job(bootstrap: str, log_dir: Path, extra: list[str] = ()) -> RunningJob:
-    names = unique_topic_names()
-    ensure_topics(bootstrap, names, 1)
-    overrides = ([f'kafka.bootstrap_servers="{bootstrap}"', 'kafka.starting_offsets="earliest"',
-                  f'kafka.group_id="test-{uuid.uuid4().hex[:8]}"',
-                  f'kafka.transactional_id_prefix="t{uuid.uuid4().hex[:8]}"']
-                 + topic_overrides(names) + FAST_SETTINGS + list(extra))
-    log_path = log_dir / "job.log"
-    proc = start_job_process(overrides, log_path)
-    return RunningJob(bootstrap, names, log_path, proc)
+def start_running_job(bootstrap: str, log_dir: Path, extra: Sequence[str] = ()) -> RunningJob:
+    return RunningJob(bootstrap, log_dir, overrides=FAST_SETTINGS + list(extra)).start()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +45,7 @@ def running_job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) 
     try:
         yield job
     finally:
-        stop_job_process(job.process)
+        job.stop()
 
 
 def first_job_id(jobmanager: str, timeout_s: float = 60) -> str:

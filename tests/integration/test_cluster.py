@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys import cluster, kafka_io
+from recsys.local import cluster
+
+from recsys import kafka_io
 from state_schemas.config import TopicNames
 from recsys.paths import PROJECT_ROOT
 from tests.integration.conftest import FAST_SETTINGS
@@ -86,7 +88,7 @@ def test_cluster_is_up_and_idempotent(flink_cluster: cluster.ClusterInfo):
     assert again.jobmanager_pid == flink_cluster.jobmanager_pid
     assert again.taskmanager_pids == flink_cluster.taskmanager_pids
     status = subprocess.run(
-        [sys.executable, "-m", "recsys.cluster", "cluster", "status", "--rest-port",
+        [sys.executable, "-m", "recsys.local.cluster", "cluster", "status", "--rest-port",
          str(flink_cluster.rest_port), "--home", str(flink_cluster.home)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr

@@ -19,9 +19,8 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from recsys import cluster
-from recsys.job_process import stop_job_process
-from recsys.kafka_local import free_port_pair
+from recsys.local import cluster
+from recsys.local.kafka_broker import free_port_pair
 from state_schemas.config import load_config
 from tests.edge_fuzz import fuzz_stream
 from tests.integration.conftest import first_job_id, start_running_job
@@ -91,6 +90,6 @@ def test_fuzzed_records_on_every_topic_never_stop_the_job(kafka_bootstrap, tmp_p
         assert details["state"] == "RUNNING" and details["timestamps"]["RESTARTING"] == 0
         history = cluster.rest(jobmanager, "GET", f"/jobs/{job_id}/exceptions")
         assert history["exceptionHistory"]["entries"] == [], history
-        job.assert_alive()
+        job.check_alive()
     finally:
-        stop_job_process(job.process)
+        job.stop()

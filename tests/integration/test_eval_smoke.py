@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-from recsys import movielens
+from recsys.evaluation import movielens
 from state_schemas.config import load_config
-from recsys.evaluation import DEFAULT_CONFIG, K, PipelineRunner, load_data, pipeline_protocol_a
+from recsys.evaluation.protocols import DEFAULT_CONFIG, K, PipelineRunner, load_data, pipeline_protocol_a
 from recsys.paths import PROJECT_ROOT
-from recsys import baselines
-from recsys.simulate import run_protocol_a
-from udfs.metrics import ranking_metrics
+from recsys.evaluation import baselines
+from recsys.evaluation.simulate import run_protocol_a
+from recsys.evaluation.metrics import ranking_metrics
 
 USERS = 50
 CONFIG = str(PROJECT_ROOT / DEFAULT_CONFIG)

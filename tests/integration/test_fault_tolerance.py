@@ -21,11 +21,12 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from recsys import cluster, kafka_io, kafka_local
+from recsys.local import cluster, kafka_broker
+
+from recsys import kafka_io
 from state_schemas import records as rec
-from recsys.topics import ensure_topics
-from tests.conftest import unique_topic_names
-from tests.integration.conftest import topic_overrides
+from recsys.local.topics import ensure_topics
+from recsys.local.stack import suffixed_topic_names, topic_overrides
 from tests.integration.test_cluster import free_port, free_port_range
 
 pytestmark = pytest.mark.slow
@@ -39,12 +40,12 @@ RATE = 100.0  # events per second: the stream lasts ~30 s
 
 @pytest.fixture
 def broker(tmp_path):
-    port = kafka_local.free_port_pair()
-    info = kafka_local.start_broker(port, tmp_path / "kafka", timeout_s=90)
+    port = kafka_broker.free_port_pair()
+    info = kafka_broker.start_broker(port, tmp_path / "kafka", timeout_s=90)
     try:
         yield info
     finally:
-        kafka_local.stop_broker(port, tmp_path / "kafka")
+        kafka_broker.stop_broker(port, tmp_path / "kafka")
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ class PacedStream(threading.Thread):
 def topics_with_every_recommendation(bootstrap: str, partitions: int):
     """Fresh topics, ``recommendations`` without compaction: compaction may drop a user's
     older recommendations at any time, and counting them one per event needs the plain log."""
-    names = unique_topic_names()
+    names = suffixed_topic_names()
     ensure_topics(bootstrap, names, partitions)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, names.recommendations,
@@ -161,9 +162,9 @@ def test_exactly_once_through_taskmanager_kills_and_a_broker_restart(broker, fli
         cluster.wait_for_failover(flink.jobmanager, job_id)
         cluster.wait_for_job_running(flink.jobmanager, job_id, timeout_s=120)
     # Restart the broker mid-stream (clean shutdown and start on the same port and data).
-    kafka_local.stop_broker(broker.port, broker.data_dir)
+    kafka_broker.stop_broker(broker.port, broker.data_dir)
     time.sleep(3)
-    kafka_local.start_broker(broker.port, broker.data_dir, timeout_s=90)
+    kafka_broker.start_broker(broker.port, broker.data_dir, timeout_s=90)
     assert stream.sent.wait(300), "the producer did not finish"
     assert not stream.errors, stream.errors
     assert kills == 2
@@ -210,7 +211,7 @@ def test_three_kills_at_random_moments_without_waiting_for_recovery(broker, spar
     similarity rows equal to its rows up to the drift of their re-scoring times."""
     import random
 
-    from recsys.simulate import EngineSimulator
+    from recsys.evaluation.simulate import EngineSimulator
     from state_schemas.config import load_config
 
     flink = spare_cluster

@@ -13,7 +13,6 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from recsys.job_process import stop_job_process
 from tests.hostile_corpus import build_corpus, class_names
 from tests.integration.conftest import start_running_job
 
@@ -27,7 +26,7 @@ def job(kafka_bootstrap, tmp_path_factory):
     try:
         yield running
     finally:
-        stop_job_process(running.process)
+        running.stop()
 
 
 def allow_large_records(bootstrap: str, topic: str) -> None:
@@ -90,4 +89,4 @@ def test_hostile_corpus_valid_plus_dlq_equals_sent(job):
     assert set(triggers) == event_ids
     assert max(triggers.values()) == 1  # duplicates produced no second recommendation
     assert {r["value"]["request_id"] for r in recs if r["value"] and r["value"]["request_id"]} == request_ids
-    job.assert_alive()
+    job.check_alive()

@@ -1,7 +1,7 @@
 """The job and the in-process simulator run the same engine: same scripted stream, same answers.
 
 The stream (catalogue, attributes, events) goes to the real job on the mini-cluster and to
-``recsys.simulate.EngineSimulator``. Events are sent in small groups, each given time to settle
+``recsys.evaluation.simulate.EngineSimulator``. Events are sent in small groups, each given time to settle
 (pair updates flushed, neighbour rows emitted, model updates read back, trending lists rebuilt),
 so that nothing depends on processing-time races; then every user asks for recommendations. The
 lists, scores and reasons must be the same, and so must the item-similarity rows.
@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from recsys.job_process import stop_job_process
-from recsys.simulate import EngineSimulator
+from recsys.evaluation.simulate import EngineSimulator
 from state_schemas.config import load_config
 from state_schemas.records import SOURCE_EASE
 from tests.integration.conftest import FAST_SETTINGS, start_running_job
@@ -72,14 +71,12 @@ def job(request, kafka_bootstrap, tmp_path_factory):
     try:
         yield running
     finally:
-        stop_job_process(running.process)
+        running.stop()
 
 
 def test_job_and_simulator_give_the_same_recommendations(job):
     attributes = [{"user_id": u, "ts": T0 - 500, "attributes": a} for u, a in USERS.items()]
-    job.produce("item_catalog", CATALOG, key_field="item_id")
-    job.produce("user_attributes", attributes, key_field="user_id")
-    job.consume("user_profiles", lambda rs: set(USERS) <= {r["key"] for r in rs}, timeout_s=120)
+    job.seed(CATALOG, attributes)
     time.sleep(SETTLE_S)  # the catalogue broadcast is read in parallel with the attributes
 
     cfg = load_config(overrides=FAST_SETTINGS + job.extra, environ={})

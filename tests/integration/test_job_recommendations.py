@@ -14,7 +14,6 @@ import pytest
 from state_schemas.config import EngineConfig
 from state_schemas import validator
 from tests.integration.conftest import start_running_job
-from recsys.job_process import stop_job_process
 from udfs.ab import assign_variant
 
 T0 = 1_767_225_600_000
@@ -30,20 +29,13 @@ ITEMS = {
 def job(kafka_bootstrap, tmp_path_factory):
     running = start_running_job(kafka_bootstrap, tmp_path_factory.mktemp("recs-job"))
     try:
-        running.produce("item_catalog", [
-            {"item_id": i, "ts": T0 - 100, "title": t, "categories": c, "tags": g, "price": 20.0,
-             "available": True} for i, (t, c, g) in ITEMS.items()], key_field="item_id")
-        running.produce("user_attributes", [
-            {"user_id": u, "ts": T0 - 50, "attributes": {"age": 30, "gender": "F"}}
-            for u in ("uA", "uCold")], key_field="user_id")
-        # Sources are read in parallel: wait until the attributes are in the profiles before
-        # sending events, so uA's activity is counted in its demographic segment.
-        profiles = running.consume(
-            "user_profiles", lambda rs: {"uA", "uCold"} <= {r["key"] for r in rs}, timeout_s=120)
-        assert {"uA", "uCold"} <= {r["key"] for r in profiles}, "no profiles from the job"
+        running.seed([{"item_id": i, "ts": T0 - 100, "title": t, "categories": c, "tags": g,
+                       "price": 20.0, "available": True} for i, (t, c, g) in ITEMS.items()],
+                     [{"user_id": u, "ts": T0 - 50, "attributes": {"age": 30, "gender": "F"}}
+                      for u in ("uA", "uCold")])
         yield running
     finally:
-        stop_job_process(running.process)
+        running.stop()
 
 
 def ev(eid, user, etype, item, dt):
@@ -173,6 +165,6 @@ def test_frozen_item_model_stops_at_the_configured_event_time(kafka_bootstrap, t
         # Several flush + emit + checkpoint intervals later there is still no c/d neighbour row.
         sims = job.consume("item_similarity", None, timeout_s=4)
         assert latest_neighbors(sims) == before
-        job.assert_alive()
+        job.check_alive()
     finally:
-        stop_job_process(job.process)
+        job.stop()

@@ -11,12 +11,14 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from recsys import cli, kafka_local, topics
-from recsys import tail as tail_module
+from recsys import cli
+
+from recsys.local import kafka_broker, topics
+from recsys.local import tail as tail_module
 from state_schemas.config import EngineConfig, TopicNames, load_config
 from recsys.kafka_io import client_kwargs, consume, json_producer, produce_json
-from recsys.tail import tail
-from recsys.topics import DLQ_RETENTION_MS, create_topics
+from recsys.local.tail import tail
+from recsys.local.topics import DLQ_RETENTION_MS, create_topics
 from tests.conftest import free_port_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -28,15 +30,15 @@ def test_second_broker_runs_beside_the_session_broker(kafka_bootstrap: str, tmp_
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     port, data_dir = free_port_pair(), tmp_path / "second"
     try:
-        info = kafka_local.start_broker(port, data_dir, timeout_s=90)
+        info = kafka_broker.start_broker(port, data_dir, timeout_s=90)
         assert info.bootstrap_servers == f"127.0.0.1:{port}"
         assert info.data_dir == data_dir.resolve()
         assert (data_dir / "broker.pid").read_text().strip() == str(info.pid)
         assert (data_dir / "broker.log").stat().st_size > 0  # log4j2 writes to the file ...
 
         # ... status sees it, and a second start is a no-op returning the same broker.
-        assert kafka_local.broker_status(port, data_dir) == info
-        assert kafka_local.start_broker(port, data_dir) == info
+        assert kafka_broker.broker_status(port, data_dir) == info
+        assert kafka_broker.start_broker(port, data_dir) == info
         capsys.readouterr()
         assert cli.main(["kafka", "start", "--port", str(port), "--data-dir", str(data_dir)]) == 0
         assert "already running" in capsys.readouterr().out
@@ -44,17 +46,17 @@ def test_second_broker_runs_beside_the_session_broker(kafka_bootstrap: str, tmp_
         assert f"running on 127.0.0.1:{port} (pid {info.pid}" in capsys.readouterr().out
 
         # Both brokers serve clients at the same time.
-        kafka_local.wait_until_ready(info.bootstrap_servers, timeout_s=10)
-        kafka_local.wait_until_ready(kafka_bootstrap, timeout_s=10)
+        kafka_broker.wait_until_ready(info.bootstrap_servers, timeout_s=10)
+        kafka_broker.wait_until_ready(kafka_bootstrap, timeout_s=10)
     finally:
-        assert kafka_local.stop_broker(port, data_dir) is True
-    assert kafka_local.broker_status(port, data_dir) is None
+        assert kafka_broker.stop_broker(port, data_dir) is True
+    assert kafka_broker.broker_status(port, data_dir) is None
     assert not (data_dir / "broker.pid").exists()
     assert cli.main(["kafka", "status", "--port", str(port), "--data-dir", str(data_dir)]) == 3
     assert "stopped" in capsys.readouterr().out
     assert cli.main(["kafka", "stop", "--port", str(port), "--data-dir", str(data_dir)]) == 0
     assert "was not running" in capsys.readouterr().out
-    kafka_local.wait_until_ready(kafka_bootstrap, timeout_s=10)  # the session broker is untouched
+    kafka_broker.wait_until_ready(kafka_bootstrap, timeout_s=10)  # the session broker is untouched
 
 
 def test_start_refuses_a_port_held_by_another_process(tmp_path: Path,
@@ -64,8 +66,8 @@ def test_start_refuses_a_port_held_by_another_process(tmp_path: Path,
         with socket.socket() as blocker:
             blocker.bind(("127.0.0.1", held))
             blocker.listen()
-            with pytest.raises(kafka_local.KafkaLocalError, match=f"port {held} is already in use"):
-                kafka_local.start_broker(port, tmp_path / "blocked")
+            with pytest.raises(kafka_broker.KafkaLocalError, match=f"port {held} is already in use"):
+                kafka_broker.start_broker(port, tmp_path / "blocked")
             assert cli.main(["kafka", "start", "--port", str(port),
                              "--data-dir", str(tmp_path / "blocked")]) == 1
             assert "already in use" in capsys.readouterr().err
@@ -76,19 +78,19 @@ def test_start_names_the_broker_that_holds_the_port(kafka_bootstrap: str, tmp_pa
     if not kafka_bootstrap.startswith("127.0.0.1:"):
         pytest.skip("needs the session broker started by the fixture")
     port = int(kafka_bootstrap.rsplit(":", 1)[1])
-    with pytest.raises(kafka_local.KafkaLocalError, match=r"used by the Kafka broker with .*server\.properties"):
-        kafka_local.start_broker(port, tmp_path / "other")
+    with pytest.raises(kafka_broker.KafkaLocalError, match=r"used by the Kafka broker with .*server\.properties"):
+        kafka_broker.start_broker(port, tmp_path / "other")
 
 
 def test_stop_and_status_of_a_broker_that_never_ran(tmp_path: Path) -> None:
-    assert kafka_local.stop_broker(free_port_pair(), tmp_path / "never") is False
-    assert kafka_local.broker_status(free_port_pair(), tmp_path / "never") is None
+    assert kafka_broker.stop_broker(free_port_pair(), tmp_path / "never") is False
+    assert kafka_broker.broker_status(free_port_pair(), tmp_path / "never") is None
 
 
 def test_missing_jars_say_how_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kafka_local.paths, "KAFKA_JARS_DIR", tmp_path / "empty")
-    with pytest.raises(kafka_local.KafkaLocalError, match="scripts/setup.sh"):
-        kafka_local.start_broker(free_port_pair(), tmp_path / "data")
+    monkeypatch.setattr(kafka_broker.paths, "KAFKA_JARS_DIR", tmp_path / "empty")
+    with pytest.raises(kafka_broker.KafkaLocalError, match="scripts/setup.sh"):
+        kafka_broker.start_broker(free_port_pair(), tmp_path / "data")
 
 
 # --------------------------------------------------------------------------- topics

@@ -27,15 +27,19 @@ from typing import Iterator
 
 import pytest
 
-from recsys import cli, kafka_io, kafka_local
+from recsys import cli, kafka_io
+
+from recsys.local import kafka_broker
 from state_schemas.config import KafkaConfig, TopicNames, load_config
-from recsys.job_process import log_tail, start_job_process, stop_job_process
-from recsys.kafka_local import ScramCredentials
+from recsys.local.job_process import start_job_process, stop_job_process
+from recsys.local.processes import log_tail
+from recsys.local.kafka_broker import ScramCredentials
 from recsys.paths import PROJECT_ROOT, connector_jars
-from recsys.topics import ensure_topics
+from recsys.local.topics import ensure_topics
 from state_schemas import validator
-from tests.conftest import free_port_pair, unique_topic_names
-from tests.integration.conftest import FAST_SETTINGS, topic_overrides
+from recsys.local.stack import suffixed_topic_names, topic_overrides
+from tests.conftest import free_port_pair
+from tests.integration.conftest import FAST_SETTINGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +56,7 @@ def _password(tag: str) -> str:
 
 @dataclass
 class SaslBroker:
-    info: kafka_local.BrokerInfo
+    info: kafka_broker.BrokerInfo
     users: dict[str, str]
 
     @property
@@ -63,7 +67,7 @@ class SaslBroker:
         return ScramCredentials(user, self.users[user], mechanism)
 
     def secrets(self) -> list[str]:
-        admin = kafka_local.inter_broker_credentials(self.info.data_dir)
+        admin = kafka_broker.inter_broker_credentials(self.info.data_dir)
         return [*self.users.values(), *([admin.password] if admin else [])]
 
 
@@ -74,15 +78,15 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
     users = {"alice": _password("alice"), "bob": _password("bob")}
     started = time.monotonic()
     try:
-        info = kafka_local.start_broker(port, data_dir, timeout_s=120, sasl_users=users)
-    except kafka_local.KafkaLocalError as e:
+        info = kafka_broker.start_broker(port, data_dir, timeout_s=120, sasl_users=users)
+    except kafka_broker.KafkaLocalError as e:
         pytest.fail(f"could not start the SASL test broker: {e}", pytrace=False)
     print(f"SASL broker started in {time.monotonic() - started:.1f} s")
     try:
         yield SaslBroker(info, users)
     finally:
-        kafka_local.stop_broker(port, data_dir)
-    assert kafka_local.broker_status(port, data_dir) is None
+        kafka_broker.stop_broker(port, data_dir)
+    assert kafka_broker.broker_status(port, data_dir) is None
 
 
 def _toml_table(props: dict[str, str]) -> str:
@@ -108,8 +112,8 @@ def test_scram_arguments_match_kafkas_salted_password() -> None:
     from kafka.admin import UserScramCredentialUpsertion
 
     salt = b"0123456789abcdef"
-    for mechanism in kafka_local.SCRAM_MECHANISMS:
-        arg = kafka_local.scram_credential_argument(mechanism, "alice", 'p,w]"ä', 4096, salt)
+    for mechanism in kafka_broker.SCRAM_MECHANISMS:
+        arg = kafka_broker.scram_credential_argument(mechanism, "alice", 'p,w]"ä', 4096, salt)
         expected = UserScramCredentialUpsertion("alice", mechanism, 'p,w]"ä', 4096, salt).salted_password
         assert arg == (f"{mechanism}=[name=alice,iterations=4096,salt={base64.b64encode(salt).decode()},"
                        f"saltedpassword={base64.b64encode(expected).decode()}]")
@@ -154,7 +158,7 @@ def test_shaded_login_module_is_in_the_connector_jar() -> None:
     jar = next(j for j in connector_jars() if "kafka" in j.name)
     with zipfile.ZipFile(jar) as z:
         assert SHADED_SCRAM_LOGIN_MODULE.replace(".", "/") + ".class" in z.namelist()
-    assert kafka_local.FLINK_CONNECTOR_SHADE_PREFIX + kafka_local.SCRAM_LOGIN_MODULE == \
+    assert kafka_broker.FLINK_CONNECTOR_SHADE_PREFIX + kafka_broker.SCRAM_LOGIN_MODULE == \
         SHADED_SCRAM_LOGIN_MODULE
 
 
@@ -162,17 +166,17 @@ def test_unusable_sasl_users_are_refused_before_anything_starts(tmp_path: Path) 
     port = free_port_pair()
     secret = _password("never")
     for users, message in (({}, "empty"), ({"a,b": secret}, "not allowed"), ({"alice": ""}, "non-empty"),
-                           ({kafka_local.INTER_BROKER_USER: secret}, "reserved")):
-        with pytest.raises(kafka_local.KafkaLocalError, match=message) as e:
-            kafka_local.start_broker(port, tmp_path / "never", sasl_users=users)
+                           ({kafka_broker.INTER_BROKER_USER: secret}, "reserved")):
+        with pytest.raises(kafka_broker.KafkaLocalError, match=message) as e:
+            kafka_broker.start_broker(port, tmp_path / "never", sasl_users=users)
         _assert_no_secret(str(e.value), [secret], "the error message")
     assert not (tmp_path / "never").exists()
     # A data dir first formatted for PLAINTEXT has no inter-broker user: refused, nothing started.
     formatted = tmp_path / "plain"
     (formatted / "logs").mkdir(parents=True)
     (formatted / "logs" / "meta.properties").write_text("# pretend formatted\n")
-    with pytest.raises(kafka_local.KafkaLocalError, match="formatted for a PLAINTEXT broker"):
-        kafka_local.start_broker(port, formatted, sasl_users={"alice": "pw"})
+    with pytest.raises(kafka_broker.KafkaLocalError, match="formatted for a PLAINTEXT broker"):
+        kafka_broker.start_broker(port, formatted, sasl_users={"alice": "pw"})
     assert not (formatted / "broker.pid").exists()
 
 
@@ -183,7 +187,7 @@ def test_sasl_broker_status_idempotence_and_no_password_on_disk(
         sasl_broker: SaslBroker, capsys: pytest.CaptureFixture[str]) -> None:
     info = sasl_broker.info
     assert info.security_protocol == "SASL_PLAINTEXT"
-    assert kafka_local.broker_status(info.port, info.data_dir) == info
+    assert kafka_broker.broker_status(info.port, info.data_dir) == info
     capsys.readouterr()
     assert cli.main(["kafka", "status", "--port", str(info.port), "--data-dir", str(info.data_dir)]) == 0
     out = capsys.readouterr().out
@@ -191,18 +195,18 @@ def test_sasl_broker_status_idempotence_and_no_password_on_disk(
 
     # A second start with the same users is a no-op returning the same broker; asking for a
     # PLAINTEXT broker on it is an error that says why.
-    assert kafka_local.start_broker(info.port, info.data_dir, sasl_users=sasl_broker.users) == info
-    with pytest.raises(kafka_local.KafkaLocalError, match="SASL_PLAINTEXT .*not PLAINTEXT; stop it first"):
-        kafka_local.start_broker(info.port, info.data_dir)
+    assert kafka_broker.start_broker(info.port, info.data_dir, sasl_users=sasl_broker.users) == info
+    with pytest.raises(kafka_broker.KafkaLocalError, match="SASL_PLAINTEXT .*not PLAINTEXT; stop it first"):
+        kafka_broker.start_broker(info.port, info.data_dir)
 
     # Readiness with credentials: the right ones pass, wrong ones fail fast and say so.
-    kafka_local.wait_until_ready(info.bootstrap_servers, 10, credentials=sasl_broker.credentials())
-    kafka_local.wait_until_ready(info.bootstrap_servers, 10,
+    kafka_broker.wait_until_ready(info.bootstrap_servers, 10, credentials=sasl_broker.credentials())
+    kafka_broker.wait_until_ready(info.bootstrap_servers, 10,
                                  credentials=sasl_broker.credentials("bob", "SCRAM-SHA-512"))
     wrong = ScramCredentials("alice", _password("wrong"))
     started = time.monotonic()
-    with pytest.raises(kafka_local.KafkaLocalError, match="authentication failed") as e:
-        kafka_local.wait_until_ready(info.bootstrap_servers, 60, credentials=wrong)
+    with pytest.raises(kafka_broker.KafkaLocalError, match="authentication failed") as e:
+        kafka_broker.wait_until_ready(info.bootstrap_servers, 60, credentials=wrong)
     assert time.monotonic() - started < 20
     assert "'alice'" in str(e.value) and info.bootstrap_servers in str(e.value)
     _assert_no_secret(str(e.value), [wrong.password, *sasl_broker.secrets()], "the error message")
@@ -210,18 +214,18 @@ def test_sasl_broker_status_idempotence_and_no_password_on_disk(
     # Passwords: the users' are nowhere in the data dir (the metadata log holds salted SCRAM
     # credentials only); the inter-broker one only in the two files only the owner can read.
     ddir = info.data_dir
-    for name in ("server.properties", kafka_local.INTER_BROKER_SECRET_FILE):
+    for name in ("server.properties", kafka_broker.INTER_BROKER_SECRET_FILE):
         assert stat.S_IMODE((ddir / name).stat().st_mode) == 0o600, name
-    admin_password = kafka_local.inter_broker_credentials(ddir).password
+    admin_password = kafka_broker.inter_broker_credentials(ddir).password
     for path in ddir.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             for secret in sasl_broker.users.values():
                 assert secret.encode() not in data, f"a user's password is in {path}"
-            if path.name not in ("server.properties", kafka_local.INTER_BROKER_SECRET_FILE):
+            if path.name not in ("server.properties", kafka_broker.INTER_BROKER_SECRET_FILE):
                 assert admin_password.encode() not in data, f"the inter-broker password is in {path}"
     assert not list(ddir.glob(".format-scram.args"))
-    assert "SCRAM" in (ddir / kafka_local.LOG_FILE).read_text()  # the broker logged its SASL setup
+    assert "SCRAM" in (ddir / kafka_broker.LOG_FILE).read_text()  # the broker logged its SASL setup
 
 
 @pytest.mark.timeout(120)
@@ -275,7 +279,7 @@ def test_job_runs_end_to_end_on_the_sasl_broker(sasl_broker: SaslBroker, tmp_pat
     bootstrap = sasl_broker.bootstrap
     alice = sasl_broker.credentials()
     kwargs = alice.client_kwargs()  # kafka-python: sasl_plain_username/password
-    names: TopicNames = unique_topic_names()
+    names: TopicNames = suffixed_topic_names()
     created = ensure_topics(bootstrap, names, 1, **kwargs)
     assert sorted(created.created) == sorted(set(names.all_topics()))
 
@@ -352,9 +356,9 @@ def test_job_runs_end_to_end_on_the_sasl_broker(sasl_broker: SaslBroker, tmp_pat
 def test_restart_with_other_users_replaces_them(sasl_broker: SaslBroker) -> None:
     """Runs last: restarts the module's broker. Users of a formatted data dir are re-synced."""
     info = sasl_broker.info
-    assert kafka_local.stop_broker(info.port, info.data_dir) is True
+    assert kafka_broker.stop_broker(info.port, info.data_dir) is True
     users = {"carol": _password("carol")}
-    restarted = kafka_local.start_broker(info.port, info.data_dir, timeout_s=120, sasl_users=users)
+    restarted = kafka_broker.start_broker(info.port, info.data_dir, timeout_s=120, sasl_users=users)
     assert restarted.security_protocol == "SASL_PLAINTEXT"
     sasl_broker.info, old_users, sasl_broker.users = restarted, sasl_broker.users, users
     kafka_io.check_connection(KafkaConfig(

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from recsys.job_process import log_tail, stop_job_process
+from recsys.local.processes import log_tail
 from recsys.paths import PROJECT_ROOT
 from tests.integration.conftest import RunningJob, start_running_job
 
@@ -199,7 +199,7 @@ def _wait_for(predicate, timeout_s: float, what: str, job: RunningJob | None = N
     last = None
     while time.monotonic() < deadline:
         if job is not None:
-            job.assert_alive()
+            job.check_alive()
         try:
             last = predicate()
             if last:
@@ -265,15 +265,11 @@ def monitored(promtool: str, kafka_bootstrap: str, tmp_path_factory: pytest.Temp
         _wait_for(lambda: prom.query('up{job="flink"} == 1'), 60, "Prometheus to scrape the job")
 
         # Traffic: catalogue, attributes, then events (so activity counts in segments).
-        job.produce("item_catalog", [
-            {"item_id": i, "ts": T0 - 1_000, "title": f"Item {i}", "categories": [f"cat-{i}"],
-             "tags": ["t"], "price": 10.0 + n, "available": True}
-            for n, i in enumerate("abcdefgh")], key_field="item_id")
-        job.produce("user_attributes", [
-            {"user_id": u, "ts": T0 - 500, "attributes": {"age": 30, "gender": "F"}}
-            for u in ("u0", "u1", "u2", "uGone")], key_field="user_id")
-        job.consume("user_profiles", lambda rs: {"u0", "u1", "u2"} <= {r["key"] for r in rs},
-                    timeout_s=90)
+        job.seed([{"item_id": i, "ts": T0 - 1_000, "title": f"Item {i}",
+                   "categories": [f"cat-{i}"], "tags": ["t"], "price": 10.0 + n,
+                   "available": True} for n, i in enumerate("abcdefgh")],
+                 [{"user_id": u, "ts": T0 - 500, "attributes": {"age": 30, "gender": "F"}}
+                  for u in ("u0", "u1", "u2", "uGone")], timeout_s=90)
         # The whole catalogue is in the recommender's model before the events arrive.
         _wait_for(lambda: 8.0 in metric_values(
             http_get(f"http://127.0.0.1:{reporter_port}/metrics"),
@@ -328,7 +324,7 @@ def monitored(promtool: str, kafka_bootstrap: str, tmp_path_factory: pytest.Temp
                 prom_proc.wait(15)
             except subprocess.TimeoutExpired:
                 prom_proc.kill()
-        stop_job_process(job.process)
+        job.stop()
 
 
 def test_every_dashboard_expression_returns_data(monitored):

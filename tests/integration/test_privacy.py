@@ -7,7 +7,6 @@ import time
 import orjson
 import pytest
 
-from recsys.job_process import stop_job_process
 from tests.integration.conftest import start_running_job
 
 T0 = 1_767_225_600_000
@@ -64,7 +63,7 @@ def job(kafka_bootstrap, tmp_path_factory):
         running.produce("item_catalog", CATALOG, key_field="item_id")
         yield running
     finally:
-        stop_job_process(running.process)
+        running.stop()
 
 
 def test_forget_deletes_profile_and_tombstones_outputs(job):
@@ -170,4 +169,4 @@ def test_pseudonymised_ids_and_inactive_user_ttl(kafka_bootstrap, tmp_path_facto
         assert restarted(job.consume("user_profiles", restarted, timeout_s=60))
         assert b"alice-real-id" not in b"\n".join(all_output_bytes(job))
     finally:
-        stop_job_process(job.process)
+        job.stop()

@@ -1,4 +1,4 @@
-"""The HTTP service (recsys/serve.py) against the real broker and the real job.
+"""The HTTP service (recsys/serving/api.py) against the real broker and the real job.
 
 One job and one service per module. The service runs in a thread of the test process on a free
 port, fed by the job's own topics, so every answer below went through Kafka and the job: a
@@ -20,12 +20,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from state_schemas.config import EngineConfig, load_config
-from recsys.job_process import stop_job_process
 from recsys.paths import PROJECT_ROOT
-from recsys.serve import build_app
+from recsys.serving.api import build_app
 from state_schemas import validator
-from tests.integration.conftest import (RunningJob, ServerThread, start_running_job,
-                                        topic_overrides)
+from recsys.local.stack import topic_overrides
+from tests.integration.conftest import RunningJob, ServerThread, start_running_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -64,15 +63,10 @@ def job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """The job, a small catalogue, attributes, and two users whose purchases make a, b similar."""
     running = start_running_job(kafka_bootstrap, tmp_path_factory.mktemp("serve-job"))
     try:
-        running.produce("item_catalog", [
-            {"item_id": i, "ts": T0 - 100, "title": t, "categories": c, "tags": g, "price": 20.0,
-             "available": True} for i, (t, c, g) in ITEMS.items()], key_field="item_id")
-        running.produce("user_attributes", [
-            {"user_id": u, "ts": T0 - 50, "attributes": {"age": 30, "gender": "F", "region": "EU"}}
-            for u in USERS], key_field="user_id")
-        profiles = running.consume("user_profiles", lambda rs: set(USERS) <= {r["key"] for r in rs},
-                                   timeout_s=120)
-        assert set(USERS) <= {r["key"] for r in profiles}, "no profiles from the job"
+        running.seed([{"item_id": i, "ts": T0 - 100, "title": t, "categories": c, "tags": g,
+                       "price": 20.0, "available": True} for i, (t, c, g) in ITEMS.items()],
+                     [{"user_id": u, "ts": T0 - 50,
+                       "attributes": {"age": 30, "gender": "F", "region": "EU"}} for u in USERS])
         running.produce("user_events", [
             ev("o1", "uOther1", "purchase", "a", 0), ev("o2", "uOther1", "purchase", "b", 10),
             ev("o3", "uOther1", "purchase", "c", 20), ev("o4", "uOther2", "purchase", "a", 30),
@@ -91,7 +85,7 @@ def job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert any(r["value"] and r["value"]["trigger_event_id"] == "p1" for r in recs)
         yield running
     finally:
-        stop_job_process(running.process)
+        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import pytest
 import requests
 
 from recsys.paths import PROJECT_ROOT
-from recsys.serve import build_app
+from recsys.serving.api import build_app
 from state_schemas.config import ConfigError, load_config
-from tests.conftest import unique_topic_names
-from tests.integration.conftest import ServerThread, topic_overrides
+from recsys.local.stack import suffixed_topic_names, topic_overrides
+from tests.integration.conftest import ServerThread
 
 READER = "reader-key-0123456789abcdef"
 WRITER = "writer-key-0123456789abcdef"
@@ -29,7 +29,7 @@ KEYS = {"RECSYS_API_KEYS": f"{READER}:read,{WRITER}:write"}
 
 def config(bootstrap: str, *extra: str):
     return load_config(overrides=[f'kafka.bootstrap_servers="{bootstrap}"',
-                                  *topic_overrides(unique_topic_names()), *extra], environ={})
+                                  *topic_overrides(suffixed_topic_names()), *extra], environ={})
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_without_keys_the_service_refuses_a_non_loopback_address(kafka_bootstrap
         build_app(config(kafka_bootstrap), bind_host="0.0.0.0", environ={})
     # the real command line says so and exits 2, before listening
     env = {k: v for k, v in __import__("os").environ.items() if k != "RECSYS_API_KEYS"}
-    proc = subprocess.run([sys.executable, "-m", "recsys.serve", "--host", "0.0.0.0", "--port",
+    proc = subprocess.run([sys.executable, "-m", "recsys.serving.api", "--host", "0.0.0.0", "--port",
                            "0", "--bootstrap-servers", kafka_bootstrap], cwd=PROJECT_ROOT,
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr

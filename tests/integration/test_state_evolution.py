@@ -23,14 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from recsys import cluster
-from recsys.job_process import log_tail, start_job_process, stop_job_process
-from recsys.kafka_local import free_port_pair
+from recsys.local import cluster
+from recsys.local.kafka_broker import free_port_pair
 from recsys.paths import PROJECT_ROOT
-from recsys.topics import ensure_topics
 from state_schemas.profile_state import PROFILE_STATE_VERSION
-from tests.conftest import unique_topic_names
-from tests.integration.conftest import FAST_SETTINGS, RunningJob, first_job_id, topic_overrides
+from tests.integration.conftest import FAST_SETTINGS, RunningJob, first_job_id
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +71,17 @@ def wait_until_reading(job: RunningJob, timeout_s: float = 120) -> None:
                            timeout_s=3)
         if any(r["key"] == "probe" for r in seen):
             return
-    pytest.fail(f"the job read nothing within {timeout_s:.0f} s:\n{log_tail(job.log_path)}")
+    pytest.fail(f"the job read nothing within {timeout_s:.0f} s:\n{job.log_tail()}")
+
+
+def stop_with_savepoint(job: RunningJob, jobmanager: str, directory: Path) -> str:
+    """Stop the job (the mini-cluster's REST API at ``jobmanager``) with a savepoint into
+    ``directory``; returns its path once the job's process has ended."""
+    job_id = first_job_id(jobmanager)
+    cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
+    savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(directory))
+    job.process.wait(60)
+    return savepoint
 
 
 def ev(eid, user, etype, item, dt):
@@ -85,20 +92,19 @@ def ev(eid, user, etype, item, dt):
 def test_earlier_release_savepoint_restores_into_current_code(kafka_bootstrap, tmp_path,
                                                              release_checkout):
     assert PROFILE_STATE_VERSION == 3
-    names = unique_topic_names()
-    ensure_topics(kafka_bootstrap, names, 1)
     rest_port = free_port_pair()
-    base = [f'kafka.bootstrap_servers="{kafka_bootstrap}"', f'kafka.group_id="evo-{uuid.uuid4().hex[:6]}"',
-            f'kafka.transactional_id_prefix="evo{uuid.uuid4().hex[:6]}"', f"job.rest_port={rest_port}"
-            ] + topic_overrides(names) + FAST_SETTINGS
+    deployment = FAST_SETTINGS + [f'kafka.group_id="evo-{uuid.uuid4().hex[:6]}"',
+                                  f'kafka.transactional_id_prefix="evo{uuid.uuid4().hex[:6]}"',
+                                  f"job.rest_port={rest_port}"]
     from recsys.paths import CACHE_DIR
 
     env = {**os.environ, "PYTHONPATH": str(release_checkout), "RECSYS_CACHE_DIR": str(CACHE_DIR)}
+    job = RunningJob(kafka_bootstrap, tmp_path, tag="old", overrides=deployment, env=env,
+                     project_root=release_checkout)
+    names = job.topics
     # Settings this release added are unknown to the earlier one.
-    old_base = [o for o in base if not o.startswith("topics.item_model=")]
-    old = start_job_process(old_base + ['kafka.starting_offsets="earliest"'], tmp_path / "old.log",
-                            env=env, project_root=release_checkout)
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "old.log", old)
+    job.overrides = [o for o in job.overrides if not o.startswith("topics.item_model=")]
+    job.start()
     try:
         job.produce("item_catalog", [{"item_id": "i1", "ts": T0, "title": "One", "categories": ["c"],
                                       "tags": [], "price": 1.0, "available": True}], key_field="item_id")
@@ -108,20 +114,17 @@ def test_earlier_release_savepoint_restores_into_current_code(kafka_bootstrap, t
             r["key"] == u and sum(r["value"]["counters"]["all_time"].values()) == 3 for r in rs)
             for u in USERS), timeout_s=120)
         jobmanager = f"127.0.0.1:{rest_port}"  # the mini-cluster's REST API (job.rest_port)
-        job_id = first_job_id(jobmanager)
-        cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
-        savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "savepoints"))
-        old.wait(60)
+        savepoint = stop_with_savepoint(job, jobmanager, tmp_path / "savepoints")
     finally:
-        stop_job_process(old)
+        job.stop()
     assert Path(savepoint.removeprefix("file:")).exists(), savepoint
 
     # The earlier releases read each topic with a source of its own; this one reads the user
     # inputs with one source, so their offsets do not restore: it starts from the latest ones.
-    new = start_job_process(base + ['kafka.starting_offsets="latest"',
-                                    f'job.savepoint_path="{savepoint}"',
-                                    "job.allow_non_restored_state=true"], tmp_path / "new.log")
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "new.log", new)
+    job = RunningJob(kafka_bootstrap, tmp_path, tag="new", topics=names,
+                     overrides=deployment).start(['kafka.starting_offsets="latest"',
+                                                  f'job.savepoint_path="{savepoint}"',
+                                                  "job.allow_non_restored_state=true"])
     try:
         wait_until_reading(job)
         job.produce("user_events", [ev(f"{u}-new", u, "click", "i1", 10_000) for u in USERS],
@@ -133,7 +136,7 @@ def test_earlier_release_savepoint_restores_into_current_code(kafka_bootstrap, t
                        for u in USERS)
 
         profiles = job.consume("user_profiles", continued, timeout_s=120)
-        assert continued(profiles), log_tail(tmp_path / "new.log")
+        assert continued(profiles), job.log_tail()
         latest = {r["key"]: r["value"] for r in profiles}
         for u in USERS:
             p = latest[u]
@@ -142,7 +145,7 @@ def test_earlier_release_savepoint_restores_into_current_code(kafka_bootstrap, t
             assert p["first_seen"] == T0 and p["last_seen"] == T0 + 10_000
             assert p["interests"]["category:c"] > 0
     finally:
-        stop_job_process(new)
+        job.stop()
 
 
 def one_more_view(job: RunningJob, users: list[str], tag: str, item: str, views: int,
@@ -158,7 +161,7 @@ def one_more_view(job: RunningJob, users: list[str], tag: str, item: str, views:
                    for u in users)
 
     profiles = job.consume("user_profiles", continued, timeout_s=120)
-    assert continued(profiles), log_tail(job.log_path)
+    assert continued(profiles), job.log_tail()
     latest = {r["key"]: r["value"] for r in profiles}
     for u in users:
         assert latest[u]["counters"]["all_time"] == {"purchase": len(bought[u]), "view": views}
@@ -170,16 +173,13 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
     one taken there restores at parallelism 1 again. Keyed state (user profiles, similarity
     rows) is redistributed by key group; the replicated item model (catalogue, popularity) is
     restored into every subtask."""
-    names = unique_topic_names()
-    ensure_topics(kafka_bootstrap, names, 2)
     rest_port = free_port_pair()
-    base = [f'kafka.bootstrap_servers="{kafka_bootstrap}"',
-            f'kafka.group_id="rescale-{uuid.uuid4().hex[:6]}"',
-            f'kafka.transactional_id_prefix="rs{uuid.uuid4().hex[:6]}"', f"job.rest_port={rest_port}"
-            ] + topic_overrides(names) + FAST_SETTINGS
-    first = start_job_process(base + ['kafka.starting_offsets="earliest"', "job.parallelism=1"],
-                              tmp_path / "p1.log")
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "p1.log", first)
+    deployment = FAST_SETTINGS + [f'kafka.group_id="rescale-{uuid.uuid4().hex[:6]}"',
+                                  f'kafka.transactional_id_prefix="rs{uuid.uuid4().hex[:6]}"',
+                                  f"job.rest_port={rest_port}"]
+    job = RunningJob(kafka_bootstrap, tmp_path, tag="p1", overrides=deployment, partitions=2
+                     ).start(["job.parallelism=1"])
+    names = job.topics
     users = [f"u{n}" for n in range(8)]
     try:
         job.produce("item_catalog", [{"item_id": i, "ts": T0, "title": f"Item {i}",
@@ -197,16 +197,13 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
         job.consume("item_similarity", lambda rs: {r["key"] for r in rs} >= {"i1", "i2"},
                     timeout_s=120)
         jobmanager = f"127.0.0.1:{rest_port}"
-        job_id = first_job_id(jobmanager)
-        cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
-        savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "sp"))
-        first.wait(60)
+        savepoint = stop_with_savepoint(job, jobmanager, tmp_path / "sp")
     finally:
-        stop_job_process(first)
+        job.stop()
 
-    second = start_job_process(base + ['kafka.starting_offsets="latest"', "job.parallelism=2",
-                                       f'job.savepoint_path="{savepoint}"'], tmp_path / "p2.log")
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "p2.log", second)
+    job = RunningJob(kafka_bootstrap, tmp_path, tag="p2", topics=names, overrides=deployment
+                     ).start(['kafka.starting_offsets="latest"', "job.parallelism=2",
+                              f'job.savepoint_path="{savepoint}"'])
     try:
         latest = one_more_view(job, users, "new", "i1", 1, bought)
         for u in users:
@@ -222,18 +219,15 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
         by_item = {i["item_id"]: i["reasons"] for i in rec["items"]}
         assert "i2" in by_item, rec
         assert "because you purchased Item i1" in by_item["i2"], rec
-        job_id = first_job_id(jobmanager)
-        cluster.wait_for_job_running(jobmanager, job_id, timeout_s=60)
-        savepoint = cluster.stop_job_with_savepoint(jobmanager, job_id, str(tmp_path / "sp2"))
-        second.wait(60)
+        savepoint = stop_with_savepoint(job, jobmanager, tmp_path / "sp2")
     finally:
-        stop_job_process(second)
+        job.stop()
 
     # ... and back to parallelism 1: both subtasks' keyed state in one.
-    third = start_job_process(base + ['kafka.starting_offsets="latest"', "job.parallelism=1",
-                                      f'job.savepoint_path="{savepoint}"'], tmp_path / "p1b.log")
-    job = RunningJob(kafka_bootstrap, names, tmp_path / "p1b.log", third)
+    job = RunningJob(kafka_bootstrap, tmp_path, tag="p1b", topics=names, overrides=deployment
+                     ).start(['kafka.starting_offsets="latest"', "job.parallelism=1",
+                              f'job.savepoint_path="{savepoint}"'])
     try:
         one_more_view(job, users, "again", "i2", 2, bought)
     finally:
-        stop_job_process(third)
+        job.stop()

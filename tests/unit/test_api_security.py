@@ -1,10 +1,10 @@
-"""The HTTP API's access rules (recsys/api_security.py), without a server."""
+"""The HTTP API's access rules (recsys/serving/security.py), without a server."""
 
 from __future__ import annotations
 
 import pytest
 
-from recsys.api_security import (READ, WRITE, Authenticator, TokenBuckets, check_bind,
+from recsys.serving.security import (READ, WRITE, Authenticator, TokenBuckets, check_bind,
                                  host_allowed, host_name, load_api_keys, parse_api_keys)
 from state_schemas.config import ConfigError, ServeConfig
 

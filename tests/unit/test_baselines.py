@@ -1,12 +1,12 @@
-"""The evaluation's batch baselines (``recsys/baselines.py``) against direct computations."""
+"""The evaluation's batch baselines (``recsys/evaluation/baselines.py``) against direct computations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from recsys import baselines
-from recsys.baselines import Interaction, InteractionMatrix
+from recsys.evaluation import baselines
+from recsys.evaluation.baselines import Interaction, InteractionMatrix
 
 DAY = baselines.DAY_MS
 

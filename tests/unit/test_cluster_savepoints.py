@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from recsys.cluster import _completed_savepoint_on_disk
+from recsys.local.cluster import _completed_savepoint_on_disk
 
 JOB = "daf823b08644f2b08c15cc95fea69de4"
 

@@ -200,7 +200,7 @@ def test_later_set_wins_and_whitespace_is_ignored() -> None:
 
 
 def test_set_quoted_bootstrap_servers_like_the_cli() -> None:
-    # cli._config quotes --bootstrap-servers; unquoted host:port also works (not a TOML literal).
+    # recsys.config_args.config_from_arguments quotes --bootstrap-servers; unquoted host:port also works (not a TOML literal).
     assert load('kafka.bootstrap_servers="h:1"').kafka.bootstrap_servers == "h:1"
     assert load("kafka.bootstrap_servers=h:2,h:3").kafka.bootstrap_servers == "h:2,h:3"
 

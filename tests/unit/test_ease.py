@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys import baselines
-from recsys.simulate import EngineSimulator
+from recsys.evaluation import baselines
+from recsys.evaluation.simulate import EngineSimulator
 from state_schemas.config import load_config
 from state_schemas.item_state import GramState, decode_gram_state, encode_gram_state
 from state_schemas.records import SOURCE_EASE, SOURCE_ITEM_CF

@@ -11,7 +11,7 @@ import orjson
 from state_schemas import records as rec
 from state_schemas.config import load_config
 from tests.edge_fuzz import KIND_OF, fuzz_stream, routing_key
-from recsys.simulate import keyed_batch
+from recsys.evaluation.simulate import keyed_batch
 from udfs.user_side import UserSide
 
 RECORD_KIND = {"user_events": rec.KIND_EVENT, "user_attributes": rec.KIND_ATTRIBUTES,

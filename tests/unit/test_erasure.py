@@ -16,7 +16,7 @@ from state_schemas import records as rec
 from state_schemas.config import load_config
 from state_schemas.profile_state import decode_forgotten, encode_forgotten
 from state_schemas.versioning import StateVersionError
-from recsys.simulate import keyed_batch
+from recsys.evaluation.simulate import keyed_batch
 from udfs.privacy import pseudonymize, pseudonymize_raw_user_ids, redact_personal_text
 from udfs.user_side import STATE_IMPRESSIONS, STATE_PROFILE, Record, UserSide
 from udfs.validation import is_pii_attribute

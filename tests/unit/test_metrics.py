@@ -1,4 +1,4 @@
-"""udfs.metrics against hand-computed values (Recommenders' python_evaluation definitions)."""
+"""recsys.evaluation.metrics against hand-computed values (Recommenders' python_evaluation definitions)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from udfs import metrics as m
+from recsys.evaluation import metrics as m
 
 LN = math.log
 

@@ -1,4 +1,4 @@
-"""recsys.movielens: atomic-file parsing, mapping to the contract's records, the split, replay
+"""recsys.evaluation.movielens: atomic-file parsing, mapping to the contract's records, the split, replay
 speed parsing and the simulator's protocol helpers (no network: files are written here)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import collections
 
 import pytest
 
-from recsys import movielens as m
-from recsys.replay import parse_speed
+from recsys.evaluation import movielens as m
+from recsys.evaluation.replay import parse_speed
 from state_schemas import validator
 
 INTER = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -198,6 +198,6 @@ def test_the_real_files():
 
 
 def test_replay_cli_constants_match_the_module():
-    from recsys import replay
+    from recsys.evaluation import replay
 
     assert replay.SPLITS == m.SPLITS and replay.SPLIT_SEED == m.DEFAULT_SPLIT_SEED

@@ -425,7 +425,7 @@ def test_a_gap_of_any_length_leaves_the_ranking_defined_and_unchanged(gap_days, 
 def _cold_start_list(*overrides: str) -> list[str]:
     """The issue's reproduction: other users made some items popular; three kitchen items are
     new in the catalogue; a user clicks one of them. Their first list, through the engine."""
-    from recsys.simulate import EngineSimulator
+    from recsys.evaluation.simulate import EngineSimulator
 
     sim = EngineSimulator(make_cfg(*overrides, max_per_category=0, candidates_per_source=200,
                                    new_items_per_category=20, exploration_share=0.1))

@@ -12,7 +12,7 @@ import pytest
 
 from state_schemas.config import EVENT_TYPES
 from recsys.paths import SAMPLE_DATA_DIR
-from recsys.sample_stream import (
+from recsys.sample_data.synthetic import (
     SAMPLE_FILES, SampleData, _merge_in_time_order, _next_round, _TickingClock, generate_sample, load_sample,
     shift_to_now, write_sample,
 )
@@ -250,7 +250,7 @@ def test_produce_sends_catalogue_and_users_first_then_the_stream_in_time_order(
     import time
 
     from state_schemas.config import EngineConfig
-    from recsys.sample_stream import produce
+    from recsys.sample_data.synthetic import produce
 
     cfg = EngineConfig()
     cfg.kafka.client_properties = {"security.protocol": "PLAINTEXT", "sasl.jaas.config": "ignored"}
@@ -279,7 +279,7 @@ def test_produce_sends_catalogue_and_users_first_then_the_stream_in_time_order(
 def test_produce_loop_repeats_with_fresh_ids(fake_kafka: type[_FakeProducer], sample: SampleData,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from state_schemas.config import EngineConfig
-    from recsys.sample_stream import produce
+    from recsys.sample_data.synthetic import produce
 
     original_init = _FakeProducer.__init__
 
@@ -303,7 +303,7 @@ def test_produce_throttles_and_ends_when_told_to_stop(fake_kafka: type[_FakeProd
     import time
 
     from state_schemas.config import EngineConfig
-    from recsys.sample_stream import produce
+    from recsys.sample_data.synthetic import produce
 
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()

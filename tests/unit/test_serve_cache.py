@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from recsys.serve import LiveView, ServeMetrics
+from recsys.serving.api import LiveView, ServeMetrics
 from state_schemas.config import load_config
 
 

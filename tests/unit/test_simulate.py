@@ -1,4 +1,4 @@
-"""recsys.simulate (the in-process engine) and the evaluation's protocol helpers."""
+"""recsys.evaluation.simulate (the in-process engine) and the evaluation's protocol helpers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 
 from state_schemas.config import load_config
-from recsys.evaluation import protocol_b_cases, summarise_b
-from recsys.simulate import (
+from recsys.evaluation import prequential
+from recsys.evaluation.simulate import (
     EngineSimulator, request_records, run_protocol_a, run_protocol_b)
 
 T0 = 1_767_225_600_000
@@ -118,9 +118,13 @@ def test_prequential_cases_use_the_previous_events_list():
     events = [ev("1", "u", "rate", "a", 0, 4.0), ev("2", "v", "rate", "b", 1, 4.0),
               ev("3", "u", "rate", "b", 2, 4.0), ev("4", "u", "rate", "c", 3, 4.0)]
     lists = {"1": ("tuned", ["x", "b"]), "3": ("tuned", ["c"]), "2": ("tuned", ["a"])}
-    cases = protocol_b_cases(events, lists)
+    cases = prequential.cases(events, lists, 10)
     assert cases == [(T0 + 2, "u", "tuned", 2), (T0 + 3, "u", "tuned", 1)]
-    s = summarise_b(cases, T0, T0 + 3)
+    assert prequential.cases(events, lists, 10, since_ts=T0 + 3) == cases[1:]
+    assert prequential.cases(events, lists, 10, users={"v"}) == []
+    assert prequential.cases(events, lists, 1) == [(T0 + 2, "u", "tuned", 0),
+                                                   (T0 + 3, "u", "tuned", 1)]
+    s = prequential.summarise(cases, T0, T0 + 3, 10)
     assert s["cases"] == 2 and s["hit_rate@10"] == 1.0 and s["mrr@10"] == pytest.approx(0.75)
     assert s["second_half_cases"] == 1 and s["per_variant"]["tuned"]["cases"] == 2
 

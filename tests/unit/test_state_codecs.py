@@ -16,11 +16,11 @@ import pytest
 from state_schemas import item_state, model_state, records, validator
 from state_schemas.config import DAY_MS, EVENT_TYPES, EngineConfig
 from state_schemas.ids import id_hash
-from state_schemas.legacy import legacy_catalog_record, migrate_profile_dict
+from state_schemas.legacy import legacy_catalog_record
 from state_schemas.profile_state import (
     IMPRESSION_STATE_VERSION, N_TYPES, PROFILE_STATE_VERSION, TYPE_CODE, ImpressionLog,
     StateVersionError, UserProfile, decode_impressions, decode_profile, encode_impressions,
-    encode_profile)
+    encode_profile, migrate_profile_dict)
 from udfs.ab import record_impressions
 from udfs.profile import ProfileStep
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys import tune
+from recsys.evaluation import tune
 from state_schemas.config import load_config
 
 

@@ -14,7 +14,7 @@ import pytest
 import udfs.profile as profile_mod
 from state_schemas import records as rec
 from state_schemas.config import load_config
-from recsys.simulate import keyed_batch
+from recsys.evaluation.simulate import keyed_batch
 from udfs.user_side import Record, UserSide
 
 T0 = 1_767_225_600_000

@@ -14,9 +14,11 @@ import time
 
 from kafka import KafkaConsumer
 
-from recsys import kafka_local, sample_stream, topics
+from recsys.local import kafka_broker, topics
+
+from recsys.sample_data import synthetic
 from state_schemas.config import EngineConfig
-from recsys.job_process import start_job_process, stop_job_process
+from recsys.local.job_process import start_job_process, stop_job_process
 from recsys.paths import VAR_DIR
 
 
@@ -58,31 +60,31 @@ def print_outputs(cfg: EngineConfig, stop: threading.Event, titles: dict[str, st
 
 def run_demo(args: argparse.Namespace, cfg: EngineConfig) -> int:
     port = args.port
-    broker = kafka_local.broker_status(port)
+    broker = kafka_broker.broker_status(port)
     started_broker = broker is None
     if started_broker:
         print(f"demo: starting Kafka on 127.0.0.1:{port}")
-        broker = kafka_local.start_broker(port)
+        broker = kafka_broker.start_broker(port)
     cfg.kafka.bootstrap_servers = broker.bootstrap_servers
     topics.create_topics(cfg)
     log_path = VAR_DIR / "demo-job.log"
     print(f"demo: starting the job on the local mini-cluster (log: {log_path})")
     job = start_job_process([f'kafka.bootstrap_servers="{cfg.kafka.bootstrap_servers}"']
                             + list(args.overrides), log_path, args.config)
-    server, serve_log = None, VAR_DIR / "demo-serve.log"
+    server, serve_log = None, VAR_DIR / "demo-api.log"
     if args.http_port:
-        from recsys import serve
+        from recsys.serving import api
 
-        server = serve.start_process(args.http_port,
+        server = api.start_process(args.http_port,
                                      [f'kafka.bootstrap_servers="{cfg.kafka.bootstrap_servers}"']
                                      + list(args.overrides), serve_log, args.config)
         print(f"demo: explorer and API at http://127.0.0.1:{args.http_port}/ (log: {serve_log})")
     stop = threading.Event()
-    sample = sample_stream.load_sample()
+    sample = synthetic.load_sample()
     titles = {i["item_id"]: i["title"] for i in sample.items}
     printer = threading.Thread(target=print_outputs, args=(cfg, stop, titles), daemon=True)
     printer.start()
-    producer = threading.Thread(target=sample_stream.produce, args=(cfg,),
+    producer = threading.Thread(target=synthetic.produce, args=(cfg,),
                                 kwargs={"rate": 20.0, "loop": True, "stop": stop}, daemon=True)
     time.sleep(3)
     producer.start()
@@ -106,5 +108,5 @@ def run_demo(args: argparse.Namespace, cfg: EngineConfig) -> int:
             stop_job_process(server)
         stop_job_process(job)
         if started_broker:
-            kafka_local.stop_broker(port)
+            kafka_broker.stop_broker(port)
     return 0

@@ -1,4 +1,5 @@
-"""Background JVMs started by the project's tools (broker, JobManager, TaskManagers): liveness.
+"""Background JVMs started by the project's tools (broker, JobManager, TaskManagers): liveness
+and the tails of their logs.
 
 Children started by this Python process are kept here so they can be reaped: a dead, unreaped
 child is a zombie that still answers ``os.kill(pid, 0)``, which would make "is it running?"
@@ -8,7 +9,9 @@ wrong until the parent exits.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 CHILDREN: dict[int, subprocess.Popen] = {}
@@ -43,3 +46,37 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def terminate(pid: int, timeout_s: float, kill_wait_s: float = 10.0) -> bool:
+    """SIGTERM (a JVM shuts down cleanly), then SIGKILL if it takes longer than ``timeout_s``;
+    reaps our own child. False if the process survived SIGKILL for ``kill_wait_s``."""
+    gone = False
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, kill_wait_s)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not alive(pid):
+                gone = True
+                break
+            time.sleep(0.1)
+        if gone:
+            break
+    child = CHILDREN.pop(pid, None)
+    if child is not None:
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    return gone
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} does not exist)"

@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from recsys import paths
-from recsys.processes import CHILDREN as _CHILDREN, alive as _alive, cmdline as _cmdline
+from recsys.local.processes import CHILDREN as _CHILDREN, alive as _alive, cmdline as _cmdline
+from recsys.local.processes import log_tail as _tail, terminate
 
 HOST = "127.0.0.1"
 PID_FILE = "broker.pid"
@@ -155,7 +155,7 @@ def server_properties(port: int, data_dir: Path, inter_broker_password: str | No
     controller = port + 1
     client = SASL_LISTENER if inter_broker_password is not None else "PLAINTEXT"
     lines = [
-        "# Written by recsys.kafka_local on every start; edits are overwritten.",
+        "# Written by recsys.local.kafka_broker on every start; edits are overwritten.",
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@{HOST}:{controller}",
@@ -497,15 +497,8 @@ def _check_ports_free(port: int, data_dir: Path) -> None:
         "pick another --port or stop what holds them.")
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} does not exist)"
-
-
 def _diagnostics(data_dir: Path) -> str:
-    text = f"--- last lines of {data_dir / LOG_FILE}:\n{_tail(data_dir / LOG_FILE)}"
+    text = f"--- last lines of {data_dir / LOG_FILE}:\n{_tail(data_dir / LOG_FILE, 30)}"
     out = data_dir / STDOUT_FILE
     if out.is_file() and out.stat().st_size:
         text += f"\n--- last lines of {out}:\n{_tail(out, 15)}"
@@ -707,18 +700,8 @@ def start_broker(port: int = 9092, data_dir: str | os.PathLike | None = None,
 
 
 def _terminate(pid: int, timeout_s: float) -> None:
-    """SIGTERM (Kafka shuts down cleanly), then SIGKILL if it takes longer than ``timeout_s``."""
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
-    raise KafkaLocalError(f"broker pid {pid} survived SIGKILL")
+    if not terminate(pid, timeout_s):
+        raise KafkaLocalError(f"broker pid {pid} survived SIGKILL")
 
 
 def stop_broker(port: int = 9092, data_dir: str | os.PathLike | None = None,

@@ -41,14 +41,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from recsys import kafka_io
-from recsys.api_security import (READ, WRITE, Authenticator, TokenBuckets, check_bind,
+from recsys.serving.security import (READ, WRITE, Authenticator, TokenBuckets, check_bind,
                                  host_allowed, load_api_keys, retry_after_header)
 from state_schemas.config import ConfigError, EngineConfig
 from recsys.paths import PROJECT_ROOT
 from state_schemas import load_schema
 from udfs.validation import KIND_EVENT, KIND_REQUEST, DeadLetter, parse_input
 
-log = logging.getLogger("recsys.serve")  # same name when run as __main__
+log = logging.getLogger("recsys.serving.api")  # same name when run as __main__
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_PORT = 8080
@@ -350,23 +350,23 @@ class _Invalid(Exception):
 # --------------------------------------------------------------------------- handlers
 
 async def get_recommendations(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    user_id = request.match_info["user_id"]
-    rec = state.view.recommendations.get(state.user_key(user_id))
-    if rec is None:
-        return error_response(404, "unknown_user", f"no recommendations for user {user_id!r} (yet)",
-                              user_id=user_id)
-    return json_response(_recommendation_body(rec, state.view.items))
+    return _user_entry(request, "recommendations", "recommendations", _recommendation_body)
 
 
 async def get_profile(request: web.Request) -> web.Response:
+    return _user_entry(request, "profiles", "profile", _profile_body)
+
+
+def _user_entry(request: web.Request, table: str, what: str,
+                body: Callable[[Any, Any], dict[str, Any]]) -> web.Response:
+    """The user's entry of one table of the live view, or 404 while there is none."""
     state = request.app[STATE]
     user_id = request.match_info["user_id"]
-    profile = state.view.profiles.get(state.user_key(user_id))
-    if profile is None:
-        return error_response(404, "unknown_user", f"no profile for user {user_id!r} (yet)",
+    entry = getattr(state.view, table).get(state.user_key(user_id))
+    if entry is None:
+        return error_response(404, "unknown_user", f"no {what} for user {user_id!r} (yet)",
                               user_id=user_id)
-    return json_response(_profile_body(profile, state.view.items))
+    return json_response(body(entry, state.view.items))
 
 
 async def refresh_recommendations(request: web.Request) -> web.Response:
@@ -512,7 +512,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @dataclass
 class Security:
-    """The service's access rules (``recsys/api_security.py``), fixed at start."""
+    """The service's access rules (``recsys/serving/security.py``), fixed at start."""
     auth: Authenticator
     buckets: TokenBuckets
     bind_host: str
@@ -623,10 +623,10 @@ def serve(cfg: EngineConfig, port: int = DEFAULT_PORT, host: str = "127.0.0.1") 
 
 def start_process(port: int, overrides: list[str], log_path: Path, config_file: str | None = None,
                   host: str = "127.0.0.1") -> subprocess.Popen:
-    """``python -m recsys.serve`` in a child process with its own session (like the job), so
+    """``python -m recsys.serving.api`` in a child process with its own session (like the job), so
     ``recsys demo`` and the benchmark can run it beside other work and stop it with
-    ``recsys.job_process.stop_job_process``. ``overrides`` are ``--set`` strings."""
-    args = [sys.executable, "-m", "recsys.serve", "--port", str(port), "--host", host]
+    ``recsys.local.job_process.stop_job_process``. ``overrides`` are ``--set`` strings."""
+    args = [sys.executable, "-m", "recsys.serving.api", "--port", str(port), "--host", host]
     if config_file:
         args += ["--config", config_file]
     for item in overrides:
@@ -810,7 +810,7 @@ def openapi_spec(cfg: EngineConfig, api_keys: bool = True) -> dict[str, Any]:
 
 
 def _add_security(spec: dict[str, Any]) -> None:
-    """API keys (``recsys/api_security.py``): the schemes, who needs which scope, the guard's
+    """API keys (``recsys/serving/security.py``): the schemes, who needs which scope, the guard's
     401 and 403 on every operation it applies to."""
     spec["components"]["securitySchemes"] = {
         "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
@@ -830,13 +830,13 @@ def _add_security(spec: dict[str, Any]) -> None:
                 f"The key lacks the {'write' if method == 'post' else 'read'} scope", "Error")
 
 
-# `python -m recsys.serve --port P --bootstrap-servers H:P` works before the CLI wiring exists.
+# `python -m recsys.serving.api --port P --bootstrap-servers H:P` works before the CLI wiring exists.
 if __name__ == "__main__":
-    from recsys.cli import _add_config_args, _config
+    from recsys.config_args import add_config_arguments, config_from_arguments
 
     cli = argparse.ArgumentParser(prog="recsys serve", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_config_args(cli)
+    add_config_arguments(cli)
     add_arguments(cli)
     parsed = cli.parse_args()
-    sys.exit(main(parsed, _config(parsed)))
+    sys.exit(main(parsed, config_from_arguments(parsed)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
@@ -55,26 +55,29 @@ def topic_configs(topic: str, names: TopicNames,
     return {}
 
 
-def topic_specs(names: TopicNames, partitions: int,
-                privacy: PrivacyConfig | None = None) -> dict[str, dict[str, Any]]:
-    """kafka-python's dict form of CreateTopics: {name: {num_partitions, replication_factor, configs}}."""
+def topic_specs(names: TopicNames, partitions: int, privacy: PrivacyConfig | None = None,
+                every_topic: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """kafka-python's dict form of CreateTopics: {name: {num_partitions, replication_factor,
+    configs}}; ``every_topic``: settings added to every topic's own."""
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     return {topic: {"num_partitions": 1 if topic == names.item_model else partitions,
                     "replication_factor": REPLICATION_FACTOR,
-                    "configs": topic_configs(topic, names, privacy)}
+                    "configs": {**topic_configs(topic, names, privacy), **(every_topic or {})}}
             for topic in dict.fromkeys(names.all_topics())}
 
 
 def ensure_topics(bootstrap: str, topic_names: TopicNames, partitions: int = 1,
-                  privacy: PrivacyConfig | None = None, **admin_kwargs: Any) -> TopicsResult:
+                  privacy: PrivacyConfig | None = None,
+                  every_topic: Mapping[str, str] | None = None,
+                  **admin_kwargs: Any) -> TopicsResult:
     """Create the missing topics of ``topic_names``; existing ones are left as they are.
 
     Topics that already exist are not altered (their partition count or configs may differ
     from what would be created now). Returns once the new topics have leaders, so producers
-    and consumers can use them straight away.
+    and consumers can use them straight away. ``every_topic``: see ``topic_specs``.
     """
-    specs = topic_specs(topic_names, partitions, privacy)
+    specs = topic_specs(topic_names, partitions, privacy, every_topic)
     result = TopicsResult()
     admin_kwargs.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
     admin_kwargs.setdefault("client_id", "recsys-topics")

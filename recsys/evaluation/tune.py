@@ -5,8 +5,8 @@ from and, per setting, the values to try. The tuner runs coordinate descent: set
 setting, every value is tried with the others held at their current best, and the best
 validation nDCG@10 is kept (a tie keeps the current value); rounds repeat until one changes
 nothing or ``rounds`` is reached. Each trial is protocol A in the in-process simulator
-(``recsys.simulate.run_protocol_a``, the job's own engine) on the validation split carved from
-the training ratings (``recsys.datasets``, ``validation=True``): the test ratings are not even
+(``recsys.evaluation.simulate.run_protocol_a``, the job's own engine) on the validation split carved from
+the training ratings (``recsys.evaluation.datasets``, ``validation=True``): the test ratings are not even
 loaded.
 
 It writes the whole search (every trial and its score) as JSON and Markdown, and with
@@ -93,11 +93,11 @@ _DATA: Any = None
 def _init(dataset: str, split: str, seed: int, users: int) -> None:
     global _DATA
     if dataset == "synthetic":
-        from recsys.compare import synthetic_stream
+        from recsys.evaluation.compare import synthetic_stream
 
         _DATA = synthetic_stream(seed)
         return
-    from recsys.datasets import load_data
+    from recsys.evaluation.datasets import load_data
 
     _DATA = load_data(users, seed, kind=split, validation=True)
 
@@ -108,10 +108,10 @@ def _trial(settings: list[str]) -> float:
     cfg = load_config(None, settings, environ={})
     d = _DATA
     if isinstance(d, dict):  # the synthetic stream: protocol B
-        from recsys.compare import engine_protocol_b
+        from recsys.evaluation.compare import engine_protocol_b
 
         return float(engine_protocol_b(cfg, d)[f"hit_rate@{K}"])
-    from recsys.simulate import run_protocol_a
+    from recsys.evaluation.simulate import run_protocol_a
 
     res = run_protocol_a(cfg, d.catalog, d.attributes, d.train_events, d.test, k=K)
     return float(res.metrics[f"ndcg@{K}"])
@@ -203,7 +203,7 @@ def markdown(search: Search, result: Result, command: str) -> str:
 def describe(search: Search) -> str:
     if search.dataset == "synthetic":
         return (f"Coordinate descent on the synthetic e-commerce stream generated with seed "
-                f"{search.seed} (`recsys.compare.synthetic_stream`; `make eval` reports another "
+                f"{search.seed} (`recsys.evaluation.compare.synthetic_stream`; `make eval` reports another "
                 f"seed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
     return (f"Coordinate descent on the validation split carved from the training ratings of "
             f"the {search.split} split (seed {search.seed}) of MovieLens-100k: the test "
@@ -253,7 +253,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """``argv``: the arguments after ``tune`` (for the report's command line)."""
-    from recsys import movielens
+    from recsys.evaluation import movielens
 
     movielens.fetch()
     search = Search.load(Path(args.search))

@@ -1,7 +1,7 @@
 """The engine beside batch baselines, like for like: same splits, same metric code.
 
 For every protocol-A split of ``make eval`` (random per-user splits on several seeds and the
-per-user temporal split, ``recsys.datasets``) this module scores popularity, SAR (cosine and
+per-user temporal split, ``recsys.evaluation.datasets``) this module scores popularity, SAR (cosine and
 Jaccard, with the time decay Recommenders documents: 30 days) and EASE, whose lambda is
 chosen on the validation split carved from that split's *training* ratings, never on its test
 ratings. Protocol B's baselines replay the same event stream: popularity refreshed at every
@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recsys import baselines
-from recsys.datasets import Data, load_data
-from udfs.metrics import rank_of, ranking_metrics
+from recsys.evaluation import baselines, prequential
+from recsys.evaluation.datasets import Data, load_data
+from recsys.evaluation.metrics import ranking_metrics
 
 K_DEFAULT = 10
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0)
@@ -60,10 +60,9 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
                           ease_lambda: float, users: set[str] | None = None
-                          ) -> dict[str, list[tuple[int, str, str, int]]]:
-    """Protocol B cases ``(ts, user, variant, rank)`` of two baselines over ``events`` (event
-    time order), in the engine's protocol: an event of a user is a case when that user had an
-    earlier event, ranked in the list the user would have been shown after that earlier event.
+                          ) -> dict[str, list[prequential.Case]]:
+    """Protocol B cases (``recsys.evaluation.prequential``) of two baselines over ``events``
+    (event-time order), from the list each would have shown after every event:
 
     * ``popularity, live``: the k most frequent items over every event so far (the list after
       the user's previous event), minus the user's own items.
@@ -84,19 +83,10 @@ def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
     counts = np.zeros(n_items, dtype=np.float64)
     seen: dict[str, np.ndarray] = {}
     ease_scores: dict[str, np.ndarray] = {}
-    last_pop: dict[str, list[str]] = {}
-    last_ease: dict[str, list[str]] = {}
-    cases: dict[str, list[tuple[int, str, str, int]]] = {"popularity, live": [],
-                                                         "EASE, first half": []}
+    popular_after: dict[str, tuple[str, list[str]]] = {}
+    ease_after: dict[str, tuple[str, list[str]]] = {}
     for e in events:
-        u, item, ts = e["user_id"], e["item_id"], e["ts"]
-        c = index[item]
-        scored = users is None or u in users
-        if scored and u in last_pop:
-            cases["popularity, live"].append((ts, u, "popularity", rank_of(item, last_pop[u], k)))
-            if ts >= t_mid:
-                cases["EASE, first half"].append((ts, u, "ease",
-                                                  rank_of(item, last_ease[u], k)))
+        u, c = e["user_id"], index[e["item_id"]]
         counts[c] += 1.0
         s = seen.get(u)
         if s is None:
@@ -105,10 +95,11 @@ def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
         if not s[c]:
             s[c] = True
             ease_scores[u] += b[c]
-        if scored:
-            last_pop[u] = _top_unseen(counts, s, k, items)
-            last_ease[u] = _top_unseen(ease_scores[u], s, k, items)
-    return cases
+        if users is None or u in users:
+            popular_after[e["event_id"]] = ("popularity", _top_unseen(counts, s, k, items))
+            ease_after[e["event_id"]] = ("ease", _top_unseen(ease_scores[u], s, k, items))
+    return {"popularity, live": prequential.cases(events, popular_after, k, users),
+            "EASE, first half": prequential.cases(events, ease_after, k, users, since_ts=t_mid)}
 
 
 def _top_unseen(scores: np.ndarray, seen: np.ndarray, k: int, items: list[str]) -> list[str]:
@@ -124,9 +115,9 @@ SYNTHETIC_EVAL_SEED = 7      # make eval: another stream from the same generator
 
 
 def synthetic_stream(seed: int) -> dict[str, Any]:
-    """The synthetic e-commerce stream (``recsys.sample_stream``, larger than the bundled
+    """The synthetic e-commerce stream (``recsys.sample_data.synthetic``, larger than the bundled
     sample): catalogue, users, events in time order, and the mid time."""
-    from recsys.sample_stream import generate_sample
+    from recsys.sample_data.synthetic import generate_sample
 
     d = generate_sample(seed=seed, **SYNTHETIC)
     events = sorted(d.events, key=lambda e: (e["ts"], e["event_id"]))
@@ -137,18 +128,15 @@ def synthetic_stream(seed: int) -> dict[str, Any]:
 
 def engine_protocol_b(cfg: Any, stream: dict[str, Any]) -> dict[str, Any]:
     """Protocol B of the engine (simulator) on a synthetic stream."""
-    from recsys.evaluation import summarise_b
-    from recsys.simulate import run_protocol_b
+    from recsys.evaluation.simulate import run_protocol_b
 
     res = run_protocol_b(cfg, stream["items"], stream["users"], stream["events"], k=K_DEFAULT)
-    return summarise_b([(c.ts, c.user_id, c.variant, c.rank) for c in res.cases],
-                       stream["t_first"], stream["t_mid"])
+    return prequential.summarise(res.cases, stream["t_first"], stream["t_mid"], K_DEFAULT)
 
 
 def synthetic_report(k: int = K_DEFAULT) -> dict[str, Any]:
     """Protocol B on the evaluation's synthetic stream: the engine with the shipped defaults
     beside popularity refreshed at every event and EASE trained on the first half."""
-    from recsys.evaluation import summarise_b
     from state_schemas.config import load_config
 
     stream = synthetic_stream(SYNTHETIC_EVAL_SEED)
@@ -158,12 +146,13 @@ def synthetic_report(k: int = K_DEFAULT) -> dict[str, Any]:
                                                                 stream)}
     # EASE's lambda is chosen on the tuning stream (the validation data of this protocol).
     tuning = synthetic_stream(SYNTHETIC_TUNING_SEED)
-    hit = {lam: summarise_b(prequential_baselines(tuning["events"], tuning["t_mid"], k, lam)[
-        "EASE, first half"], tuning["t_first"], tuning["t_mid"])[f"hit_rate@{k}"]
+    hit = {lam: prequential.summarise(prequential_baselines(tuning["events"], tuning["t_mid"], k,
+                                                            lam)["EASE, first half"],
+                                      tuning["t_first"], tuning["t_mid"], k)[f"hit_rate@{k}"]
         for lam in EASE_LAMBDAS}
     lam = max(EASE_LAMBDAS, key=lambda x: (hit[x], -x))
     out["ease_lambda"], out["ease_lambda_search"] = lam, hit
-    out["baselines"] = {name: summarise_b(c, stream["t_first"], stream["t_mid"])
+    out["baselines"] = {name: prequential.summarise(c, stream["t_first"], stream["t_mid"], k)
                         for name, c in prequential_baselines(stream["events"], stream["t_mid"],
                                                              k, lam).items()}
     return out

@@ -1,7 +1,7 @@
 """Batch baselines for the offline evaluation: popularity, SAR and EASE, in numpy.
 
 They are trained on the same training interactions the engine replays and scored with the same
-metric code (``udfs/metrics.py``), so their numbers sit beside the engine's like for like. The
+metric code (``recsys/evaluation/metrics.py``), so their numbers sit beside the engine's like for like. The
 engine never imports this module.
 
 * **Popularity**: items by number of training interactions.

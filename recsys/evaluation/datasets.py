@@ -1,7 +1,7 @@
 """The evaluation's data: MovieLens-100k split into what the engine replays and what it is
 scored on, for every protocol, the tuner and the baselines.
 
-Splits (``recsys.movielens.make_split``):
+Splits (``recsys.evaluation.movielens.make_split``):
 
 * ``random``: per user 75/25 with a seed (Recommenders' ``python_stratified_split``);
 * ``temporal``: each user's newest 25 % of ratings are the test set (the engine still sees
@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recsys import movielens
-from recsys.baselines import Interaction, InteractionMatrix
+from recsys.evaluation import movielens
+from recsys.evaluation.baselines import Interaction, InteractionMatrix
 
 Record = dict[str, Any]
 

@@ -133,8 +133,8 @@ def replay(cfg: EngineConfig, catalog: Sequence[Record] = (), attributes: Sequen
 # --------------------------------------------------------------------------- CLI
 
 DATASETS = ("ml-100k",)
-SPLITS = ("all", "train", "test")   # recsys.movielens.SPLITS (not imported here: keeps the CLI light)
-SPLIT_SEED = 42                     # recsys.movielens.DEFAULT_SPLIT_SEED
+SPLITS = ("all", "train", "test")   # recsys.evaluation.movielens.SPLITS (not imported here: keeps the CLI light)
+SPLIT_SEED = 42                     # recsys.evaluation.movielens.DEFAULT_SPLIT_SEED
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -181,7 +181,7 @@ def profiles_barrier(cfg: EngineConfig, user_ids: Iterable[str], timeout_s: floa
 
 
 def main(args: argparse.Namespace, cfg: EngineConfig) -> int:
-    from recsys import movielens
+    from recsys.evaluation import movielens
 
     ml = movielens.load()
     users = sorted(ml.users, key=int)[:args.users] if args.users else None

@@ -1,4 +1,5 @@
-"""The job in a child process (demo, tests, benchmarks): start it, stop it, read its log."""
+"""The job in a child process (demo, tests, benchmarks): start it, stop it (its log:
+``processes.log_tail``)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,3 @@ def stop_job_process(proc: subprocess.Popen, timeout_s: float = 20) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
-
-
-def log_tail(log_path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -1,4 +1,4 @@
-"""Who may call the HTTP API, and how often (pure; ``recsys/serve.py`` applies it per request).
+"""Who may call the HTTP API, and how often (pure; ``recsys/serving/api.py`` applies it per request).
 
 * **API keys with scopes.** A key comes in the ``X-API-Key`` header (Gorse's convention) or as
   ``Authorization: Bearer <key>``. Scope ``read`` allows the GET endpoints that return user

@@ -9,7 +9,7 @@ funnel with falling probabilities. Ratings are higher in preferred categories an
 
 Everything is generated from one seeded ``random.Random`` (no set iteration, no hashing), so the
 same seed gives byte-identical files; ``data/sample/*.jsonl`` are ``generate_sample()`` with the
-defaults, regenerated with ``python -m recsys.sample_stream``.
+defaults, regenerated with ``python -m recsys.sample_data.synthetic``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from recsys.paths import SAMPLE_DATA_DIR
 
-if TYPE_CHECKING:  # keep `import recsys.sample_stream` free of the Kafka client
+if TYPE_CHECKING:  # keep `import recsys.sample_data.synthetic` free of the Kafka client
     from state_schemas.config import EngineConfig
 
 Record = dict[str, Any]
@@ -478,7 +478,7 @@ def load_sample(dir: str | Path = SAMPLE_DATA_DIR) -> SampleData:
     missing = [n for n in SAMPLE_FILES if not (base / n).is_file()]
     if missing:
         raise FileNotFoundError(f"sample data missing in {base}: {', '.join(missing)} "
-                                f"(regenerate with: python -m recsys.sample_stream)")
+                                f"(regenerate with: python -m recsys.sample_data.synthetic)")
     items, users, events, requests = (_read_jsonl(base / n) for n in SAMPLE_FILES)
     return SampleData(items=items, users=users, events=events, requests=requests)
 

@@ -2,7 +2,7 @@
 
 Protocol A (offline, comparable with Microsoft Recommenders' MovieLens-100k table)
     Per-user random 75/25 split, seed 42, the procedure of Recommenders'
-    ``python_stratified_split`` (``recsys.movielens.stratified_split``). A fresh job (own broker
+    ``python_stratified_split`` (``recsys.evaluation.movielens.stratified_split``). A fresh job (own broker
     topics, empty state) gets the catalogue and attributes, then the 75 % in event-time order;
     once it has applied every event (its ``recommendations`` topic holds one record per accepted
     event) and a few seconds more (the last similarity flush and neighbour emissions), one
@@ -10,10 +10,10 @@ Protocol A (offline, comparable with Microsoft Recommenders' MovieLens-100k tabl
     event) is sent and the answers carrying those ``request_id`` are collected. Items the user
     rated in training are consumed and never recommended (``profile.consumed_event_types``
     contains ``rate``; ``profile.consumed_max`` = 1000 > the 737 ratings of the heaviest user).
-    Metrics: ``udfs.metrics`` (Recommenders' definitions, binary relevance, every test rating is
+    Metrics: ``recsys.evaluation.metrics`` (Recommenders' definitions, binary relevance, every test rating is
     relevant). Beside it, on the same split and with the same metric code: popularity, SAR
     (cosine, Jaccard) and EASE with lambda chosen on the split's validation part
-    (``recsys/compare.py``, ``recsys/baselines.py``); and the published table. The same is run
+    (``recsys/evaluation/compare.py``, ``recsys/evaluation/baselines.py``); and the published table. The same is run
     on seeds 43 and 44 (``--seeds``) and on the per-user temporal split (``--no-temporal`` to
     skip), each through a fresh job: mean and spread over the random seeds.
 
@@ -30,14 +30,14 @@ Protocol B (streaming, prequential)
     profiles keep updating), on a random subset of users (``--b-fraction``): a third job gets
     every event before the freeze and the subset's events after it (other users' later events
     cannot reach a frozen model), and is compared with the live job on the same users over the
-    second half of the time range. The simulator (``recsys/simulate.py``) runs both as well.
+    second half of the time range. The simulator (``recsys/evaluation/simulate.py``) runs both as well.
 
-Simulator agreement: protocol A is also run in ``recsys.simulate`` with the same configuration
+Simulator agreement: protocol A is also run in ``recsys.evaluation.simulate`` with the same configuration
 and its clock set to the pipeline's measured throughput; the report gives both metric sets, the
 mean overlap of the two top-10 lists per user, and for protocol B the live simulator against the
 pipeline on the same users.
 
-Protocol S: protocol B on a synthetic e-commerce stream (``recsys.compare``), the shipped
+Protocol S: protocol B on a synthetic e-commerce stream (``recsys.evaluation.compare``), the shipped
 defaults in the simulator beside popularity refreshed at every event and EASE trained on the
 first half.
 
@@ -57,7 +57,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -65,15 +64,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recsys import compare, movielens
-from recsys.datasets import Data, load_data
-from state_schemas.config import EngineConfig, TopicNames, VariantConfig, load_config
+from recsys.evaluation import compare, movielens, prequential
+from recsys.evaluation.datasets import Data, load_data
+from recsys.local.stack import JobStack, LocalBroker
+from state_schemas.config import EngineConfig, VariantConfig, load_config
 from recsys.paths import PROJECT_ROOT
-from udfs.metrics import hit_and_rr, rank_of, ranking_metrics
+from recsys.evaluation.metrics import ranking_metrics
 
 DEFAULT_CONFIG = "deploy/ml-100k.toml"
 K = 10
-WEEK_MS = 7 * 86_400_000
 PUBLISHED = {  # Recommenders' MovieLens-100k benchmark table (examples/06_benchmarks)
     "SAR": {"precision@10": 0.3308, "recall@10": 0.1764, "ndcg@10": 0.3825, "map": 0.1106},
     "BPR": {"ndcg@10": 0.3899},
@@ -165,38 +164,6 @@ class PipelineRun:
     job_log: str = ""
 
 
-def _topic_overrides(names: TopicNames) -> list[str]:
-    return [f'topics.{f.name}="{getattr(names, f.name)}"' for f in fields(TopicNames)]
-
-
-def _topic_names(tag: str) -> TopicNames:
-    d = TopicNames()
-    return TopicNames(**{f.name: f"{getattr(d, f.name)}-{tag}" for f in fields(TopicNames)})
-
-
-class LocalBroker:
-    """A local broker on a free port with a temporary data dir, for the evaluation's jobs."""
-
-    def __init__(self, work_dir: Path):
-        self.work_dir = work_dir
-        self.port = 0
-        self.bootstrap = ""
-
-    def __enter__(self) -> "PipelineRunner":
-        from recsys import kafka_local
-
-        self.port = kafka_local.free_port_pair()
-        info = kafka_local.start_broker(self.port, self.work_dir / "kafka", timeout_s=120)
-        self.bootstrap = info.bootstrap_servers
-        log(f"Kafka broker on {self.bootstrap}")
-        return PipelineRunner(self.bootstrap, self.work_dir)
-
-    def __exit__(self, *exc: Any) -> None:
-        from recsys import kafka_local
-
-        kafka_local.stop_broker(self.port, self.work_dir / "kafka")
-
-
 class PipelineRunner:
     """Runs fresh jobs (own topics, empty state) against a broker."""
 
@@ -210,38 +177,26 @@ class PipelineRunner:
             ) -> tuple[PipelineRun, RecommendationCollector, EngineConfig]:
         """A fresh job on fresh topics: catalogue + attributes, ``events`` (at ``speed``:
         ``max`` or an event-time factor such as ``60000x``), then ``requests``."""
-        from recsys.job_process import log_tail, start_job_process, stop_job_process
-        from recsys.replay import profiles_barrier, replay
-        suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
-        names = _topic_names(suffix)
-        create_eval_topics(self.bootstrap, names)
-        checkpoints = (self.work_dir / f"checkpoints-{tag}").resolve()
-        job_overrides = ([f'kafka.bootstrap_servers="{self.bootstrap}"',
-                          'kafka.starting_offsets="earliest"',
-                          # ml-100k's state outgrows the 5 MB of the default in-memory storage
-                          f'job.checkpoint_dir="{checkpoints.as_uri()}"',
-                          *EVAL_JOB_SETTINGS,
-                          f'kafka.group_id="eval-{suffix}"',
-                          f'kafka.transactional_id_prefix="eval-{suffix}"']
-                         + _topic_overrides(names) + list(overrides))
-        cfg = load_config(config_file, job_overrides, environ={})
-        log_path = self.work_dir / f"job-{tag}.log"
-        run = PipelineRun(job_log=str(log_path))
+        from recsys.evaluation.replay import profiles_barrier, replay
+
+        # The job stamps its outputs with event time; for 1997 data the broker would roll and
+        # compact or expire them at once (``log.roll.ms``, retention): append time keeps them.
+        job = JobStack(self.bootstrap, self.work_dir, tag=tag, config_file=config_file,
+                       overrides=[*EVAL_JOB_SETTINGS, *overrides], checkpoints=True,
+                       every_topic={"message.timestamp.type": "LogAppendTime"})
+        cfg = job.config()
+        run = PipelineRun(job_log=str(job.log_path))
         t0 = time.monotonic()
-        proc = start_job_process(job_overrides, log_path, config_file)
-        collector = RecommendationCollector(self.bootstrap, names.recommendations,
+        job.start()
+        collector = RecommendationCollector(self.bootstrap, job.topics.recommendations,
                                             keep_event_lists)
         collector.start()
         try:
-            def alive() -> None:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the job exited with {proc.returncode}:\n"
-                                       f"{log_tail(log_path)}")
-
+            alive = job.check_alive
             barrier = profiles_barrier(cfg, [a["user_id"] for a in data.attributes],
                                        timeout_s=180, log=log)
             log(f"protocol {tag}: replaying {len(events)} events into the job "
-                f"(log {log_path})")
+                f"(log {job.log_path})")
             started = {}
 
             def ready() -> None:
@@ -270,7 +225,7 @@ class PipelineRunner:
                     last_count, stalled_since = collector.event_count, now
                 if now - stalled_since > 120 or now - t0 > timeout_s:
                     raise RuntimeError(f"the job answered {collector.event_count} of {expected} "
-                                       f"events; giving up:\n{log_tail(log_path)}")
+                                       f"events; giving up:\n{job.log_tail()}")
                 if bar is not None:
                     bar.update(collector.event_count - bar.n)
                 elif now - last_report > 15:
@@ -298,35 +253,13 @@ class PipelineRunner:
                     alive()
                     time.sleep(0.5)
                 run.requests_answered = len(wanted & set(collector.requests))
-            run.dead_letters = _count(self.bootstrap, names.events_dlq)
+            run.dead_letters = _count(self.bootstrap, job.topics.events_dlq)
         finally:
             collector.stop_flag.set()
             collector.join(timeout=10)
-            stop_job_process(proc)
+            job.stop()
         run.seconds_total = time.monotonic() - t0
         return run, collector, cfg
-
-
-def create_eval_topics(bootstrap: str, names: TopicNames) -> None:
-    """The contract's topics (``recsys.topics.topic_specs``), with broker-side timestamps.
-
-    The job stamps its output records with *event time*; for a 1997 data set that is decades
-    old, so the broker would roll a segment of a compacted output topic on every append
-    (time-based rolling, ``log.roll.ms``) and its cleaner would compact away the earlier
-    recommendations of every user before we read them (and ``delete`` topics would drop them by
-    retention). ``message.timestamp.type=LogAppendTime`` makes every topic of the evaluation keep
-    what was written.
-    """
-    from kafka import KafkaAdminClient
-
-    from recsys.topics import topic_specs
-
-    specs = topic_specs(names, 1)
-    for spec in specs.values():
-        spec["configs"] = {**spec["configs"], "message.timestamp.type": "LogAppendTime"}
-    with KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recsys-eval") as admin:
-        admin.create_topics(specs, timeout_ms=30_000)
-        admin.wait_for_topics(list(specs), timeout_ms=30_000)
 
 
 def _count(bootstrap: str, topic: str) -> int:
@@ -341,7 +274,7 @@ def pipeline_protocol_a(runner: PipelineRunner, config_file: str, overrides: lis
                         data: Data, timeout_s: float = 1800.0, tag: str = "A"
                         ) -> tuple[dict[str, float], PipelineRun, dict[str, list[str]]]:
     """Protocol A through a fresh job: (metrics, run facts, the answer to every request)."""
-    from recsys.simulate import request_records
+    from recsys.evaluation.simulate import request_records
 
     requests = request_records(data.train_events, data.users, K)
     run, coll, _ = runner.run(tag, config_file, overrides, data, data.train_events, requests,
@@ -365,53 +298,11 @@ def pipeline_protocol_b_frozen(runner: PipelineRunner, config_file: str, overrid
                               overrides + SHIPPED_VARIANT
                               + [f"similarity.freeze_item_model_at_ms={t_mid}"],
                               data, events, [], True, timeout_s)
-    out = summarise_b(protocol_b_cases(events, coll.event_lists, users=users), t_first, t_mid)
+    out = prequential.summarise(prequential.cases(events, coll.event_lists, K, users),
+                                t_first, t_mid, K)
     out["run"] = run.__dict__
     log(f"protocol B, frozen: {run.events} events in {run.seconds_events:.0f} s")
     return out
-
-
-def protocol_b_cases(events: Sequence[Record], lists: dict[str, tuple[str, list[str]]],
-                     k: int = K, users: set[str] | None = None
-                     ) -> list[tuple[int, str, str, int]]:
-    """(ts, user, variant, rank) per event whose user had a previous event with a list."""
-    prev: dict[str, str] = {}
-    cases = []
-    for e in events:
-        u = e["user_id"]
-        p = prev.get(u)
-        if p is not None and (users is None or u in users) and p in lists:
-            variant, items = lists[p]
-            cases.append((e["ts"], u, variant, rank_of(e["item_id"], items, k)))
-        prev[u] = e["event_id"]
-    return cases
-
-
-def summarise_b(cases: Sequence[tuple[int, str, str, int]], t0: int, t_mid: int
-                ) -> dict[str, Any]:
-    ranks = np.array([c[3] for c in cases], dtype=np.int64)
-    ts = np.array([c[0] for c in cases], dtype=np.int64)
-    hr, mrr = hit_and_rr(ranks)
-    second = ts >= t_mid
-    hr2, mrr2 = hit_and_rr(ranks[second])
-    weeks: dict[int, list[int]] = {}
-    for t, r in zip(ts.tolist(), ranks.tolist()):
-        weeks.setdefault((t - t0) // WEEK_MS, []).append(r)
-    per_week = []
-    for w in sorted(weeks):
-        h, m = hit_and_rr(np.array(weeks[w]))
-        per_week.append({"week": int(w), "start_ms": int(t0 + w * WEEK_MS), "cases": len(weeks[w]),
-                         f"hit_rate@{K}": h, f"mrr@{K}": m})
-    variants: dict[str, Any] = {}
-    for v in sorted({c[2] for c in cases}):
-        sel = np.array([c[2] == v for c in cases], dtype=bool)
-        h, m = hit_and_rr(ranks[sel])
-        h2, m2 = hit_and_rr(ranks[sel & second])
-        variants[v] = {"cases": int(sel.sum()), f"hit_rate@{K}": h, f"mrr@{K}": m,
-                       f"second_half_hit_rate@{K}": h2, f"second_half_mrr@{K}": m2}
-    return {"cases": len(cases), f"hit_rate@{K}": hr, f"mrr@{K}": mrr,
-            "second_half_cases": int(second.sum()), f"second_half_hit_rate@{K}": hr2,
-            f"second_half_mrr@{K}": mrr2, "per_week": per_week, "per_variant": variants}
 
 
 def _round(obj: Any, nd: int = 4) -> Any:
@@ -649,7 +540,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     failed = True
     try:
         if not args.simulator_only and protocols & {"A", "B"}:
-            with LocalBroker(work) as pipe:
+            with LocalBroker(work) as bootstrap:
+                log(f"Kafka broker on {bootstrap}")
+                pipe = PipelineRunner(bootstrap, work)
                 if "A" in protocols:
                     metrics_a, run_a, recs = pipeline_protocol_a(
                         pipe, args.config, list(args.overrides), data, args.timeout)
@@ -676,13 +569,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               list(args.overrides) + SHIPPED_VARIANT, data,
                                               data.all_events, [], True, args.timeout,
                                               speed=args.b_speed)
-                    cases = protocol_b_cases(data.all_events, coll.event_lists)
-                    report.setdefault("protocol_b", {})["pipeline"] = summarise_b(
-                        cases, t_first, t_mid)
+                    cases = prequential.cases(data.all_events, coll.event_lists, K)
+                    report.setdefault("protocol_b", {})["pipeline"] = prequential.summarise(
+                        cases, t_first, t_mid, K)
                     report["protocol_b"]["pipeline"]["run"] = run_b.__dict__
-                    report["protocol_b"]["pipeline_on_sim_users"] = summarise_b(
-                        protocol_b_cases(data.all_events, coll.event_lists, users=set(subset)),
-                        t_first, t_mid)
+                    report["protocol_b"]["pipeline_on_sim_users"] = prequential.summarise(
+                        prequential.cases(data.all_events, coll.event_lists, K, set(subset)),
+                        t_first, t_mid, K)
                     log(f"protocol B: {run_b.events} events in {run_b.seconds_events:.0f} s "
                         f"({run_b.events_per_second:.0f} events/s)")
                     if not args.no_frozen:
@@ -727,7 +620,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "splits", [{}])[0].get("ease_lambda") or compare.tune_ease(
             args.users, movielens.DEFAULT_SPLIT_SEED, "random", K)[0]
         log(f"protocol B baselines (EASE lambda {lam:g}, chosen on protocol A's validation)")
-        b["baselines"] = {name: summarise_b(c, t_first, t_mid) for name, c in
+        b["baselines"] = {name: prequential.summarise(c, t_first, t_mid, K) for name, c in
                           compare.prequential_baselines(data.all_events, t_mid, K,
                                                         ease_lambda=lam).items()}
         b["baselines"]["EASE, first half"]["ease_lambda"] = lam
@@ -736,7 +629,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         b = report.setdefault("protocol_b", {})
         b["sim_users"] = len(subset)
         b["freeze_at_ms"] = t_mid
-        b["freeze_week"] = (t_mid - t_first) / WEEK_MS
+        b["freeze_week"] = (t_mid - t_first) / prequential.WEEK_MS
         b["sim_live"] = results["sim_live"]
         b["sim_frozen"] = results["sim_frozen"]
 
@@ -795,7 +688,7 @@ def _sim_a_job(config: str, overrides: list[str], users: int, ms_per_event: floa
                seed: int = movielens.DEFAULT_SPLIT_SEED, kind: str = "random"
                ) -> dict[str, Any]:
     """Protocol A in the simulator (a worker process: loads its own data)."""
-    from recsys import simulate
+    from recsys.evaluation import simulate
 
     data = load_data(users, seed, kind=kind)
     cfg = load_config(config, overrides, environ={})
@@ -809,14 +702,14 @@ def _sim_b_job(config: str, overrides: list[str], users: int, ms_per_event: floa
                subset: list[str], freeze_after_ms: int | None, t_first: int, t_mid: int
                ) -> dict[str, Any]:
     """Protocol B in the simulator on ``subset`` (live, or frozen after ``freeze_after_ms``)."""
-    from recsys import simulate
+    from recsys.evaluation import simulate
 
     data = load_data(users)
     cfg = load_config(config, overrides + SHIPPED_VARIANT, environ={})
     res = simulate.run_protocol_b(cfg, data.catalog, data.attributes, data.all_events, k=K,
                                   ms_per_event=ms_per_event, freeze_after_ms=freeze_after_ms,
                                   users=set(subset))
-    out = summarise_b([(c.ts, c.user_id, c.variant, c.rank) for c in res.cases], t_first, t_mid)
+    out = prequential.summarise(res.cases, t_first, t_mid, K)
     out["seconds"] = res.seconds
     return out
 

@@ -57,7 +57,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from recsys import paths
-from recsys.processes import CHILDREN as _CHILDREN, alive as _alive, cmdline as _cmdline
+from recsys.config_args import add_config_arguments
+from recsys.local.processes import CHILDREN as _CHILDREN, alive as _alive, cmdline as _cmdline
+from recsys.local.processes import log_tail as _tail, terminate
 
 HOST = "localhost"
 DEFAULT_REST_PORT = 8081
@@ -233,11 +235,11 @@ def _write_conf(conf_dir: Path, dist: Path, settings: dict[str, Any]) -> None:
             if src.name.startswith("log4j") and src.name.endswith(".properties"):
                 # The Kafka sink's committer re-registers a metric every checkpoint and Flink logs a
                 # WARN "Name collision ... pendingCommittables" each time: keep the logs readable.
-                text += ("\n# Added by recsys.cluster\n"
+                text += ("\n# Added by recsys.local.cluster\n"
                          "logger.recsys_metric_collisions.name = org.apache.flink.metrics.MetricGroup\n"
                          "logger.recsys_metric_collisions.level = ERROR\n")
             (conf_dir / src.name).write_text(text)
-    lines = ["# Written by recsys.cluster on every start; edits are overwritten.",
+    lines = ["# Written by recsys.local.cluster on every start; edits are overwritten.",
              "# Flattened Flink 2.x keys (config.yaml accepts nested and flattened forms)."]
     lines += [f"{key}: {_yaml_value(value)}" for key, value in settings.items()]
     (conf_dir / "config.yaml").write_text("\n".join(lines) + "\n")
@@ -317,28 +319,8 @@ def _launch(script: str, dist: Path, info: ClusterInfo, name: str) -> int:
 
 
 def _terminate(pid: int, conf_dir: Path, main_class: str, timeout_s: float) -> None:
-    if not _is_ours(pid, conf_dir, main_class):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    child = _CHILDREN.pop(pid, None)
-    if child is not None:
-        try:
-            child.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+    if _is_ours(pid, conf_dir, main_class):
+        terminate(pid, timeout_s)
 
 
 def _free_port() -> int:
@@ -355,13 +337,6 @@ def _port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} does not exist)"
 
 
 def _diagnostics(info: ClusterInfo) -> str:
@@ -892,21 +867,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            metavar="KEY=VALUE", help="extra Flink setting (repeatable)")
 
 
-def add_job_arguments(job_subparsers: argparse._SubParsersAction,
-                      add_config_args: Any = None) -> None:
-    """``recsys job submit|list|cancel|savepoint``: add them to the existing ``job`` sub-parsers.
-
-    ``add_config_args`` is the CLI's helper adding ``--config``/``--set``/``--bootstrap-servers``
-    (recsys.cli._add_config_args); without it the same options are added here.
-    """
-    def config_args(p: argparse.ArgumentParser) -> None:
-        if add_config_args is not None:
-            add_config_args(p)
-            return
-        p.add_argument("--config", metavar="FILE", help="TOML configuration file")
-        p.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
-        p.add_argument("--bootstrap-servers", metavar="H:P", help="Kafka bootstrap servers")
+def add_job_arguments(job_subparsers: argparse._SubParsersAction) -> None:
+    """``recsys job submit|list|cancel|savepoint``: add them to the existing ``job`` sub-parsers."""
 
     def jm_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--jobmanager", "-m", default=f"{HOST}:{DEFAULT_REST_PORT}", metavar="H:P",
@@ -914,7 +876,7 @@ def add_job_arguments(job_subparsers: argparse._SubParsersAction,
 
     submit = job_subparsers.add_parser("submit", help="submit the job to a running Flink cluster")
     jm_arg(submit)
-    config_args(submit)
+    add_config_arguments(submit)
     submit.add_argument("--parallelism", type=int)
     submit.add_argument("--from-savepoint", metavar="PATH", help="restore from this savepoint")
     submit.add_argument("--allow-non-restored-state", action="store_true")
@@ -1039,8 +1001,8 @@ def _job_main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Stand-alone parser (``python -m recsys.cluster``) with the same sub-commands as the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m recsys.cluster", description=__doc__,
+    """Stand-alone parser (``python -m recsys.local.cluster``) with the same sub-commands as the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m recsys.local.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("cluster", help="a local standalone Flink cluster"))

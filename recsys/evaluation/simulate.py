@@ -20,7 +20,7 @@ model updates via their Kafka topic    delivered to the user side as soon as the
 =====================================  ==================================================
 
 Processing time is virtual: every input record advances the clock by ``ms_per_event`` (the
-job's measured throughput, see ``recsys/evaluation.py``). That reproduces the places where the
+job's measured throughput, see ``recsys/evaluation/protocols.py``). That reproduces the places where the
 job's output depends on processing time: how many events' pair updates share one flush (rows are
 re-scored only when they receive updates), how stale the neighbour rows a recommendation sees
 are (``emit_min_interval_ms``), and when trending lists are rebuilt (``trending_refresh_ms``).
@@ -31,7 +31,7 @@ operator batches several records per call (the same results, processed in the sa
 popularity) while profiles keep updating: protocol B's "trained once" comparison point (the
 job does the same from ``similarity.freeze_item_model_at_ms``).
 
-Command line: ``python -m recsys.simulate [--config FILE] [--set k=v ...] [--protocol A|B]``
+Command line: ``python -m recsys.evaluation.simulate [--config FILE] [--set k=v ...] [--protocol A|B]``
 prints the metrics of one run; ``--sweep 'key=v1,v2,...'`` (repeatable) runs the grid.
 """
 
@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import orjson
 
+from recsys.evaluation import prequential
 from state_schemas import records as rec
 from state_schemas.config import EngineConfig, load_config
 from state_schemas.profile_state import UserProfile, decode_forgotten, decode_profile
@@ -408,7 +409,7 @@ def run_protocol_a(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
                    ms_per_event: float = 1.0,
                    progress: Callable[[int], None] | None = None) -> ProtocolAResult:
     """Replay ``train_events`` (event-time order), then one request per test user."""
-    from udfs.metrics import ranking_metrics
+    from recsys.evaluation.metrics import ranking_metrics
 
     t0 = time.perf_counter()
     sim = EngineSimulator(cfg, ms_per_event=ms_per_event)
@@ -433,16 +434,8 @@ def run_protocol_a(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
 
 
 @dataclass
-class PrequentialCase:
-    ts: int
-    user_id: str
-    variant: str
-    rank: int          # 1-based rank of the event's item in the previous top-k; 0 = miss
-
-
-@dataclass
 class ProtocolBResult:
-    cases: list[PrequentialCase]
+    cases: list[prequential.Case]
     seconds: float
     stats: SimStats
 
@@ -451,12 +444,10 @@ def run_protocol_b(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
                    events: Sequence[Record], *, k: int = 10, ms_per_event: float = 1.0,
                    freeze_after_ms: int | None = None, users: set[str] | None = None,
                    progress: Callable[[int], None] | None = None) -> ProtocolBResult:
-    """Prequential: before each event, is its item in the user's latest top-k (the list the
-    user's previous event triggered)? ``freeze_after_ms``: freeze the item model at the first
+    """Prequential (``recsys.evaluation.prequential``): is each event's item in the list the
+    user's previous event triggered? ``freeze_after_ms``: freeze the item model at the first
     event at or after this time. ``users``: evaluate only these users (all events are still
     applied; lists are computed only for them)."""
-    from udfs.metrics import rank_of
-
     t0 = time.perf_counter()
     if freeze_after_ms is not None:  # the job's own switch
         cfg = dataclasses.replace(cfg, similarity=dataclasses.replace(
@@ -464,20 +455,17 @@ def run_protocol_b(cfg: EngineConfig, catalog: Sequence[Record], attributes: Seq
     sim = EngineSimulator(cfg, ms_per_event=ms_per_event)
     sim.add_items(catalog)
     sim.add_attributes(attributes)
-    latest: dict[str, list[str]] = {}
-    cases: list[PrequentialCase] = []
+    lists_after: dict[str, tuple[str, list[str]]] = {}
     for n, e in enumerate(events):
         u = e["user_id"]
         wanted = users is None or u in users
-        if wanted and u in latest:
-            cases.append(PrequentialCase(e["ts"], u, sim.variant(u),
-                                         rank_of(e["item_id"], latest[u], k)))
         out = sim.process_event(e, recommend_after=wanted)
         if out is not None:
-            latest[u] = out.items
+            lists_after[e["event_id"]] = (sim.variant(u), out.items)
         if progress is not None and n % 5000 == 0:
             progress(n)
-    return ProtocolBResult(cases, time.perf_counter() - t0, sim.stats)
+    return ProtocolBResult(prequential.cases(events, lists_after, k, users),
+                           time.perf_counter() - t0, sim.stats)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -515,7 +503,7 @@ def _split_values(values: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recsys.simulate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m recsys.evaluation.simulate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="deploy/ml-100k.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -534,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: what tuning may look at) or on the test split")
     args = parser.parse_args(argv)
 
-    from recsys.datasets import load_data
+    from recsys.evaluation.datasets import load_data
 
     data = load_data(args.users, args.split_seed, kind=args.split,
                      validation=args.on == "validation")
@@ -550,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                               "recall@10": round(m["recall@10"], 4), "map": round(m["map"], 4),
                               "seconds": round(res.seconds, 1)}), flush=True)
         else:
-            from udfs.metrics import hit_and_rr
+            from recsys.evaluation.metrics import hit_and_rr
 
             everyone = data.all_events
             users = sorted({e["user_id"] for e in everyone})

@@ -685,6 +685,9 @@ def openapi_spec(cfg: EngineConfig, api_keys: bool = True) -> dict[str, Any]:
     event = _message_schema("user-event")
     event["properties"]["ts"].update(minimum=cfg.validation.min_ts_ms,
                                      maximum=now_ms() + cfg.validation.max_future_skew_ms)
+    # The job's own bounds (a value beyond them is an out_of_range dead letter).
+    event["properties"]["value"].update(minimum=-cfg.validation.max_abs_value,
+                                        maximum=cfg.validation.max_abs_value)
     for name in ("event_id", "user_id", "item_id"):
         event["properties"][name]["maxLength"] = min(event["properties"][name]["maxLength"],
                                                      cfg.validation.max_id_length)

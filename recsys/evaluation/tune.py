@@ -40,9 +40,10 @@ DATASETS = ("ml-100k", "synthetic")
 @dataclass
 class Search:
     path: Path
-    dataset: str       # ml-100k: protocol A nDCG@10 on a validation split of the training
-    split: str         # ratings; synthetic: protocol B HitRate@10 on the synthetic e-commerce
-    seed: int          # stream generated with this seed (the evaluation reports another)
+    dataset: str       # ml-100k: protocol A nDCG@10 on validation splits of the training
+    splits: list[str]  # ratings (their mean over these kinds of split: random, temporal);
+    seed: int          # synthetic: protocol B HitRate@10 on the synthetic e-commerce stream
+                       # generated with this seed (the evaluation reports another)
     users: int
     rounds: int
     fixed: dict[str, Any]
@@ -66,7 +67,11 @@ class Search:
         dataset = t.get("dataset", "ml-100k")
         if dataset not in DATASETS:
             raise SystemExit(f"{path}: tune.dataset must be one of {DATASETS}")
-        return cls(path, dataset, t.get("split", "random"), int(t.get("seed", 42)),
+        splits = t.get("split", "random")
+        splits = [splits] if isinstance(splits, str) else list(splits)
+        if not splits or any(k not in ("random", "temporal") for k in splits):
+            raise SystemExit(f"{path}: tune.split must be random, temporal or a list of them")
+        return cls(path, dataset, splits, int(t.get("seed", 42)),
                    int(t.get("users", 0)), int(t.get("rounds", 2)), dict(raw.get("fixed", {})),
                    dict(raw.get("start", {})), {k: list(v) for k, v in space.items()})
 
@@ -90,7 +95,7 @@ def overrides(settings: dict[str, Any]) -> list[str]:
 _DATA: Any = None
 
 
-def _init(dataset: str, split: str, seed: int, users: int) -> None:
+def _init(dataset: str, splits: list[str], seed: int, users: int) -> None:
     global _DATA
     if dataset == "synthetic":
         from recsys.evaluation.compare import synthetic_stream
@@ -99,7 +104,7 @@ def _init(dataset: str, split: str, seed: int, users: int) -> None:
         return
     from recsys.evaluation.datasets import load_data
 
-    _DATA = load_data(users, seed, kind=split, validation=True)
+    _DATA = [load_data(users, seed, kind=kind, validation=True) for kind in splits]
 
 
 def _trial(settings: list[str]) -> float:
@@ -113,8 +118,8 @@ def _trial(settings: list[str]) -> float:
         return float(engine_protocol_b(cfg, d)[f"hit_rate@{K}"])
     from recsys.evaluation.simulate import run_protocol_a
 
-    res = run_protocol_a(cfg, d.catalog, d.attributes, d.train_events, d.test, k=K)
-    return float(res.metrics[f"ndcg@{K}"])
+    return sum(float(run_protocol_a(cfg, v.catalog, v.attributes, v.train_events, v.test,
+                                    k=K).metrics[f"ndcg@{K}"]) for v in d) / len(d)
 
 
 @dataclass
@@ -136,7 +141,7 @@ class Result:
 def coordinate_descent(search: Search, workers: int, log=print) -> Result:
     cache: dict[tuple, float] = {}
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init,
-                               initargs=(search.dataset, search.split, search.seed,
+                               initargs=(search.dataset, search.splits, search.seed,
                                          search.users))
     t0 = time.monotonic()
 
@@ -205,9 +210,12 @@ def describe(search: Search) -> str:
         return (f"Coordinate descent on the synthetic e-commerce stream generated with seed "
                 f"{search.seed} (`recsys.evaluation.compare.synthetic_stream`; `make eval` reports another "
                 f"seed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
-    return (f"Coordinate descent on the validation split carved from the training ratings of "
-            f"the {search.split} split (seed {search.seed}) of MovieLens-100k: the test "
-            f"ratings were not loaded. Metric: protocol A nDCG@{K} in the simulator.")
+    splits = " and the ".join(search.splits)
+    mean = " (the mean over the splits)" if len(search.splits) > 1 else ""
+    return (f"Coordinate descent on the validation {'splits' if mean else 'split'} carved from "
+            f"the training ratings of the {splits} split (seed {search.seed}) of MovieLens-100k: "
+            f"the test ratings were not loaded. Metric: protocol A nDCG@{K} in the simulator"
+            f"{mean}.")
 
 
 def preset_toml(search: Search, result: Result, command: str) -> str:
@@ -271,7 +279,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         md.write_text(markdown(search, result, command))
         md.with_suffix(".json").write_text(json.dumps(
             {"command": command, "search": str(search.path), "dataset": search.dataset,
-             "split": search.split,
+             "splits": search.splits,
              "seed": search.seed, "fixed": search.fixed, "start": search.start,
              "chosen": result.settings, f"validation_{search.metric}": result.score,
              "trials": [t.__dict__ for t in result.trials], "seconds": result.seconds},

@@ -76,6 +76,11 @@ def test_search_files_are_checked(tmp_path):
         tune.Search.load(search_file(tmp_path, "[tune]\nseed = 1\n"))
     with pytest.raises(SystemExit, match="non-empty list"):
         tune.Search.load(search_file(tmp_path, '[space]\n"similarity.top_k" = 5\n'))
+    with pytest.raises(SystemExit, match="tune.split"):
+        tune.Search.load(search_file(tmp_path, '[tune]\nsplit = ["random", "x"]\n[space]\n"a.b" = [1]\n'))
+    both = tune.Search.load(search_file(tmp_path, '[tune]\nsplit = ["random", "temporal"]\n'
+                                                  '[space]\n"a.b" = [1]\n'))
+    assert both.splits == ["random", "temporal"] and "mean over the splits" in tune.describe(both)
     with pytest.raises(SystemExit, match="dataset"):
         tune.Search.load(search_file(tmp_path, '[tune]\ndataset = "imdb"\n[space]\n"a.b" = [1]\n'))
 

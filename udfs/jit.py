@@ -50,23 +50,29 @@ def _sort_run(order, key, lo, hi):
 
 
 @kernel
+def _run_end(order, key, i, hi):
+    """The end of the run of equal ``key`` that starts at ``order[i]`` (at most ``hi``)."""
+    j = i + 1
+    while j < hi and key[order[j]] == key[order[i]]:
+        j += 1
+    return j
+
+
+@kernel
 def lex_order(k1, k2, k3):
     """Indices ordering the rows by (k1, k2, k3) ascending, like ``np.lexsort((k3, k2, k1))``
-    (which Numba lacks): one stable sort by k1, then each run of equal k1 by k2, then k3."""
+    (which Numba lacks): one stable sort by k1, then each run of equal k1 by k2, then each run
+    of equal (k1, k2) by k3."""
     order = np.argsort(k1, kind="mergesort")
     n = len(order)
     i = 0
     while i < n:
-        j = i + 1
-        while j < n and k1[order[j]] == k1[order[i]]:
-            j += 1
+        j = _run_end(order, k1, i, n)
         if j - i > 1:
             _sort_run(order, k2, i, j)
             a = i
             while a < j:
-                b = a + 1
-                while b < j and k2[order[b]] == k2[order[a]]:
-                    b += 1
+                b = _run_end(order, k2, a, j)
                 if b - a > 1:
                     _sort_run(order, k3, a, b)
                 a = b

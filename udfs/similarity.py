@@ -660,27 +660,22 @@ class SimilarityShard:
         live = np.array(sorted(self.slot_of.values()), dtype=np.int64)
         if not len(live):
             return
-        # only the filled part of each live slot: free slots and stale tails hold old codes
-        in_row = np.arange(self.cap)[None, :] < self.counts[live][:, None]
-        hit = np.isin(self.cols[live], victims) & in_row
+        self._drop_codes(live, victims, self.cols, self.counts, (self.vals, self.obs))
+        self._drop_codes(live, victims, self.nbr, self.nbr_len, (self.nbr_score,))
+
+    def _drop_codes(self, live: np.ndarray, victims: np.ndarray, codes: np.ndarray,
+                    lengths: np.ndarray, aligned: tuple[np.ndarray, ...]) -> None:
+        """Remove ``victims`` from the filled part of each live slot's ``codes`` (and the
+        same positions of the ``aligned`` arrays), keeping the order; free slots and stale
+        tails hold old codes and are not looked at."""
+        filled = np.arange(codes.shape[1])[None, :] < lengths[live][:, None]
+        hit = np.isin(codes[live], victims) & filled
         for r in np.flatnonzero(hit.any(axis=1)).tolist():
             s = int(live[r])
-            n = int(self.counts[s])
+            n = int(lengths[s])
             keep = ~hit[r, :n]
             m = int(keep.sum())
-            self.cols[s, :m] = self.cols[s, :n][keep]
-            self.vals[s, :m] = self.vals[s, :n][keep]
-            self.obs[s, :m] = self.obs[s, :n][keep]
-            self.counts[s] = m
-            self.dirty.add(s)
-        in_top = np.arange(self.k)[None, :] < self.nbr_len[live][:, None]
-        hit = np.isin(self.nbr[live], victims) & in_top
-        for r in np.flatnonzero(hit.any(axis=1)).tolist():
-            s = int(live[r])
-            n = int(self.nbr_len[s])
-            keep = ~hit[r, :n]
-            m = int(keep.sum())
-            self.nbr[s, :m] = self.nbr[s, :n][keep]
-            self.nbr_score[s, :m] = self.nbr_score[s, :n][keep]
-            self.nbr_len[s] = m
+            for a in (codes, *aligned):
+                a[s, :m] = a[s, :n][keep]
+            lengths[s] = m
             self.dirty.add(s)

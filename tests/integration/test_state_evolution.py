@@ -201,9 +201,13 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
     finally:
         job.stop()
 
-    job = RunningJob(kafka_bootstrap, tmp_path, tag="p2", topics=names, overrides=deployment
-                     ).start(['kafka.starting_offsets="latest"', "job.parallelism=2",
-                              f'job.savepoint_path="{savepoint}"'])
+    def restore(tag: str, parallelism: int, savepoint: str) -> RunningJob:
+        return RunningJob(kafka_bootstrap, tmp_path, tag=tag, topics=names, overrides=deployment
+                          ).start(['kafka.starting_offsets="latest"',
+                                   f"job.parallelism={parallelism}",
+                                   f'job.savepoint_path="{savepoint}"'])
+
+    job = restore("p2", 2, savepoint)
     try:
         latest = one_more_view(job, users, "new", "i1", 1, bought)
         for u in users:
@@ -224,9 +228,7 @@ def test_savepoint_restores_at_another_parallelism(kafka_bootstrap, tmp_path):
         job.stop()
 
     # ... and back to parallelism 1: both subtasks' keyed state in one.
-    job = RunningJob(kafka_bootstrap, tmp_path, tag="p1b", topics=names, overrides=deployment
-                     ).start(['kafka.starting_offsets="latest"', "job.parallelism=1",
-                              f'job.savepoint_path="{savepoint}"'])
+    job = restore("p1b", 1, savepoint)
     try:
         one_more_view(job, users, "again", "i2", 2, bought)
     finally:

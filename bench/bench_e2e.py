@@ -251,7 +251,7 @@ class JobRun(JobStack):
                  overrides: Iterable[str] = (), config_file: str | None = None):
         super().__init__(bench.bootstrap, bench.work_dir, tag=label, config_file=config_file,
                          overrides=list(overrides), partitions=partitions, checkpoints=True)
-        self.label = label
+        self.bench, self.label = bench, label
 
     def start(self, extra: Iterable[str] = ()) -> "JobRun":
         self.started_at = time.time()

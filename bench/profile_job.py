@@ -137,7 +137,7 @@ def main() -> int:
         job = JobRun(bench, "profile", 1, args.overrides)
         bench.preload_synthetic(job)
         job.start()
-        watcher = OffsetWatcher(bench.bootstrap, job.names.recommendations)
+        watcher = OffsetWatcher(bench.bootstrap, job.topics.recommendations)
         watcher.start()
         while watcher.latest()[1] == 0:
             if not job.alive():

@@ -21,6 +21,7 @@ from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import get_j_env_configuration
 
+from flink_jobs import gateway_watch
 from flink_jobs.settings import prometheus_reporter_settings, restart_settings
 from state_schemas.config import EngineConfig
 from recsys.paths import PROJECT_ROOT, connector_jars
@@ -68,6 +69,7 @@ def prepare_local_reporter_classpath() -> None:
 
 def build_environment(cfg: EngineConfig) -> StreamExecutionEnvironment:
     prepare_python_environment()
+    gateway_watch.install()  # before Configuration() starts the gateway JVM
     if cfg.job.prometheus_port:
         prepare_local_reporter_classpath()  # before Configuration() starts the gateway JVM
     conf = Configuration()

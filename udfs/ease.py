@@ -32,6 +32,7 @@ time and memory per M).
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -48,6 +49,45 @@ from udfs.similarity import Emission, ItemStats
 SWAP_RATIO = 2.0
 SWAP_SHARE = 0.05
 SELECT_ROWS_PER_BLOCK = 256
+# Stack of the thread that inverts G (see inverse()).
+SOLVER_STACK_BYTES = 64 << 20
+_stack_size_lock = threading.Lock()
+
+
+def inverse(g: np.ndarray) -> np.ndarray:
+    """``numpy.linalg.inv(g)``, computed on a thread of its own with a 64 MiB stack.
+
+    In the job the engine runs on a Flink task thread (thread mode: CPython embedded in the
+    JVM), whose stack is the JVM's default 1 MiB. OpenBLAS's multi-threaded LU factorisation
+    (``dgetrf_parallel``, taken for M x M with M >= 100 when OpenBLAS has more than one thread)
+    recurses with a ~528 KiB stack frame per level, about 8 levels at M = 1,000: it runs
+    megabytes past the end of that stack, stepping over the JVM's 16 KiB guard pages. It then
+    either writes into the stacks of neighbouring JVM threads (silent corruption) or hits an
+    unmapped or protected page, where the kernel cannot even deliver SIGSEGV to the JVM's
+    handler: the TaskManager dies with no Java exception and no hs_err file. A thread started
+    here gets a stack of our choosing whoever the caller is (the simulator's main thread, a
+    task thread of the mini-cluster or of a standalone TaskManager). The caller waits without
+    the GIL; numpy's inverse releases it as well.
+    """
+    result: dict[str, object] = {}
+
+    def solve() -> None:
+        try:
+            result["inverse"] = np.linalg.inv(g)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            result["error"] = e
+
+    with _stack_size_lock:  # threading.stack_size() is process-wide: set it for this one thread
+        previous = threading.stack_size(SOLVER_STACK_BYTES)
+        try:
+            worker = threading.Thread(target=solve, name="ease-inverse", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+    worker.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["inverse"]  # type: ignore[return-value]
 
 
 class EaseHead:
@@ -180,7 +220,7 @@ class EaseHead:
         # Removing a set counted before a swap zeroed a slot can leave small negative counts.
         np.maximum(g, 0.0, out=g)
         g[np.diag_indices_from(g)] += self.lam
-        b = np.linalg.inv(g)
+        b = inverse(g)  # not np.linalg.inv(g) on this thread: see inverse()
         del g
         b /= -np.diag(b).copy()
         b[np.diag_indices_from(b)] = 0.0

@@ -268,6 +268,10 @@ class RecommendConfig:
     feedback_window_ms: int = HOUR_MS
     impressions_max: int = 100  # recommended items remembered per user for feedback attribution
     recency_half_life_ms: int = 3 * DAY_MS  # how fast a recent item's pull on neighbours fades
+    # The part of a recent item's pull that never fades: its vote is
+    # weight * (floor + (1 - floor) * 2^(-age / recency_half_life_ms)). 0 lets old items fade
+    # out entirely; above 0 the latest items lead while the whole history still counts.
+    recency_floor: float = 0.0
     # Ranked trending arrays (overall, per category, per segment) are rebuilt from the item
     # popularity at most this often (processing time), not on every activity record.
     trending_refresh_ms: int = 200
@@ -592,6 +596,8 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("similarity.metric must be cosine, jaccard or popularity_penalised")
     if not 0.0 <= cfg.recommend.exploration_share <= 1.0:
         problems.append("recommend.exploration_share must be within [0, 1]")
+    if not 0.0 <= cfg.recommend.recency_floor <= 1.0:
+        problems.append("recommend.recency_floor must be within [0, 1]")
     if not cfg.similarity.ease_lambda > 0.0:
         problems.append("similarity.ease_lambda must be > 0")
     if not 0.0 < cfg.similarity.hoeffding_delta < 1.0:

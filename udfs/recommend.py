@@ -3,8 +3,8 @@
 Sources (each normalised to [0, 1] by its maximum before blending):
 
 * ``collaborative`` — item-to-item CF. Every recent item ``r`` with a positive action weight
-  votes with ``r.weight * 2^(-(ref - r.ts) / recency_half_life)`` for each neighbour ``(j, s)``
-  of its row: ``cf[j] += s * vote``, where ``ref`` is the newest recent item's time (or now, if
+  votes with ``r.weight * (floor + (1 - floor) * 2^(-(ref - r.ts) / recency_half_life))``
+  (``recency_floor``, 0 by default) for each neighbour ``(j, s)`` of its row: ``cf[j] += s * vote``, where ``ref`` is the newest recent item's time (or now, if
   earlier): the same ranking as decaying from now, and defined after a gap of any length. Rows
   of EASE head items (``udfs/ease.py``) carry signed weights: a negative one lowers ``cf[j]``,
   and items whose sum is not positive are no candidates. The best ``candidates_per_source``
@@ -563,8 +563,10 @@ class Recommender:
         # the user's last event must not underflow every vote to zero.
         ts = np.asarray(user.recent_ts, dtype=np.float64)
         ref = min(float(now_ms), float(ts.max())) if len(ts) else float(now_ms)
-        votes = np.asarray(user.recent_weights, dtype=np.float64) * decay_factors(
-            ref - ts, cfg.recency_half_life_ms)
+        fade = decay_factors(ref - ts, cfg.recency_half_life_ms)
+        if cfg.recency_floor:
+            fade = cfg.recency_floor + (1.0 - cfg.recency_floor) * fade
+        votes = np.asarray(user.recent_weights, dtype=np.float64) * fade
         blocked = (np.concatenate([recent_codes, items.lookup(user.not_interested)])
                    if user.not_interested else recent_codes)
         box = user.prepared

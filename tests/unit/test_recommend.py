@@ -294,6 +294,16 @@ def test_recent_votes_decay_with_age_and_future_counts_as_now():
     assert recs.ids == ["x", "y"] and recs.scores == pytest.approx([1.0, 0.5])
 
 
+def test_a_recency_floor_keeps_part_of_an_old_items_vote():
+    h = Hand(neighbors={"r1": [("x", 1.0)], "r2": [("y", 1.0)]})
+    user = dict(recent=[("r2", "click", NOW, 2.0), ("r1", "click", NOW - 2 * HL, 4.0)])
+    # r1 (two half-lives old): 4 * (0.5 + 0.5 * 0.25) = 2.5 against r2's 2 * 1 = 2
+    floored = h.recommend(user, cfg=make_cfg(recency_floor=0.5))
+    assert floored.ids == ["x", "y"] and floored.scores == pytest.approx([1.0, 0.8])
+    assert h.recommend(user, cfg=make_cfg(recency_floor=1.0)).scores == pytest.approx([1.0, 0.5])
+    assert h.recommend(user).ids == ["y", "x"]  # no floor: the old item fades (1 against 2)
+
+
 def test_cf_sums_votes_and_names_the_strongest_recent_item():
     h = Hand([rec("r1", "One"), rec("r2", "Two"), rec("r3", "Three")],
              {"r1": [("x", 1.0), ("y", 0.5)], "r2": [("x", 0.4), ("z", 0.1)],

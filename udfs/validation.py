@@ -86,29 +86,6 @@ def _schema_reason(rule: str | None, message: str) -> str:
     return "invalid_field"
 
 
-def _has_non_finite(value: Any, depth: int = 0) -> bool:
-    # orjson already rejects the NaN/Infinity tokens; this catches floats that overflow to inf
-    # (e.g. 1e999), which JSON allows syntactically. (Exact types: what orjson produces.)
-    kind = type(value)
-    if kind is float:
-        return not _isfinite(value)
-    # (the depth is bounded by validation.max_nesting_depth, checked first)
-    if kind is dict:
-        values = value.values()
-    elif kind is list:
-        values = value
-    else:
-        return False
-    for v in values:
-        kind = type(v)
-        if kind is float:
-            if not _isfinite(v):
-                return True
-        elif (kind is dict or kind is list) and _has_non_finite(v, depth + 1):
-            return True
-    return False
-
-
 _isfinite = math.isfinite
 
 
@@ -120,22 +97,26 @@ def _check_ts(ts: int, now_ms: int, cfg: ValidationConfig) -> str | None:
     return None
 
 
-def _nesting_depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether objects/arrays nest deeper than ``limit`` levels below the record itself
-    (iterative: a crafted record must not exhaust the stack of the check either)."""
-    stack = [(value, 0)]
+def _walk(record: dict[str, Any], limit: int) -> tuple[bool, bool]:
+    """``(too deep, non-finite)`` in one iterative walk (a crafted record must not exhaust the
+    stack of the check either): whether objects/arrays nest deeper than ``limit`` levels below
+    the record itself, and whether it holds a float that overflowed to infinity (orjson rejects
+    the NaN/Infinity tokens but reads 1e999 as inf, which JSON allows). Exact types: what
+    orjson produces."""
+    non_finite = False
+    stack: list[tuple[Any, int]] = [(record, 0)]
     while stack:
-        v, depth = stack.pop()
-        if type(v) is dict:
-            children = v.values()
-        elif type(v) is list:
-            children = v
-        else:
-            continue
+        value, depth = stack.pop()
         if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if type(c) in (dict, list))
-    return False
+            return True, non_finite
+        for child in (value.values() if type(value) is dict else value):
+            kind = type(child)
+            if kind is float:
+                if not _isfinite(child):
+                    non_finite = True
+            elif kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return False, non_finite
 
 
 def _out_of_range(rec: dict[str, Any], kind: str, cfg: ValidationConfig) -> str | None:
@@ -277,7 +258,8 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
         return reject("malformed_json", f"not valid JSON: {e}")
     if not isinstance(rec, dict):
         return reject("not_object", f"expected a JSON object, got {type(rec).__name__}")
-    if _nesting_depth_exceeds(rec, cfg.max_nesting_depth):
+    too_deep, non_finite = _walk(rec, cfg.max_nesting_depth)
+    if too_deep:
         return reject("too_deep", f"objects or arrays nest deeper than "
                                   f"{cfg.max_nesting_depth} levels")
     if kind == KIND_ATTRIBUTES:
@@ -288,7 +270,7 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
     except Exception as e:  # fastjsonschema.JsonSchemaValueException
         message = str(e).replace("data.", "", 1) if str(e).startswith("data.") else str(e)
         return reject(_schema_reason(getattr(e, "rule", None), message), f"schema {kind}: {message}")
-    if _has_non_finite(rec):
+    if non_finite:
         return reject("non_finite_number", "record contains a non-finite number")
     out_of_range = _out_of_range(rec, kind, cfg)
     if out_of_range:

@@ -142,3 +142,19 @@ def test_an_id_that_is_empty_or_too_long_once_normalised_is_rejected():
     # U+FDFA becomes 18 characters under NFKC: 20 of them pass the schema's 256, not after
     long = parse(event(user_id="\ufdfa" * 20))
     assert long.reason == "invalid_field" and "normalised" in long.error
+
+
+def test_one_walk_finds_nesting_beyond_the_limit_and_non_finite_numbers_at_any_depth():
+    from udfs.validation import _walk
+
+    def nested(levels, leaf):
+        v = leaf
+        for n in range(levels):
+            v = {"k": v} if n % 2 else [v]
+        return v
+
+    assert _walk({"a": nested(3, 1.0)}, 3) == (False, False)
+    assert _walk({"a": nested(4, 1.0)}, 3)[0] is True            # one level too many
+    assert _walk({"a": nested(3, float("inf"))}, 3) == (False, True)
+    assert _walk({"x": 1.0, "y": [2.0, {"z": -float("inf")}]}, 8) == (False, True)
+    assert _walk({"deep": nested(100_000, 0.0)}, 8)[0] is True     # iterative: no recursion

@@ -28,6 +28,10 @@ from udfs.recommend import UserView
 MINUTE_MS = 60_000
 
 
+class TooManyAttributes(ValueError):
+    """An attributes record would leave the profile with more than the configured number."""
+
+
 @dataclass(slots=True)
 class EventOutcome:
     """What one accepted event changed, for the item side of the engine."""
@@ -283,19 +287,11 @@ class ProfileStep:
 
     # ------------------------------------------------------------------------ attributes
     @staticmethod
-    def merged_attribute_count(u: UserProfile, attributes: Mapping[str, Any]) -> int:
-        """How many attributes the profile would hold after merging ``attributes``."""
-        keys = set(u.attributes)
-        for k, v in attributes.items():
-            if v is None:
-                keys.discard(k)
-            else:
-                keys.add(k)
-        return len(keys)
-
-    @staticmethod
-    def apply_attributes(u: UserProfile, attributes: Mapping[str, Any], ts: int) -> bool:
-        """Merge newer attributes (a null value removes one); False if ``ts`` is older."""
+    def apply_attributes(u: UserProfile, attributes: Mapping[str, Any], ts: int,
+                         limit: int | None = None) -> bool:
+        """Merge newer attributes (a null value removes one); False if ``ts`` is older.
+        Raises ``TooManyAttributes`` (the profile unchanged) if the merge would leave more
+        than ``limit`` attributes."""
         if ts < u.attributes_ts:
             return False
         merged = dict(u.attributes)
@@ -304,6 +300,8 @@ class ProfileStep:
                 merged.pop(k, None)
             else:
                 merged[k] = v
+        if limit is not None and len(merged) > limit:
+            raise TooManyAttributes(f"the user would have more than {limit} attributes")
         u.attributes = merged
         u.attributes_ts = ts
         return True

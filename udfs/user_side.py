@@ -46,7 +46,7 @@ from udfs.ab import attribute_feedback, record_impressions
 from udfs.model import ItemModel
 from udfs.observability import MetricDeltas
 from udfs.privacy import pseudonymize, pseudonymize_raw_user_ids, redact_personal_text
-from udfs.profile import ProfileStep, demographic_segment
+from udfs.profile import ProfileStep, TooManyAttributes, demographic_segment
 from udfs.recommend import Ranked, Recommender
 
 STATE_PROFILE = 0
@@ -399,14 +399,16 @@ class UserSide:
             self._on_event(slot, parsed, r, proc_now, watermark, out, activity, pairs)
         elif r.kind == rec.KIND_ATTRIBUTES:
             u = self._profile(slot, user_id)
-            limit = self.cfg.validation.max_attributes
-            if self.step.merged_attribute_count(u, parsed["attributes"]) > limit:
+            try:
+                applied = self.step.apply_attributes(u, parsed["attributes"], parsed["ts"],
+                                                     self.cfg.validation.max_attributes)
+            except TooManyAttributes as e:
                 self._dead_letter(edge.dead_letter(
-                    edge.redacted_attributes_payload(bytes(r.payload), self.cfg.profile), self.topic_of[r.kind],
-                    "attributes_limit", f"the user would have more than {limit} attributes",
-                    self.now_ms(), self.cfg.validation), out, user_id)
+                    edge.redacted_attributes_payload(bytes(r.payload), self.cfg.profile),
+                    self.topic_of[r.kind], "attributes_limit", str(e), self.now_ms(),
+                    self.cfg.validation), out, user_id)
                 return
-            if self.step.apply_attributes(u, parsed["attributes"], parsed["ts"]):
+            if applied:
                 self.metrics.inc("profiles_updated")
                 u.last_active_at = proc_now
                 slot.profile_dirty = True

@@ -18,7 +18,7 @@ from state_schemas.ids import id_hash
 from state_schemas.profile_state import TYPE_CODE, UserProfile, decode_profile, encode_profile
 from udfs.ab import assign_variant
 from udfs.decay import REBASE_AFTER
-from udfs.profile import EventOutcome, ProfileStep, age_band, demographic_segment
+from udfs.profile import EventOutcome, ProfileStep, TooManyAttributes, age_band, demographic_segment
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a day boundary
 DAY0 = T0 // DAY_MS
@@ -456,6 +456,12 @@ def test_attributes_merge_newer_values_and_null_removes():
     assert u.attributes == {"age": 30, "plan": "pro"} and u.attributes_ts == T0 + 1
     assert ProfileStep.apply_attributes(u, {"age": 31, "nope": None}, T0 + 1)  # same ts: applies
     assert u.attributes == {"age": 31, "plan": "pro"}
+    # A merge beyond the limit changes nothing; replacing or removing within it is fine.
+    with pytest.raises(TooManyAttributes, match="more than 2 attributes"):
+        ProfileStep.apply_attributes(u, {"region": "EU"}, T0 + 2, limit=2)
+    assert u.attributes == {"age": 31, "plan": "pro"} and u.attributes_ts == T0 + 1
+    assert ProfileStep.apply_attributes(u, {"region": "EU", "plan": None}, T0 + 2, limit=2)
+    assert u.attributes == {"age": 31, "region": "EU"}
 
 
 # --------------------------------------------------------------------------- A/B variant

@@ -41,8 +41,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from recsys import kafka_io
-from recsys.serving.security import (READ, WRITE, Authenticator, TokenBuckets, check_bind,
-                                 host_allowed, load_api_keys, retry_after_header)
+from recsys.serving.security import (READ, WRITE, Authenticator, HostCheck, TokenBuckets,
+                                     check_bind, load_api_keys, retry_after_header)
 from state_schemas.config import ConfigError, EngineConfig
 from recsys.paths import PROJECT_ROOT
 from state_schemas import load_schema
@@ -515,7 +515,7 @@ class Security:
     """The service's access rules (``recsys/serving/security.py``), fixed at start."""
     auth: Authenticator
     buckets: TokenBuckets
-    bind_host: str
+    hosts: HostCheck
 
 
 SECURITY = web.AppKey("recsys_serve_security", Security)
@@ -528,8 +528,7 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/metrics"})
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Host check, API key and scope, rate limit, JSON-only POSTs (see api_security)."""
     security = request.app[SECURITY]
-    cfg = request.app[STATE].cfg
-    if not host_allowed(request.headers.get("Host"), security.bind_host, cfg.serve):
+    if not security.hosts.allows(request.headers.get("Host")):
         return error_response(421, "misdirected_request",
                               "this service answers to its loopback address only")
     if request.match_info.http_exception is not None:
@@ -573,7 +572,7 @@ def build_app(cfg: EngineConfig, bind_host: str = "127.0.0.1",
     app[STATE] = state
     app[SECURITY] = Security(Authenticator(keys), TokenBuckets(cfg.serve.rate_limit_per_s,
                                                               cfg.serve.rate_limit_burst),
-                             bind_host)
+                             HostCheck(bind_host, cfg.serve))
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

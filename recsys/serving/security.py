@@ -145,14 +145,21 @@ def host_name(host_header: str) -> str:
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
-def host_allowed(host_header: str | None, bind_host: str, cfg: ServeConfig) -> bool:
-    """On a loopback bind address, only loopback names (and ``serve.allowed_hosts``)."""
-    if not is_loopback(bind_host):
-        return True
-    if not host_header:
-        return False
-    name = host_name(host_header)
-    return is_loopback(name) or name in {h.lower() for h in cfg.allowed_hosts}
+class HostCheck:
+    """The Host-header rule of a service bound to ``bind_host``, worked out once: on a loopback
+    address only loopback names (and ``serve.allowed_hosts``); elsewhere any (keys protect it)."""
+
+    def __init__(self, bind_host: str, cfg: ServeConfig) -> None:
+        self.open = not is_loopback(bind_host)
+        self.allowed = frozenset(h.lower() for h in cfg.allowed_hosts)
+
+    def allows(self, host_header: str | None) -> bool:
+        if self.open:
+            return True
+        if not host_header:
+            return False
+        name = host_name(host_header)
+        return name in self.allowed or is_loopback(name)
 
 
 def check_bind(bind_host: str, keys_configured: bool) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recsys.serving.security import (READ, WRITE, Authenticator, TokenBuckets, check_bind,
-                                 host_allowed, host_name, load_api_keys, parse_api_keys)
+                                 HostCheck, host_name, load_api_keys, parse_api_keys)
 from state_schemas.config import ConfigError, ServeConfig
 
 READER = "reader-key-0123456789"
@@ -71,11 +71,11 @@ def test_token_buckets_forget_the_least_recent_callers():
     ("127.0.0.1:8080", True), ("localhost:8080", True), ("[::1]:8080", True), ("localhost", True),
     ("evil.example:8080", False), ("127.0.0.1.evil.example", False), (None, False), ("", False)])
 def test_loopback_service_answers_only_to_loopback_host_names(header, ok):
-    assert host_allowed(header, "127.0.0.1", ServeConfig()) is ok
+    assert HostCheck("127.0.0.1", ServeConfig()).allows(header) is ok
 
 
 def test_allowed_hosts_and_non_loopback_binds():
-    assert host_allowed("recsys.internal:8080", "127.0.0.1",
-                        ServeConfig(allowed_hosts=["recsys.internal"]))
-    assert host_allowed("anything.example", "0.0.0.0", ServeConfig())  # keys protect it there
+    assert HostCheck("127.0.0.1", ServeConfig(allowed_hosts=["Recsys.Internal"])).allows(
+        "recsys.internal:8080")
+    assert HostCheck("0.0.0.0", ServeConfig()).allows("anything.example")  # keys protect it there
     assert host_name("[::1]:80") == "::1" and host_name("A.Example:80") == "a.example"

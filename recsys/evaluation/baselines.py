@@ -95,10 +95,18 @@ def top_k_unseen(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
     s = np.where(seen, -np.inf, scores)
     n = s.shape[1]
     k = min(k, n)
-    # a stable sort on -score keeps ties in column order
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    ok = np.take_along_axis(s, order, axis=1) > -np.inf
-    return np.where(ok, order, -1)
+    out = np.full((s.shape[0], k), -1, dtype=np.int64)
+    if k == 0:
+        return out
+    for r, row in enumerate(s):
+        # Only the k best are sorted (a partition finds the k-th best value; of the columns
+        # tied with it, the lowest indices are kept), not the whole catalogue per row.
+        kth = np.partition(row, n - k)[n - k]
+        above = np.flatnonzero(row > kth)
+        chosen = np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
+        chosen = chosen[np.lexsort((chosen, -row[chosen]))]
+        out[r, :len(chosen)] = np.where(row[chosen] > -np.inf, chosen, -1)
+    return out
 
 
 def top_lists(m: InteractionMatrix, scores: np.ndarray, users: Sequence[str], k: int

@@ -88,3 +88,16 @@ def test_top_k_unseen_returns_fewer_when_everything_was_seen():
         [1, -1, -1]]
     assert baselines.top_k_unseen(np.array([[1.0, 1.0, 1.0]]), np.zeros((1, 3), bool),
                                   2).tolist() == [[0, 1]]
+
+
+def test_top_k_unseen_equals_a_full_stable_sort_ties_and_all():
+    """The partial selection gives what sorting every row would: best first, ties by column."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        users, n, k = int(rng.integers(1, 5)), int(rng.integers(1, 40)), int(rng.integers(0, 45))
+        scores = rng.integers(0, 4, size=(users, n)).astype(float)   # many ties
+        seen = rng.random((users, n)) < rng.random()
+        s = np.where(seen, -np.inf, scores)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :min(k, n)]
+        expected = np.where(np.take_along_axis(s, order, axis=1) > -np.inf, order, -1)
+        np.testing.assert_array_equal(baselines.top_k_unseen(scores, seen, k), expected)

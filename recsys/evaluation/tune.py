@@ -35,6 +35,7 @@ K = 10
 
 
 DATASETS = ("ml-100k", "synthetic")
+OBJECTIVES = ("mean", "worst_vs_ease")
 
 
 @dataclass
@@ -46,13 +47,17 @@ class Search:
                        # generated with this seed (the evaluation reports another)
     users: int
     rounds: int
+    objective: str     # over several splits: "mean" nDCG, or "worst_vs_ease": the smallest
+                       # ratio of the engine's nDCG to EASE's on the same validation split
     fixed: dict[str, Any]
     start: dict[str, Any]
     space: dict[str, list[Any]]
 
     @property
     def metric(self) -> str:
-        return f"ndcg@{K}" if self.dataset == "ml-100k" else f"hit_rate@{K}"
+        if self.dataset != "ml-100k":
+            return f"hit_rate@{K}"
+        return f"ndcg@{K}" if self.objective == "mean" else f"ndcg@{K}/EASE (worst split)"
 
     @classmethod
     def load(cls, path: Path) -> "Search":
@@ -71,8 +76,12 @@ class Search:
         splits = [splits] if isinstance(splits, str) else list(splits)
         if not splits or any(k not in ("random", "temporal") for k in splits):
             raise SystemExit(f"{path}: tune.split must be random, temporal or a list of them")
+        objective = t.get("objective", "mean")
+        if objective not in OBJECTIVES:
+            raise SystemExit(f"{path}: tune.objective must be one of {OBJECTIVES}")
         return cls(path, dataset, splits, int(t.get("seed", 42)),
-                   int(t.get("users", 0)), int(t.get("rounds", 2)), dict(raw.get("fixed", {})),
+                   int(t.get("users", 0)), int(t.get("rounds", 2)), objective,
+                   dict(raw.get("fixed", {})),
                    dict(raw.get("start", {})), {k: list(v) for k, v in space.items()})
 
 
@@ -91,20 +100,27 @@ def overrides(settings: dict[str, Any]) -> list[str]:
     return [f"{k}={literal(v)}" for k, v in settings.items()]
 
 
-# Each worker process loads the validation data once.
+# Each worker process loads the validation data once (and, for "worst_vs_ease", EASE's best
+# validation nDCG on each split, its lambda chosen on that split as in `make eval`).
 _DATA: Any = None
+_EASE: list[float] = []
+_OBJECTIVE = "mean"
 
 
-def _init(dataset: str, splits: list[str], seed: int, users: int) -> None:
-    global _DATA
+def _init(dataset: str, splits: list[str], seed: int, users: int, objective: str) -> None:
+    global _DATA, _EASE, _OBJECTIVE
+    _OBJECTIVE = objective
     if dataset == "synthetic":
         from recsys.evaluation.compare import synthetic_stream
 
         _DATA = synthetic_stream(seed)
         return
+    from recsys.evaluation.compare import tune_ease
     from recsys.evaluation.datasets import load_data
 
     _DATA = [load_data(users, seed, kind=kind, validation=True) for kind in splits]
+    if objective == "worst_vs_ease":
+        _EASE = [max(tune_ease(users, seed, kind, K)[1].values()) for kind in splits]
 
 
 def _trial(settings: list[str]) -> float:
@@ -118,8 +134,16 @@ def _trial(settings: list[str]) -> float:
         return float(engine_protocol_b(cfg, d)[f"hit_rate@{K}"])
     from recsys.evaluation.simulate import run_protocol_a
 
-    return sum(float(run_protocol_a(cfg, v.catalog, v.attributes, v.train_events, v.test,
-                                    k=K).metrics[f"ndcg@{K}"]) for v in d) / len(d)
+    scores = [float(run_protocol_a(cfg, v.catalog, v.attributes, v.train_events, v.test,
+                                   k=K).metrics[f"ndcg@{K}"]) for v in d]
+    return combine(scores, _EASE, _OBJECTIVE)
+
+
+def combine(scores: list[float], ease: list[float], objective: str) -> float:
+    """One trial's score from its validation nDCG per split (``ease``: EASE's per split)."""
+    if objective == "worst_vs_ease":
+        return min(s / e for s, e in zip(scores, ease, strict=True))
+    return sum(scores) / len(scores)
 
 
 @dataclass
@@ -142,7 +166,7 @@ def coordinate_descent(search: Search, workers: int, log=print) -> Result:
     cache: dict[tuple, float] = {}
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init,
                                initargs=(search.dataset, search.splits, search.seed,
-                                         search.users))
+                                         search.users, search.objective))
     t0 = time.monotonic()
 
     def score_all(candidates: list[dict[str, Any]]) -> list[float]:
@@ -211,7 +235,9 @@ def describe(search: Search) -> str:
                 f"{search.seed} (`recsys.evaluation.compare.synthetic_stream`; `make eval` reports another "
                 f"seed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
     splits = " and the ".join(search.splits)
-    mean = " (the mean over the splits)" if len(search.splits) > 1 else ""
+    mean = (" (the mean over the splits)" if search.objective == "mean" else
+            ", divided by EASE's on the same validation split (lambda chosen there), the worst "
+            "split counting") if len(search.splits) > 1 or search.objective != "mean" else ""
     return (f"Coordinate descent on the validation {'splits' if mean else 'split'} carved from "
             f"the training ratings of the {splits} split (seed {search.seed}) of MovieLens-100k: "
             f"the test ratings were not loaded. Metric: protocol A nDCG@{K} in the simulator"

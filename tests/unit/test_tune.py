@@ -81,6 +81,12 @@ def test_search_files_are_checked(tmp_path):
     both = tune.Search.load(search_file(tmp_path, '[tune]\nsplit = ["random", "temporal"]\n'
                                                   '[space]\n"a.b" = [1]\n'))
     assert both.splits == ["random", "temporal"] and "mean over the splits" in tune.describe(both)
+    with pytest.raises(SystemExit, match="tune.objective"):
+        tune.Search.load(search_file(tmp_path, '[tune]\nobjective = "max"\n[space]\n"a.b" = [1]\n'))
+    worst = tune.Search.load(search_file(
+        tmp_path, '[tune]\nsplit = ["random", "temporal"]\nobjective = "worst_vs_ease"\n'
+                  '[space]\n"a.b" = [1]\n'))
+    assert worst.metric == "ndcg@10/EASE (worst split)" and "worst split" in tune.describe(worst)
     with pytest.raises(SystemExit, match="dataset"):
         tune.Search.load(search_file(tmp_path, '[tune]\ndataset = "imdb"\n[space]\n"a.b" = [1]\n'))
 
@@ -89,3 +95,9 @@ def test_literals_are_toml():
     assert tune.literal(True) == "true" and tune.literal("jaccard") == '"jaccard"'
     assert tune.literal({"tuned": {"traffic": 1.0}}) == "{tuned = {traffic = 1.0}}"
     assert tune.overrides({"similarity.top_k": 50}) == ["similarity.top_k=50"]
+
+
+def test_a_trial_over_several_splits_is_their_mean_or_the_worst_ratio_to_ease():
+    assert tune.combine([0.3, 0.2], [], "mean") == pytest.approx(0.25)
+    # 0.27 / 0.27 = 1.0 on one split, 0.18 / 0.20 = 0.9 on the other: the worst counts
+    assert tune.combine([0.27, 0.18], [0.27, 0.20], "worst_vs_ease") == pytest.approx(0.9)

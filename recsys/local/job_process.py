@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from recsys.paths import PROJECT_ROOT
@@ -37,13 +38,27 @@ def start_job_process(overrides: list[str], log_path: Path, config_file: str | N
 
 
 def stop_job_process(proc: subprocess.Popen, timeout_s: float = 20) -> None:
-    if proc.poll() is not None:
-        return
+    """SIGTERM to the job's process group, then SIGKILL to whatever of it is left after
+    ``timeout_s``. The group, not only the driver: the driver can be gone while its JVM (the
+    mini-cluster) still runs, or hangs in, its shutdown hooks — an eval run left one such JVM
+    alive, orphaned, for good."""
+    deadline = time.monotonic() + timeout_s
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     except ProcessLookupError:
         pass
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

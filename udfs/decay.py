@@ -9,6 +9,10 @@
   every counter stays comparable to every other at any read time. The landmark ``L`` moves
   forward (every stored value rescaled by one common factor) before the exponent could overflow a
   float64, and weights whose exponent would still overflow are rejected, never stored as inf.
+* :func:`landmark_factor` — the one conversion of stored values from one landmark to another
+  (a moved landmark, a row stored under an older one, values of two runs or two operators
+  compared). Each run picks its landmark from its own first batch, so stored values of two runs
+  are comparable only after it.
 
 Decay never boosts: a timestamp ahead of "now" counts as now (factor 1).
 """
@@ -28,6 +32,13 @@ MAX_EXPONENT = 1000.0
 def forward_exponent(ts: float, landmark: float, half_life_ms: float) -> float:
     """``(ts - landmark) / half_life``: the log2 of an event's forward-decay multiplier."""
     return (ts - landmark) / half_life_ms if half_life_ms > 0 else 0.0
+
+
+def landmark_factor(from_landmark: float, to_landmark: float, half_life_ms: float) -> float:
+    """The multiplier that restates a value stored against ``from_landmark`` against
+    ``to_landmark``: ``2^((from - to) / half_life)`` (an event at ``ts`` is stored as
+    ``w * 2^((ts - L) / h)``, so a later landmark means smaller stored values)."""
+    return 2.0 ** ((from_landmark - to_landmark) / half_life_ms)
 
 
 def decay_factors(elapsed_ms: np.ndarray, half_life_ms: float) -> np.ndarray:
@@ -65,7 +76,7 @@ class ForwardDecay:
         if exponent <= REBASE_AFTER:
             return 1.0
         old, self.landmark = self.landmark, int(newest_ts)
-        return 2.0 ** ((old - self.landmark) / self.half_life_ms)
+        return landmark_factor(old, self.landmark, self.half_life_ms)
 
     def weight(self, ts: float) -> float:
         """The multiplier of one event at ``ts`` (0 when it is too old to be represented)."""

@@ -31,6 +31,7 @@ from state_schemas.model_state import (
     CATALOG_PREFIX, ITEM_PREFIX, META_KEY, decode_catalog_entry, decode_item_entry, decode_meta,
     encode_catalog_entry, encode_item_entry, encode_meta)
 from state_schemas.records import SOURCE_EASE, SOURCE_ITEM_CF
+from udfs.decay import landmark_factor
 from udfs.items import NO_CODE, FeatureTable, ItemTable
 
 _F64 = np.float64
@@ -339,10 +340,16 @@ class ItemModel:
         """
         hl = self.cfg.recommend.trending_half_life_ms
         if self.pop_landmark is not None and landmark != self.pop_landmark:
-            factor = 2.0 ** ((self.pop_landmark - landmark) / hl)
+            factor = landmark_factor(self.pop_landmark, landmark, hl)
             self.pop *= factor
             for a in self.pop_seg.values():
                 a *= factor
+            # Every stored value is now against the new landmark, and the snapshot has one
+            # landmark for all entries: each must be written again, not only this update's.
+            held = self.pop > 0
+            for a in self.pop_seg.values():
+                held |= a > 0
+            self._dirty_items.update(self.items.ids[c] for c in np.flatnonzero(held).tolist())
         self.pop_landmark = landmark
         if self.pop_newest_ts is None or newest_ts > self.pop_newest_ts:
             self.pop_newest_ts = newest_ts

@@ -38,7 +38,7 @@ from state_schemas.item_state import (
     STATS_META_KEY, STATS_PREFIX, RowState, decode_counters, decode_counters_meta, decode_row,
     encode_counters, encode_counters_meta, encode_row)
 from state_schemas.records import SOURCE_ITEM_CF
-from udfs.decay import ForwardDecay
+from udfs.decay import ForwardDecay, landmark_factor
 from udfs.items import NO_CODE, ItemTable
 from udfs.jit import kernel, lex_order
 
@@ -321,6 +321,10 @@ class ItemStats:
         factor = self.occ_decay.prepare(newest_ts)
         if factor != 1.0:
             self.occ *= factor
+            # Every N is now stated against the new landmark, and the snapshot has one
+            # landmark for all entries: each N must be written again, not only the batch's
+            # (an entry left as it was would be misread by that factor after a restore).
+            self.dirty.update(self.items.ids[c] for c in np.flatnonzero(self.occ > 0).tolist())
             for listener in self.rescale_listeners:
                 listener(factor)
 
@@ -506,8 +510,8 @@ class SimilarityShard:
         col_codes = self.stats.items.codes_of_hashes(row.col_hashes)
         factor = 1.0
         if self.stats.occ_decay.landmark is not None and row.landmark is not None:
-            factor = 2.0 ** ((row.landmark - self.stats.occ_decay.landmark)
-                             / self.stats.occ_decay.half_life_ms)
+            factor = landmark_factor(row.landmark, self.stats.occ_decay.landmark,
+                                     self.stats.occ_decay.half_life_ms)
         known = col_codes != NO_CODE
         order = np.argsort(col_codes[known], kind="stable")
         n = min(int(known.sum()), self.cap)

@@ -317,6 +317,30 @@ def test_second_snapshot_holds_only_changed_entries():
     assert decode_meta(snap[META_KEY]) == (T, T + 9)
 
 
+def test_a_new_popularity_landmark_rewrites_every_stored_value():
+    """The snapshot holds one landmark for all popularity entries: when an update comes with
+    another landmark (the item operator re-based, or restarted without its counters and picked
+    its own), every stored value is restated against it and must be written again. Writing
+    only the update's items left the others against the old landmark, misread after a
+    restore by the factor between the two."""
+    m = make_model()
+    shared = {}
+    popularity(m, {"a": 4.0, "b": 8.0}, {("young", "a"): 2.0}, landmark=T)
+    shared.update(m.snapshot())
+    popularity(m, {"c": 1.0}, landmark=T + 2 * H)
+    snap = m.snapshot()
+    assert {ITEM_PREFIX + i for i in "abc"} <= set(snap)
+    shared.update(snap)
+    fresh = make_model()
+    fresh.restore(shared)
+    assert fresh.pop_landmark == T + 2 * H
+    for i in "abc":
+        assert pop_of(fresh, i) == pop_of(m, i)
+    assert fresh.pop_seg[fresh.segments["young"]][fresh.items.get("a")] == 0.5
+    popularity(m, {"c": 2.0}, landmark=T + 2 * H)  # the same landmark: only c is written
+    assert set(m.snapshot()) == {ITEM_PREFIX + "c", META_KEY}
+
+
 # ------------------------------------------------------------------------------ ItemTable
 def test_item_table_interning():
     t = ItemTable(1000, initial_capacity=16)

@@ -514,6 +514,29 @@ def test_item_stats_snapshot_restore_round_trip():
     assert set(s.snapshot()) == {STATS_META_KEY, STATS_PREFIX + "b"}
 
 
+def test_an_occurrence_landmark_move_rewrites_every_stored_count():
+    """The snapshot holds one occurrence landmark for all N entries: when it moves, every N is
+    restated against it and must be written again. Writing only the batch's items left the
+    others against the old landmark, misread after a restore by 2^64 and more."""
+    cfg = make_cfg(half_life_ms=H)  # the trending half-life (2 days) keeps its landmark
+    s = ItemStats(cfg)
+    shared = {}
+    s.apply_activity(["a", "b"], np.ones(2), np.array([2.0, 3.0]), np.array([T, T]), ["", ""])
+    shared.update(s.snapshot())
+    far = T + 70 * H
+    s.apply_activity(["c"], np.ones(1), np.ones(1), np.array([far]), [""])
+    assert s.occ_decay.landmark == far and s.pop_decay.landmark == T
+    snap = s.snapshot()
+    assert {STATS_PREFIX + i for i in "abc"} <= set(snap)
+    shared.update(snap)
+    fresh = ItemStats(cfg)
+    fresh.restore(shared)
+    for i in "abc":
+        c, d = s.items.get(i), fresh.items.get(i)
+        assert (fresh.occ[d], fresh.pop[d]) == (s.occ[c], s.pop[c])
+    assert fresh.occ[fresh.items.get("a")] == 2.0 * 2.0 ** -70
+
+
 # ---- property: compiled kernel == executable specification -----------------------------------
 
 def _check_row(e: Engine, row: str) -> None:

@@ -13,6 +13,7 @@ no magic numbers inside ``flink_jobs/``. Values coming from env/CLI are parsed a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -272,6 +273,11 @@ class RecommendConfig:
     # weight * (floor + (1 - floor) * 2^(-age / recency_half_life_ms)). 0 lets old items fade
     # out entirely; above 0 the latest items lead while the whole history still counts.
     recency_floor: float = 0.0
+    # > 0: a recent item's pull also halves with every this many newer items of the user
+    # (position in the user's sequence, newest = 0), multiplied into the time fade under the
+    # floor. Time alone cannot order a burst of events stamped within seconds (a rating
+    # session); the sequence can, and the next item follows the latest ones. 0: off.
+    recency_half_life_items: float = 0.0
     # Ranked trending arrays (overall, per category, per segment) are rebuilt from the item
     # popularity at most this often (processing time), not on every activity record.
     trending_refresh_ms: int = 200
@@ -528,9 +534,9 @@ def load_config(path: str | os.PathLike | None = None,
 
 
 def _apply_file(cfg: EngineConfig, p: Path, chain: tuple[Path, ...]) -> None:
-    """Apply a TOML file; a top-level ``extends = "other.toml"`` (relative to the file) is
-    applied first, so a file can build on a preset (``deploy/presets/``) and say only what
-    differs."""
+    """Apply a TOML file; a top-level ``extends = "other.toml"`` (relative to the file; or a
+    list of files, applied in order) is applied first, so a file can build on a preset
+    (``deploy/presets/``) and say only what differs."""
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist"
                           + (f" (extended by {chain[-1]})" if chain else ""))
@@ -541,10 +547,12 @@ def _apply_file(cfg: EngineConfig, p: Path, chain: tuple[Path, ...]) -> None:
         values = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p}: {e}") from e
-    base = values.pop("extends", None)
-    if base is not None:
-        if not isinstance(base, str):
-            raise ConfigError(f"config file {p}: extends must be a file name")
+    bases = values.pop("extends", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config file {p}: extends must be a file name or a list of them")
+    for base in bases:
         _apply_file(cfg, p.parent / base, chain + (p.resolve(),))
     _apply(cfg, values, "")
 
@@ -598,6 +606,9 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("recommend.exploration_share must be within [0, 1]")
     if not 0.0 <= cfg.recommend.recency_floor <= 1.0:
         problems.append("recommend.recency_floor must be within [0, 1]")
+    if not (math.isfinite(cfg.recommend.recency_half_life_items)
+            and cfg.recommend.recency_half_life_items >= 0.0):
+        problems.append("recommend.recency_half_life_items must be a number >= 0")
     if not cfg.similarity.ease_lambda > 0.0:
         problems.append("similarity.ease_lambda must be > 0")
     if not 0.0 < cfg.similarity.hoeffding_delta < 1.0:

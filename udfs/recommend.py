@@ -3,8 +3,10 @@
 Sources (each normalised to [0, 1] by its maximum before blending):
 
 * ``collaborative`` — item-to-item CF. Every recent item ``r`` with a positive action weight
-  votes with ``r.weight * (floor + (1 - floor) * 2^(-(ref - r.ts) / recency_half_life))``
-  (``recency_floor``, 0 by default) for each neighbour ``(j, s)`` of its row: ``cf[j] += s * vote``, where ``ref`` is the newest recent item's time (or now, if
+  votes with ``r.weight * (floor + (1 - floor) * 2^(-(ref - r.ts) / recency_half_life)
+  * 2^(-r.position / recency_half_life_items))`` (``recency_floor``, 0 by default; position 0
+  is the newest item; the position term is off by default) for each neighbour ``(j, s)`` of
+  its row: ``cf[j] += s * vote``, where ``ref`` is the newest recent item's time (or now, if
   earlier): the same ranking as decaying from now, and defined after a gap of any length. Rows
   of EASE head items (``udfs/ease.py``) carry signed weights: a negative one lowers ``cf[j]``,
   and items whose sum is not positive are no candidates. The best ``candidates_per_source``
@@ -564,6 +566,8 @@ class Recommender:
         ts = np.asarray(user.recent_ts, dtype=np.float64)
         ref = min(float(now_ms), float(ts.max())) if len(ts) else float(now_ms)
         fade = decay_factors(ref - ts, cfg.recency_half_life_ms)
+        if cfg.recency_half_life_items > 0:  # the sequence orders what time cannot
+            fade *= np.exp2(-np.arange(len(ts)) / cfg.recency_half_life_items)
         if cfg.recency_floor:
             fade = cfg.recency_floor + (1.0 - cfg.recency_floor) * fade
         votes = np.asarray(user.recent_weights, dtype=np.float64) * fade

@@ -131,6 +131,16 @@ def test_a_file_extends_a_preset_and_says_only_what_differs(tmp_path: Path) -> N
     (tmp_path / "loop2.toml").write_text('extends = "presets/loop.toml"\n')
     with pytest.raises(ConfigError, match="extends itself"):
         load(path=tmp_path / "loop2.toml")
+    # a list: applied in order, each later one over the earlier, the file over them all
+    (presets / "more.toml").write_text("[similarity]\ntop_k = 90\nmin_cooccurrence = 2.0\n")
+    (tmp_path / "both.toml").write_text(
+        'extends = ["presets/base.toml", "presets/more.toml"]\n[similarity]\nmin_cooccurrence = 3.0\n')
+    cfg = load(path=tmp_path / "both.toml")
+    assert (cfg.similarity.top_k, cfg.similarity.metric, cfg.similarity.min_cooccurrence) == (
+        90, "jaccard", 3.0)
+    (tmp_path / "bad.toml").write_text('extends = 3\n')
+    with pytest.raises(ConfigError, match="extends must be a file name or a list"):
+        load(path=tmp_path / "bad.toml")
     (tmp_path / "gone.toml").write_text('extends = "presets/nope.toml"\n')
     with pytest.raises(ConfigError, match="does not exist .extended by"):
         load(path=tmp_path / "gone.toml")

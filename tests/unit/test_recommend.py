@@ -304,6 +304,20 @@ def test_a_recency_floor_keeps_part_of_an_old_items_vote():
     assert h.recommend(user).ids == ["y", "x"]  # no floor: the old item fades (1 against 2)
 
 
+def test_a_position_half_life_orders_a_burst_of_events_with_one_timestamp():
+    # Three items rated in the same second: time cannot tell them apart, their order can.
+    h = Hand(neighbors={"r1": [("x", 1.0)], "r2": [("y", 1.0)], "r3": [("z", 1.0)]})
+    user = dict(recent=[("r3", "click", NOW, 1.0), ("r2", "click", NOW, 1.0),
+                        ("r1", "click", NOW, 1.0)])
+    # newest first: positions 0, 1, 2 -> 1, 1/2, 1/4 with a half-life of one item
+    recs = h.recommend(user, cfg=make_cfg(recency_half_life_items=1.0))
+    assert recs.ids == ["z", "y", "x"] and recs.scores == pytest.approx([1.0, 0.5, 0.25])
+    # under a floor of 0.5: 1, 0.75, 0.625
+    floored = h.recommend(user, cfg=make_cfg(recency_half_life_items=1.0, recency_floor=0.5))
+    assert floored.scores == pytest.approx([1.0, 0.75, 0.625])
+    assert h.recommend(user).scores == pytest.approx([1.0, 1.0, 1.0])  # off by default
+
+
 def test_cf_sums_votes_and_names_the_strongest_recent_item():
     h = Hand([rec("r1", "One"), rec("r2", "Two"), rec("r3", "Three")],
              {"r1": [("x", 1.0), ("y", 0.5)], "r2": [("x", 0.4), ("z", 0.1)],

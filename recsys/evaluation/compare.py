@@ -80,12 +80,21 @@ def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
         items=items)
     b = baselines.ease_weights(m.binary(), ease_lambda)
 
+    # EASE's list after an event is only looked at when the user's next event is in the second
+    # half: the others are not computed.
+    next_ts: dict[str, int] = {}
+    ease_needed = [False] * len(events)
+    for n in range(len(events) - 1, -1, -1):
+        u = events[n]["user_id"]
+        ease_needed[n] = next_ts.get(u, -1) >= t_mid
+        next_ts[u] = events[n]["ts"]
+
     counts = np.zeros(n_items, dtype=np.float64)
     seen: dict[str, np.ndarray] = {}
     ease_scores: dict[str, np.ndarray] = {}
     popular_after: dict[str, tuple[str, list[str]]] = {}
     ease_after: dict[str, tuple[str, list[str]]] = {}
-    for e in events:
+    for n, e in enumerate(events):
         u, c = e["user_id"], index[e["item_id"]]
         counts[c] += 1.0
         s = seen.get(u)
@@ -97,7 +106,8 @@ def prequential_baselines(events: Sequence[dict[str, Any]], t_mid: int, k: int,
             ease_scores[u] += b[c]
         if users is None or u in users:
             popular_after[e["event_id"]] = ("popularity", _top_unseen(counts, s, k, items))
-            ease_after[e["event_id"]] = ("ease", _top_unseen(ease_scores[u], s, k, items))
+            if ease_needed[n]:
+                ease_after[e["event_id"]] = ("ease", _top_unseen(ease_scores[u], s, k, items))
     return {"popularity, live": prequential.cases(events, popular_after, k, users),
             "EASE, first half": prequential.cases(events, ease_after, k, users, since_ts=t_mid)}
 
@@ -124,6 +134,26 @@ def synthetic_stream(seed: int) -> dict[str, Any]:
     t_first, t_last = events[0]["ts"], events[-1]["ts"]
     return {"items": d.items, "users": d.users, "events": events, "t_first": t_first,
             "t_mid": (t_first + t_last) // 2, "seed": seed}
+
+
+def first_half_of_time(events: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+    """The events (in time order) before the middle of their time range, with the range's
+    first time and middle: protocol B's first half, ``t_mid`` as ``make eval`` computes it."""
+    t_first = min(e["ts"] for e in events)
+    t_mid = (t_first + max(e["ts"] for e in events)) // 2
+    return [e for e in events if e["ts"] < t_mid], t_first, t_mid
+
+
+def movielens_first_half(users_limit: int = 0) -> dict[str, Any]:
+    """MovieLens-100k's ratings before the middle of their time range, as a stream for protocol
+    B: the validation data of a streaming preset (``recsys tune``). Protocol B in ``make eval``
+    reports the second half apart, and no rating of it is in this stream."""
+    from recsys.evaluation.datasets import load_data
+
+    d = load_data(users_limit)
+    events, t_first, _ = first_half_of_time(d.all_events)
+    return {"items": d.catalog, "users": d.attributes, "events": events, "t_first": t_first,
+            "t_mid": (t_first + events[-1]["ts"]) // 2, "seed": None}
 
 
 def engine_protocol_b(cfg: Any, stream: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from recsys.paths import PROJECT_ROOT
 K = 10
 
 
-DATASETS = ("ml-100k", "synthetic")
+DATASETS = ("ml-100k", "ml-100k-first-half", "synthetic")
 OBJECTIVES = ("mean", "worst_vs_ease")
 
 
@@ -43,7 +43,9 @@ class Search:
     path: Path
     dataset: str       # ml-100k: protocol A nDCG@10 on validation splits of the training
     splits: list[str]  # ratings (their mean over these kinds of split: random, temporal);
-    seed: int          # synthetic: protocol B HitRate@10 on the synthetic e-commerce stream
+    seed: int          # ml-100k-first-half: protocol B HitRate@10 on the ratings of the first
+                       # half of the time range (make eval reports the second half apart);
+                       # synthetic: protocol B HitRate@10 on the synthetic e-commerce stream
                        # generated with this seed (the evaluation reports another)
     users: int
     rounds: int
@@ -115,6 +117,11 @@ def _init(dataset: str, splits: list[str], seed: int, users: int, objective: str
 
         _DATA = synthetic_stream(seed)
         return
+    if dataset == "ml-100k-first-half":
+        from recsys.evaluation.compare import movielens_first_half
+
+        _DATA = movielens_first_half(users)
+        return
     from recsys.evaluation.compare import tune_ease
     from recsys.evaluation.datasets import load_data
 
@@ -128,7 +135,7 @@ def _trial(settings: list[str]) -> float:
 
     cfg = load_config(None, settings, environ={})
     d = _DATA
-    if isinstance(d, dict):  # the synthetic stream: protocol B
+    if isinstance(d, dict):  # a stream: protocol B
         from recsys.evaluation.compare import engine_protocol_b
 
         return float(engine_protocol_b(cfg, d)[f"hit_rate@{K}"])
@@ -234,6 +241,11 @@ def describe(search: Search) -> str:
         return (f"Coordinate descent on the synthetic e-commerce stream generated with seed "
                 f"{search.seed} (`recsys.evaluation.compare.synthetic_stream`; `make eval` reports another "
                 f"seed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
+    if search.dataset == "ml-100k-first-half":
+        return (f"Coordinate descent on the MovieLens-100k ratings of the first half of their "
+                f"time range (`recsys.evaluation.compare.movielens_first_half`; `make eval` "
+                f"reports protocol B's second half apart, and none of its ratings was "
+                f"replayed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
     splits = " and the ".join(search.splits)
     mean = (" (the mean over the splits)" if search.objective == "mean" else
             ", divided by EASE's on the same validation split (lambda chosen there), the worst "

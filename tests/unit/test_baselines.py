@@ -101,3 +101,38 @@ def test_top_k_unseen_equals_a_full_stable_sort_ties_and_all():
         order = np.argsort(-s, axis=1, kind="stable")[:, :min(k, n)]
         expected = np.where(np.take_along_axis(s, order, axis=1) > -np.inf, order, -1)
         np.testing.assert_array_equal(baselines.top_k_unseen(scores, seen, k), expected)
+
+
+def test_protocol_b_baselines_score_every_case_their_way():
+    """Popularity is scored on every case, EASE (trained on the first half) on the second
+    half's, each rank that of a direct computation of its list."""
+    from recsys.evaluation import compare
+    from recsys.evaluation.metrics import rank_of
+
+    rng = np.random.RandomState(3)
+    events = [{"event_id": f"e{n}", "user_id": f"u{rng.randint(6)}",
+               "item_id": f"i{rng.randint(9)}", "ts": n} for n in range(80)]
+    t_mid = 40
+    out = compare.prequential_baselines(events, t_mid, k=3, ease_lambda=5.0)
+    items = list(dict.fromkeys(e["item_id"] for e in events))
+    x = np.zeros((6, len(items)))
+    for e in events[:t_mid]:
+        x[int(e["user_id"][1:]), items.index(e["item_id"])] = 1.0
+    b = baselines.ease_weights(x, 5.0)
+    expected_pop, expected_ease, previous, counts, seen = [], [], {}, np.zeros(len(items)), {}
+    for e in events:
+        u, c = e["user_id"], items.index(e["item_id"])
+        if u in previous:
+            pop_list, ease_list = previous[u]
+            expected_pop.append(rank_of(e["item_id"], pop_list, 3))
+            if e["ts"] >= t_mid:
+                expected_ease.append(rank_of(e["item_id"], ease_list, 3))
+        counts[c] += 1
+        s = seen.setdefault(u, np.zeros(len(items), dtype=bool))
+        s[c] = True
+        top = lambda scores: [items[j] for j in baselines.top_k_unseen(  # noqa: E731
+            scores[None, :], s[None, :], 3)[0] if j >= 0]
+        previous[u] = (top(counts), top(b[s].sum(axis=0)))
+    assert [c.rank for c in out["popularity, live"]] == expected_pop
+    assert [c.rank for c in out["EASE, first half"]] == expected_ease
+    assert len(expected_ease) > 10 and any(expected_ease)

@@ -101,3 +101,19 @@ def test_a_trial_over_several_splits_is_their_mean_or_the_worst_ratio_to_ease():
     assert tune.combine([0.3, 0.2], [], "mean") == pytest.approx(0.25)
     # 0.27 / 0.27 = 1.0 on one split, 0.18 / 0.20 = 0.9 on the other: the worst counts
     assert tune.combine([0.27, 0.18], [0.27, 0.20], "worst_vs_ease") == pytest.approx(0.9)
+
+
+def test_the_streaming_validation_data_holds_no_event_of_protocol_b_second_half():
+    from recsys.evaluation.compare import first_half_of_time
+
+    events = [{"ts": t, "user_id": "u", "item_id": f"i{t}"} for t in (100, 130, 149, 150, 151, 200)]
+    kept, t_first, t_mid = first_half_of_time(events)
+    assert (t_first, t_mid) == (100, 150)
+    assert [e["ts"] for e in kept] == [100, 130, 149]  # the second half starts at t_mid
+
+
+def test_a_streaming_search_scores_protocol_b_hit_rate(tmp_path):
+    search = tune.Search.load(search_file(tmp_path, SEARCH.replace(
+        'split = "random"', 'dataset = "ml-100k-first-half"')))
+    assert search.metric == "hit_rate@10"
+    assert "first half of their time range" in tune.describe(search)

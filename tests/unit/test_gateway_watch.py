@@ -52,3 +52,16 @@ def test_a_failed_process_calls_on_failure_after_the_note():
     out, calls = io.BytesIO(), []
     drain(proc, out, on_failure=lambda: calls.append(out.getvalue()))
     assert calls == [f"recsys job: the Flink JVM (pid {proc.pid}) exited with status 3\n".encode()]
+
+
+def test_the_watch_wraps_the_launcher_pyflink_really_calls():
+    """The watch replaces a private PyFlink function: an upgrade that renames it, or stops
+    calling it, must fail here rather than silently drop the watch."""
+    from pyflink import java_gateway
+
+    from flink_jobs import gateway_watch
+
+    gateway_watch.install()
+    assert java_gateway.launch_gateway_server_process.__module__ == gateway_watch.__name__
+    # launch_gateway() looks the launcher up by this name in its module at call time
+    assert "launch_gateway_server_process" in java_gateway.launch_gateway.__code__.co_names

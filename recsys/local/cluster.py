@@ -30,7 +30,7 @@ which ``flink_jobs/io.build_environment`` sets from ``.cache/jars/``.
 
 The functions below are the API for tests (fault injection, savepoint migration):
 ``start_cluster``, ``stop_cluster``, ``cluster_status``, ``submit_job``, ``list_jobs``,
-``job_details``, ``wait_for_job_running``, ``wait_for_job_state``, ``cancel_job``,
+``job_details``, ``job_metric``, ``wait_for_job_running``, ``wait_for_job_state``, ``cancel_job``,
 ``trigger_savepoint``, ``stop_job_with_savepoint``.
 """
 
@@ -689,6 +689,26 @@ def list_jobs(jobmanager: str = f"{HOST}:{DEFAULT_REST_PORT}") -> list[dict[str,
 def job_details(jobmanager: str, job_id: str) -> dict[str, Any]:
     """``GET /jobs/JOB_ID``: ``state`` and ``vertices`` (each with its ``status``)."""
     return rest(jobmanager, "GET", f"/jobs/{job_id}")
+
+
+def job_metric(jobmanager: str, job_id: str, name: str, timeout_s: float = 30.0,
+               poll_s: float = 0.5) -> float:
+    """The value of one job-level metric, e.g. ``numRestarts`` (the restarts since the job was
+    submitted, full and partial): ``GET /jobs/JOB_ID/metrics?get=NAME``.
+
+    The REST endpoint answers from a copy of the metrics it fetches lazily (at most every
+    ``metrics.fetcher.update-interval``, 10 s by default), so a first answer is often an empty
+    list: polled until the metric is there. Raises ClusterError if it is not within
+    ``timeout_s`` (a missing metric never reads as 0)."""
+    path = f"/jobs/{job_id}/metrics?get={urllib.parse.quote(name)}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for metric in rest(jobmanager, "GET", path) or []:
+            if metric.get("id") == name and metric.get("value") is not None:
+                return float(metric["value"])
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"job {job_id} has no metric {name!r} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
 
 
 def wait_for_job_state(jobmanager: str, job_id: str, states: Iterable[str],

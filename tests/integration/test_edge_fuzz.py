@@ -2,7 +2,7 @@
 job, interleaved with 1,000 valid events. Afterwards: dead letters equal, per source topic and
 reason, what the oracle expects for the invalid ones (so valid + dead letters = sent); every
 valid event and request got its recommendation; and the job never failed over (Flink's
-REST API: never RESTARTING, an empty exception history).
+REST API: never RESTARTING, an empty exception history, the job metric ``numRestarts`` 0).
 
 It found one defect when written: the Java deserializer read the names inside an object or
 array given as the value of ``user_id`` or ``ts`` (e.g. ``{"ts": [], "user_id": "a", "ts": 1}``)
@@ -90,6 +90,9 @@ def test_fuzzed_records_on_every_topic_never_stop_the_job(kafka_bootstrap, tmp_p
         assert details["state"] == "RUNNING" and details["timestamps"]["RESTARTING"] == 0
         history = cluster.rest(jobmanager, "GET", f"/jobs/{job_id}/exceptions")
         assert history["exceptionHistory"]["entries"] == [], history
+        # Flink's own count of restarts, the job metric (job_metric waits until the REST
+        # endpoint has fetched it: an empty answer is not read as 0).
+        assert cluster.job_metric(jobmanager, job_id, "numRestarts") == 0
         job.check_alive()
     finally:
         job.stop()

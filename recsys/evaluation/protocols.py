@@ -72,6 +72,9 @@ from recsys.paths import PROJECT_ROOT
 from recsys.evaluation.metrics import ranking_metrics
 
 DEFAULT_CONFIG = "deploy/ml-100k.toml"
+# Protocol B asks what a user rates next: the streaming preset (deploy/presets/next_item.toml,
+# chosen on the first half of the time range) rather than protocol A's whole-history one.
+DEFAULT_B_CONFIG = "deploy/ml-100k-next-item.toml"
 K = 10
 PUBLISHED = {  # Recommenders' MovieLens-100k benchmark table (examples/06_benchmarks)
     "SAR": {"precision@10": 0.3308, "recall@10": 0.1764, "ndcg@10": 0.3825, "map": 0.1106},
@@ -420,6 +423,22 @@ def side_by_side_table(sbs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def protocol_b_ratios(b: dict[str, Any]) -> list[str]:
+    """Protocol B's ratios as issue 14 states its bars: the live job over popularity refreshed
+    at every event, and over the same job frozen at mid-time (second half, same users)."""
+    hr, hr2 = f"hit_rate@{K}", f"second_half_hit_rate@{K}"
+    pop = (b.get("baselines") or {}).get("popularity, live")
+    p, on, frozen = b.get("pipeline"), b.get("pipeline_on_sim_users"), b.get(
+        "pipeline_frozen_on_sim_users")
+    out = []
+    if p and pop:
+        out.append(f"  the job over popularity: x{p[hr] / pop[hr]:.2f} (2nd half "
+                   f"x{p[hr2] / pop[hr2]:.2f})")
+    if on and frozen and frozen[hr2] > 0:
+        out.append(f"  the job live over frozen (same users, 2nd half): x{on[hr2] / frozen[hr2]:.2f}")
+    return out
+
+
 def table(report: dict[str, Any]) -> str:
     lines = []
     a = report.get("protocol_a") or {}
@@ -463,6 +482,7 @@ def table(report: dict[str, Any]) -> str:
                          f"{s[f'mrr@{K}']:>10.4f}"
                          f"{s.get(f'second_half_hit_rate@{K}', float('nan')):>13.4f}"
                          f"{s.get(f'second_half_mrr@{K}', float('nan')):>14.4f}")
+        lines += protocol_b_ratios(b)
     syn = report.get("synthetic")
     if syn:
         lines.append("")
@@ -498,7 +518,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "split": {"kind": "per-user random (Recommenders python_stratified_split)",
                               "ratio": movielens.DEFAULT_SPLIT_RATIO,
                               "seed": movielens.DEFAULT_SPLIT_SEED}},
-        "config": {"file": args.config, "overrides": list(args.overrides),
+        "config": {"file": args.config, "protocol_b_file": args.b_config,
+                   "overrides": list(args.overrides),
                    "profile": cfg.to_dict()["profile"], "similarity": cfg.to_dict()["similarity"],
                    "recommend": cfg.to_dict()["recommend"]},
         "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
@@ -521,7 +542,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                            args.users, ms)
         if "B" in protocols and not args.no_frozen and "sim_live" not in futures:
             for name, freeze in (("sim_live", None), ("sim_frozen", t_mid)):
-                futures[name] = pool.submit(_sim_b_job, args.config, list(args.overrides),
+                futures[name] = pool.submit(_sim_b_job, args.b_config, list(args.overrides),
                                             args.users, ms, subset, freeze, t_first, t_mid)
 
     # Protocol A's other splits (the first seed's random split is the primary one above).
@@ -565,7 +586,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         log(f"protocol A, {kind} split {seed or ''}: nDCG@{K} "
                             f"{m_s[f'ndcg@{K}']:.4f}")
                 if "B" in protocols:
-                    run_b, coll, _ = pipe.run("B", args.config,
+                    run_b, coll, _ = pipe.run("B", args.b_config,
                                               list(args.overrides) + SHIPPED_VARIANT, data,
                                               data.all_events, [], True, args.timeout,
                                               speed=args.b_speed)
@@ -580,7 +601,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"({run_b.events_per_second:.0f} events/s)")
                     if not args.no_frozen:
                         report["protocol_b"]["pipeline_frozen_on_sim_users"] = \
-                            pipeline_protocol_b_frozen(pipe, args.config, list(args.overrides),
+                            pipeline_protocol_b_frozen(pipe, args.b_config, list(args.overrides),
                                                        data, set(subset), t_first, t_mid,
                                                        args.timeout)
         submit_sims(ms_per_event)
@@ -717,7 +738,8 @@ def _sim_b_job(config: str, overrides: list[str], users: int, ms_per_event: floa
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recsys.evaluation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="protocol A's engine settings")
+    p.add_argument("--b-config", default=DEFAULT_B_CONFIG, help="protocol B's engine settings")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE")
     p.add_argument("--protocols", default="A,B,S",

@@ -155,6 +155,14 @@ def test_the_shipped_ratings_preset_and_ml100k_file_load() -> None:
     assert ml.similarity == ratings.similarity and ml.recommend == ratings.recommend
     assert ml.profile == ratings.profile and set(ml.recommend.variants) == {"tuned"}
     assert ml.similarity.ease_head_items > 0  # the preset runs EASE over the head
+    # protocol B's file: the data set's settings with the streaming preset over the ratings one
+    stream = load(path=PROJECT_ROOT / "deploy/ml-100k-next-item.toml")
+    next_item = load(path=PROJECT_ROOT / "deploy/presets/next_item.toml")
+    assert stream.recommend == next_item.recommend and stream.similarity.ease_head_items == \
+        next_item.similarity.ease_head_items
+    assert stream.validation.min_ts_ms == ml.validation.min_ts_ms
+    assert stream.job.checkpoint_dir == ml.job.checkpoint_dir
+    assert stream.recommend.recency_half_life_items > 0  # the latest items lead
 
 
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:

@@ -92,3 +92,16 @@ def test_single_target_cases():
 def test_k_must_be_positive():
     with pytest.raises(ValueError):
         m.precision_at_k(RECS, REL, 0)
+
+
+def test_protocol_b_ratios_state_the_issue_bars():
+    from recsys.evaluation.protocols import protocol_b_ratios
+
+    def s(hr, hr2):
+        return {"hit_rate@10": hr, "second_half_hit_rate@10": hr2}
+
+    b = {"pipeline": s(0.15, 0.16), "baselines": {"popularity, live": s(0.075, 0.08)},
+         "pipeline_on_sim_users": s(0.1, 0.12), "pipeline_frozen_on_sim_users": s(0.1, 0.1)}
+    assert protocol_b_ratios(b) == ["  the job over popularity: x2.00 (2nd half x2.00)",
+                                    "  the job live over frozen (same users, 2nd half): x1.20"]
+    assert protocol_b_ratios({"pipeline": s(0.1, 0.1)}) == []

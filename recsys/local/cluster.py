@@ -692,22 +692,29 @@ def job_details(jobmanager: str, job_id: str) -> dict[str, Any]:
 
 
 def job_metric(jobmanager: str, job_id: str, name: str, timeout_s: float = 30.0,
-               poll_s: float = 0.5) -> float:
-    """The value of one job-level metric, e.g. ``numRestarts`` (the restarts since the job was
-    submitted, full and partial): ``GET /jobs/JOB_ID/metrics?get=NAME``.
+               poll_s: float = 0.5, fresh_s: float = 11.5) -> float:
+    """The value of one job-level metric, e.g. ``numRestarts`` (the restart attempts since the
+    job was submitted, full and partial): ``GET /jobs/JOB_ID/metrics?get=NAME``.
 
-    The REST endpoint answers from a copy of the metrics it fetches lazily (at most every
-    ``metrics.fetcher.update-interval``, 10 s by default), so a first answer is often an empty
-    list: polled until the metric is there. Raises ClusterError if it is not within
+    The REST endpoint answers from the copy of the metrics it fetched last: a request starts a
+    new fetch once that copy is older than ``metrics.fetcher.update-interval`` (Flink's default
+    10 s) but is answered from the old copy meanwhile, an empty list the first time. So this
+    polls for ``fresh_s`` (that interval and a margin for the fetch) and returns the last value
+    read, fetched after the call began (a first answer may be seconds old: a fault test read
+    two restarts after three). Raises ClusterError if the metric is not there by then and
     ``timeout_s`` (a missing metric never reads as 0)."""
     path = f"/jobs/{job_id}/metrics?get={urllib.parse.quote(name)}"
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    value: float | None = None
     while True:
         for metric in rest(jobmanager, "GET", path) or []:
             if metric.get("id") == name and metric.get("value") is not None:
-                return float(metric["value"])
-        if time.monotonic() >= deadline:
-            raise ClusterError(f"job {job_id} has no metric {name!r} after {timeout_s:.0f} s")
+                value = float(metric["value"])
+        elapsed = time.monotonic() - started
+        if value is not None and elapsed >= fresh_s:
+            return value
+        if elapsed >= max(timeout_s, fresh_s):
+            raise ClusterError(f"job {job_id} has no metric {name!r} after {elapsed:.0f} s")
         time.sleep(poll_s)
 
 

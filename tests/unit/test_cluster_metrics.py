@@ -1,8 +1,10 @@
 """Reading a job metric over Flink's REST API (``recsys/local/cluster.job_metric``).
 
-The REST endpoint answers from metrics it fetches lazily, so a first answer is often an empty
-list; that must be waited out, never read as 0 (a test asserting ``numRestarts == 0`` would
-then pass without having read anything).
+The REST endpoint answers from the copy of the metrics it fetched last, refreshed at most every
+``metrics.fetcher.update-interval`` and only once asked: a first answer is an empty list or a
+value seconds old (a fault test read 2 restarts after three, the third one 27 s old). Neither
+may pass for the value: an empty list is waited out, never read as 0, and the value returned
+is the last one read over a whole fetch interval.
 """
 
 from __future__ import annotations
@@ -27,18 +29,25 @@ def answers(monkeypatch, *replies):
     return asked
 
 
-def test_the_metric_is_read_once_the_endpoint_has_fetched_it(monkeypatch):
-    asked = answers(monkeypatch, [], None, [{"id": "numRestarts", "value": "3"}])
-    assert cluster.job_metric("127.0.0.1:8081", JOB, "numRestarts", poll_s=0) == 3.0
-    assert asked == [("GET", f"/jobs/{JOB}/metrics?get=numRestarts")] * 3
+def restarts(n: int) -> list[dict]:
+    return [{"id": "numRestarts", "value": str(n)}]
+
+
+def test_the_value_read_last_over_a_fetch_interval_is_returned(monkeypatch):
+    asked = answers(monkeypatch, [], None, restarts(2), restarts(3))
+    got = cluster.job_metric("127.0.0.1:8081", JOB, "numRestarts", poll_s=0.01, fresh_s=0.1)
+    assert got == 3.0
+    assert len(asked) > 4 and set(asked) == {("GET", f"/jobs/{JOB}/metrics?get=numRestarts")}
 
 
 def test_zero_is_a_value_read_not_a_default(monkeypatch):
-    answers(monkeypatch, [{"id": "numRestarts", "value": "0"}])
-    assert cluster.job_metric("127.0.0.1:8081", JOB, "numRestarts", poll_s=0) == 0.0
+    answers(monkeypatch, restarts(0))
+    assert cluster.job_metric("127.0.0.1:8081", JOB, "numRestarts", poll_s=0.01,
+                              fresh_s=0) == 0.0
 
 
 def test_a_metric_that_never_shows_up_is_an_error(monkeypatch):
     answers(monkeypatch, [], [{"id": "uptime", "value": "5"}])
     with pytest.raises(cluster.ClusterError, match="numRestarts"):
-        cluster.job_metric("127.0.0.1:8081", JOB, "numRestarts", timeout_s=0.05, poll_s=0.01)
+        cluster.job_metric("127.0.0.1:8081", JOB, "numRestarts", timeout_s=0.05, poll_s=0.01,
+                           fresh_s=0)

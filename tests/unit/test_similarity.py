@@ -21,6 +21,7 @@ import pytest
 from state_schemas.config import load_config
 from state_schemas.ids import id_hash
 from state_schemas.item_state import STATS_META_KEY, STATS_PREFIX, decode_counters, decode_row
+from udfs.decay import landmark_factor
 from udfs.similarity import (METRICS, Emission, ItemStats, SimilarityShard,
                              apply_pairs_reference)
 
@@ -535,6 +536,36 @@ def test_an_occurrence_landmark_move_rewrites_every_stored_count():
         c, d = s.items.get(i), fresh.items.get(i)
         assert (fresh.occ[d], fresh.pop[d]) == (s.occ[c], s.pop[c])
     assert fresh.occ[fresh.items.get("a")] == 2.0 * 2.0 ** -70
+
+
+def test_popularity_of_two_runs_agrees_once_restated_on_one_landmark():
+    """Each run takes its landmark from its first batch's newest event, so the stored values of
+    two runs fed the same events differ by the factor between their landmarks and compare
+    equal only restated on one landmark (``landmark_factor``). The three-kill fault test once
+    restated them the wrong way round (``2^((T - L)/h)``): that left twice the landmark gap
+    between runs, e.g. a first batch of 9 events 10 ms apart, 80 ms, gave every item the same
+    1 - 6.4e-7 ratio, "as if the landmark were ~160 ms off"."""
+    cfg = make_cfg()
+    half_life = cfg.recommend.trending_half_life_ms
+    ids = [f"i{n % 4}" for n in range(40)]
+    weights = np.arange(1.0, 41.0)
+    ts = T + 10 * np.arange(40)
+
+    def run(first: int) -> dict:
+        s = ItemStats(cfg)
+        for a, b in ((0, first), (first, 40)):
+            s.apply_activity(ids[a:b], weights[a:b], np.ones(b - a), ts[a:b], [""] * (b - a))
+        up = s.popularity_update()
+        return {i: (v, up["landmark"]) for i, v in zip(up["ids"], up["pop"])}
+
+    one, nine = run(1), run(9)   # landmarks T and T + 80
+    assert {L for _, L in one.values()} == {T} and {L for _, L in nine.values()} == {T + 80}
+    for i in one:
+        (v1, l1), (v9, l9) = one[i], nine[i]
+        assert v9 * landmark_factor(l9, T, half_life) == pytest.approx(v1, rel=1e-12)
+        backwards = (v9 * 2.0 ** ((T - l9) / half_life)) / (v1 * 2.0 ** ((T - l1) / half_life))
+        assert backwards == pytest.approx(2.0 ** (-160 / half_life), rel=1e-12)
+        assert 1 - backwards == pytest.approx(6.4e-7, rel=0.01)
 
 
 # ---- property: compiled kernel == executable specification -----------------------------------

@@ -282,6 +282,10 @@ def parse_input(raw: bytes | None, kind: str, source_topic: str, now_ms: int,
     bad_ts = _check_ts(rec["ts"], now_ms, cfg)
     if bad_ts:
         return reject("absurd_timestamp", bad_ts)
+    # JSON Schema's integer includes integral floats (1e12, 1000000000000.0): typed here, or a
+    # float ts reaches the profile and its binary encoding fails at write-back, failing the task
+    # on every replay (the edge fuzz found it). Exact: ts is bounded by the check above.
+    rec["ts"] = int(rec["ts"])
     for field in ID_FIELDS[kind]:
         value = rec[field] = normalise_id(rec[field])
         if not value:

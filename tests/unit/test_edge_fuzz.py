@@ -37,6 +37,9 @@ def test_every_fuzzed_record_ends_as_the_oracle_expects():
                 m = orjson.loads(v)
                 triggers[m["trigger_event_id"]] += 1
                 requests.add(m["request_id"])
+    # Every profile goes to keyed state, as at a checkpoint: its encoding must take what the
+    # edge let through (a float ts once failed it, outside any record's exception boundary).
+    assert side.process([], [], [], 0, -(1 << 63), checkpoint=True).state_updates
     topic_name = {f: getattr(cfg.topics, f) for f in RECORD_KIND}
     expected = Counter((topic_name[r.topic], o.reason) for r, o in stream if not o.valid)
     assert Counter((d["source_topic"], d["reason"]) for d in letters) == expected

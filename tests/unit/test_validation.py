@@ -109,6 +109,25 @@ def test_request_defaults_and_caps_k():
     assert out["k"] == CFG.recommend.max_k
 
 
+
+@pytest.mark.parametrize("kind,fields", [
+    (KIND_EVENT, event()),
+    (KIND_ATTRIBUTES, {"user_id": "u1", "attributes": {"age": 30}}),
+    (KIND_ITEM, {"item_id": "i1", "title": "T", "categories": [], "tags": [], "available": True}),
+    (KIND_REQUEST, {"request_id": "r1", "user_id": "u1"}),
+    (KIND_PRIVACY, {"user_id": "u1", "action": "forget"}),
+])
+@pytest.mark.parametrize("written", [b"1000000000000.0", b"1e12", b"1.0E12"])
+def test_a_ts_written_as_an_integral_float_is_an_int(kind, fields, written):
+    """JSON Schema's integer admits 1e12 and 1000000000000.0; the engine stores ts in integer
+    fields (a float one failed the profile's encoding, and the job, at every write-back)."""
+    raw = orjson.dumps({**fields, "ts": 0}).replace(b'"ts":0', b'"ts":' + written)
+    out = parse(None, kind, raw=raw)
+    assert not isinstance(out, DeadLetter), out
+    assert out["ts"] == 10 ** 12 and type(out["ts"]) is int
+    assert isinstance(parse(None, kind, raw=raw.replace(written, b"1000000000000.5")),
+                      DeadLetter)
+
 def test_privacy_request_only_knows_forget():
     assert parse({"user_id": "u1", "ts": NOW, "action": "forget"}, KIND_PRIVACY)["action"] == "forget"
     assert isinstance(parse({"user_id": "u1", "ts": NOW, "action": "sell"}, KIND_PRIVACY), DeadLetter)

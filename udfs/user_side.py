@@ -262,6 +262,24 @@ class UserSide:
                 self._write_back(key, slot, out)
 
     def _write_back(self, key: str, slot: _UserSlot, out: BatchResult) -> None:
+        """Encode a changed user into keyed state. The exception boundary of write-back: a
+        profile the codec refuses (a defect: validation should have kept its cause out) must
+        not fail the task, which would fail again at every replay. The user's changes since the
+        last write are dropped instead (the cached copy goes; the next record reloads the
+        last good state), with a dead letter saying so and the internal_errors metric."""
+        try:
+            self._encode_user(key, slot, out)
+        except Exception as e:  # noqa: BLE001 - the boundary
+            self.cache.pop(key, None)
+            self.dirty.pop(key, None)
+            self.metrics.inc("internal_errors", 1, (("kind", "state_write"),))
+            self._dead_letter(edge.dead_letter(
+                b"", "internal:user_state", "internal_error",
+                f"the user's state could not be encoded ({type(e).__name__}); its changes "
+                "since the last write were dropped", self.now_ms(), self.cfg.validation),
+                out, key)
+
+    def _encode_user(self, key: str, slot: _UserSlot, out: BatchResult) -> None:
         if slot.profile_dirty:
             if not slot.stored:
                 self.metrics.inc("profiles_created")

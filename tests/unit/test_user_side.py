@@ -217,3 +217,22 @@ def test_ab_totals_survive_a_failure_without_counting_the_replay_twice():
     restored = Task(checkpoint)
     restored.run(events(12))  # the sources replay what came after the checkpoint
     assert restored.ab == straight.ab
+
+
+def test_a_profile_the_codec_refuses_is_dropped_with_a_dead_letter_not_a_failed_task():
+    s = side()
+    run(s, [(rec.KIND_EVENT, "u1", orjson.dumps(event("e1"))),
+            (rec.KIND_EVENT, "u2", orjson.dumps(event("e2", user="u2")))])
+    # A defect upstream let a float into an integer field (the i64 codec refuses it).
+    s.cache["u1"].profile.first_seen = T0 + 0.5
+    s.cache["u1"].profile_dirty = True
+    keys, batch = keyed_batch([])
+    out = s.process(keys, [], batch, T0, -(1 << 63), checkpoint=True)
+    letters = [orjson.loads(v) for _, v in out.outputs.of(rec.USER_OUT_DLQ)]
+    assert [(d["reason"], d["source_topic"]) for d in letters] == [
+        ("internal_error", "internal:user_state")]
+    assert [k for k, _ in out.outputs.of(rec.USER_OUT_DLQ)] == ["u1"]  # keyed by the user
+    assert "u1" not in s.cache  # the next record reloads the last good state
+    assert {k for k, _, _ in out.state_updates} == {"u2"}  # the other user is written
+    metrics = {(path, name): v for path, name, _, v in out.metrics}
+    assert metrics[("kind=state_write", "internal_errors")] == 1

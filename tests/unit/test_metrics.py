@@ -105,3 +105,16 @@ def test_protocol_b_ratios_state_the_issue_bars():
     assert protocol_b_ratios(b) == ["  the job over popularity: x2.00 (2nd half x2.00)",
                                     "  the job live over frozen (same users, 2nd half): x1.20"]
     assert protocol_b_ratios({"pipeline": s(0.1, 0.1)}) == []
+
+
+def test_make_eval_runs_protocol_b_with_the_next_item_file_and_a_with_the_ratings_one():
+    from recsys.evaluation.protocols import build_parser
+    from recsys.paths import PROJECT_ROOT
+    from state_schemas.config import load_config
+
+    args = build_parser().parse_args([])
+    a = load_config(PROJECT_ROOT / args.config, environ={})
+    b = load_config(PROJECT_ROOT / args.b_config, environ={})
+    assert a.recommend.recency_floor > 0 and a.similarity.ease_head_items > 0  # whole history
+    assert b.recommend.recency_floor == 0 and b.recommend.recency_half_life_items > 0  # next item
+    assert build_parser().parse_args(["--b-config", "x.toml"]).b_config == "x.toml"

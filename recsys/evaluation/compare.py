@@ -131,16 +131,15 @@ def synthetic_stream(seed: int) -> dict[str, Any]:
 
     d = generate_sample(seed=seed, **SYNTHETIC)
     events = sorted(d.events, key=lambda e: (e["ts"], e["event_id"]))
-    t_first, t_last = events[0]["ts"], events[-1]["ts"]
+    t_first, t_mid = prequential.time_range(events)
     return {"items": d.items, "users": d.users, "events": events, "t_first": t_first,
-            "t_mid": (t_first + t_last) // 2, "seed": seed}
+            "t_mid": t_mid, "seed": seed}
 
 
 def first_half_of_time(events: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
     """The events (in time order) before the middle of their time range, with the range's
     first time and middle: protocol B's first half, ``t_mid`` as ``make eval`` computes it."""
-    t_first = min(e["ts"] for e in events)
-    t_mid = (t_first + max(e["ts"] for e in events)) // 2
+    t_first, t_mid = prequential.time_range(events)
     return [e for e in events if e["ts"] < t_mid], t_first, t_mid
 
 
@@ -152,8 +151,9 @@ def movielens_first_half(users_limit: int = 0) -> dict[str, Any]:
 
     d = load_data(users_limit)
     events, t_first, _ = first_half_of_time(d.all_events)
+    # the stream's own middle (the tuner reads its overall HitRate, not the halves)
     return {"items": d.catalog, "users": d.attributes, "events": events, "t_first": t_first,
-            "t_mid": (t_first + events[-1]["ts"]) // 2, "seed": None}
+            "t_mid": prequential.time_range(events)[1], "seed": None}
 
 
 def engine_protocol_b(cfg: Any, stream: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,13 @@ class Case(NamedTuple):
     rank: int  # 1-based rank of the event's item in the previous list; 0 = not in its top k
 
 
+def time_range(events: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """The first event time of ``events`` and the middle of their time range: protocol B's
+    second half (and its frozen model's freeze) starts at the middle."""
+    ts = [e["ts"] for e in events]
+    return min(ts), (min(ts) + max(ts)) // 2
+
+
 def cases(events: Iterable[Mapping[str, Any]], lists_after: ListsAfter, k: int,
           users: set[str] | None = None, since_ts: int | None = None) -> list[Case]:
     """The cases of ``events`` (in event-time order): each event whose user's previous event

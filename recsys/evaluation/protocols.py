@@ -506,9 +506,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     protocols = {p.strip().upper() for p in args.protocols.split(",") if p.strip()}
     data = load_data(args.users)
     cfg = load_config(args.config, list(args.overrides), environ={})
-    t_first = min(e["ts"] for e in data.all_events)
-    t_last = max(e["ts"] for e in data.all_events)
-    t_mid = (t_first + t_last) // 2
+    t_first, t_mid = prequential.time_range(data.all_events)
     report: dict[str, Any] = {
         "command": " ".join(["python -m recsys.evaluation"] + (args.argv or [])),
         "dataset": {"name": "MovieLens-100k (recbole==1.2.1 wheel)", "users": len(data.users),

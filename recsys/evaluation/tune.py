@@ -247,10 +247,13 @@ def describe(search: Search) -> str:
                 f"reports protocol B's second half apart, and none of its ratings was "
                 f"replayed). Metric: protocol B (prequential) HitRate@{K} in the simulator.")
     splits = " and the ".join(search.splits)
-    mean = (" (the mean over the splits)" if search.objective == "mean" else
-            ", divided by EASE's on the same validation split (lambda chosen there), the worst "
-            "split counting") if len(search.splits) > 1 or search.objective != "mean" else ""
-    return (f"Coordinate descent on the validation {'splits' if mean else 'split'} carved from "
+    several = len(search.splits) > 1
+    if search.objective == "worst_vs_ease":
+        mean = (", divided by EASE's on the same validation split (lambda chosen there), the "
+                "worst split counting")
+    else:
+        mean = " (the mean over the splits)" if several else ""
+    return (f"Coordinate descent on the validation {'splits' if several else 'split'} carved from "
             f"the training ratings of the {splits} split (seed {search.seed}) of MovieLens-100k: "
             f"the test ratings were not loaded. Metric: protocol A nDCG@{K} in the simulator"
             f"{mean}.")

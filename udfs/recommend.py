@@ -528,6 +528,15 @@ class Recommender:
         self.cat_count = np.zeros(16, dtype=np.int32)
         self.feat_w = np.zeros(16, dtype=np.float64)
         self.pool_of = np.full(16, -1, dtype=np.int32)
+        # 2^(-position / recency_half_life_items) for positions 0.., grown on demand: the same
+        # for every user, so not recomputed per recommendation.
+        self._position_fade = np.ones(0, dtype=np.float64)
+
+    def _position_fades(self, n: int) -> np.ndarray:
+        if len(self._position_fade) < n:
+            self._position_fade = np.exp2(-np.arange(max(n, 2 * len(self._position_fade)))
+                                          / self.cfg.recency_half_life_items)
+        return self._position_fade[:n]
 
     def _scratch(self, out_size: int) -> None:
         n_feat = len(self.model.features)
@@ -567,7 +576,7 @@ class Recommender:
         ref = min(float(now_ms), float(ts.max())) if len(ts) else float(now_ms)
         fade = decay_factors(ref - ts, cfg.recency_half_life_ms)
         if cfg.recency_half_life_items > 0:  # the sequence orders what time cannot
-            fade *= np.exp2(-np.arange(len(ts)) / cfg.recency_half_life_items)
+            fade *= self._position_fades(len(ts))
         if cfg.recency_floor:
             fade = cfg.recency_floor + (1.0 - cfg.recency_floor) * fade
         votes = np.asarray(user.recent_weights, dtype=np.float64) * fade

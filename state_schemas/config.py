@@ -209,6 +209,14 @@ class SimilarityConfig:
     top_k: int = 20
     max_pairs_per_item: int = 200  # co-occurrence entries kept per item
     history_max_items: int = 20  # the recent items a new interaction pairs with
+    # What a user adds to the occurrence N(i) and co-occurrence C(i, j): "action", their
+    # strongest action weights (N = sum_u w_ui, C = sum_u min(w_ui, w_uj), TencentRec), or
+    # "binary", 1 for every positively weighted item (the binary interactions of SAR and EASE).
+    pair_weights: str = "action"
+    # > 0: the pair with the k-th newest of those items (k = 0, 1, ...) counts 2^(-k / this),
+    # so items taken up one after the other weigh most (sequential rules, Ludewig & Jannach
+    # 2018); 0: every pair counts fully.
+    pair_half_life_items: float = 0.0
     history_window_ms: int = 30 * DAY_MS
     half_life_ms: int = 30 * DAY_MS
     # The item operator's micro-batch: pair updates and item activity are applied, and changed
@@ -606,6 +614,11 @@ def validate_config(cfg: EngineConfig) -> None:
         problems.append("recommend.exploration_share must be within [0, 1]")
     if not 0.0 <= cfg.recommend.recency_floor <= 1.0:
         problems.append("recommend.recency_floor must be within [0, 1]")
+    if cfg.similarity.pair_weights not in ("action", "binary"):
+        problems.append("similarity.pair_weights must be action or binary")
+    if not (math.isfinite(cfg.similarity.pair_half_life_items)
+            and cfg.similarity.pair_half_life_items >= 0.0):
+        problems.append("similarity.pair_half_life_items must be a number >= 0")
     if not (math.isfinite(cfg.recommend.recency_half_life_items)
             and cfg.recommend.recency_half_life_items >= 0.0):
         problems.append("recommend.recency_half_life_items must be a number >= 0")

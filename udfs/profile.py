@@ -72,6 +72,11 @@ class ProfileStep:
         p = cfg.profile
         self.p = p
         self.sim = cfg.similarity
+        self._binary_pairs = self.sim.pair_weights == "binary"
+        # the weight of the pair with the k-th newest history item (None: every pair weighs 1)
+        h = self.sim.pair_half_life_items
+        self._pair_fades = ([2.0 ** (-k / h) for k in range(self.sim.history_max_items)]
+                            if h > 0 else None)
         self.type_weight = [p.event_weights.get(t, 0.0) for t in EVENT_TYPES]
         self.consumed_types = {TYPE_CODE[t] for t in p.consumed_event_types if t in TYPE_CODE}
         self.rate = TYPE_CODE["rate"]
@@ -264,22 +269,34 @@ class ProfileStep:
         C(i, j) = sum_u min(r_ui, r_uj), so when the rating of ``item_id`` rises from old to new
         the increments are new - old and min(new, r_h) - min(old, r_h) for each history item h:
         the user's newest ``history_max_items`` other items within ``history_window_ms`` (the
-        hot-user bound). Both directions are returned.
+        hot-user bound). Both directions are returned. ``similarity.pair_weights = "binary"``
+        counts every positive weight as 1 (an item counts once, when it first turns positive);
+        ``similarity.pair_half_life_items`` fades the pair with the k-th of those items by
+        2^(-k / h).
         """
         if new_weight <= old_weight or new_weight <= 0:
             return 0.0, []
         old = max(old_weight, 0.0)
+        if self._binary_pairs:
+            if old > 0:
+                return 0.0, []
+            new_weight = 1.0
         pairs: list[tuple[str, str, float]] = []
         taken = 0
         window = self.sim.history_window_ms
         limit = self.sim.history_max_items
+        fades = self._pair_fades
         for h_id, h_ts, h_w in zip(u.recent_ids, u.recent_ts, u.recent_weights):
             if taken >= limit:
                 break
             if h_id == item_id or h_w <= 0 or ts - h_ts > window:
                 continue
-            taken += 1
+            if self._binary_pairs:
+                h_w = 1.0
             delta = min(new_weight, h_w) - min(old, h_w)
+            if fades is not None:
+                delta *= fades[taken]
+            taken += 1
             if delta > 0:
                 pairs.append((item_id, h_id, delta))
                 pairs.append((h_id, item_id, delta))

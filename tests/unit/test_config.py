@@ -303,6 +303,8 @@ def test_unknown_env_key_is_a_config_error() -> None:
     ("similarity.flush_interval_ms=-1", "similarity.flush_interval_ms must be >= 0"),
     ('kafka.starting_offsets="middle"', "starting_offsets"),
     ('similarity.metric="euclid"', "similarity.metric"),
+    ('similarity.pair_weights="ratings"', "similarity.pair_weights must be action or binary"),
+    ("similarity.pair_half_life_items=-1", "similarity.pair_half_life_items must be a number >= 0"),
     ("similarity.popularity_alpha=1.5", "popularity_alpha"),
     ("similarity.top_k=0", "similarity.top_k must be positive"),
     ("similarity.max_pairs_per_item=10", "max_pairs_per_item must be >= similarity.top_k"),

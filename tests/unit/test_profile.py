@@ -393,6 +393,34 @@ def test_a_repeat_of_the_same_item_never_pairs_with_itself():
     assert out.occurrence_delta == 9.0 and out.pairs == []
 
 
+
+def test_binary_pair_weights_count_each_positive_item_once():
+    step, u = make_step(similarity={"pair_weights": "binary"}), UserProfile("u1")
+    step.apply_event(u, ev("h1", "purchase", T0), None)  # action weight 10
+    step.apply_event(u, ev("h2", "rate", T0 + 1, value=4), None)  # action weight 3
+    out = step.apply_event(u, ev("j", "rate", T0 + 2, value=5), None)  # action weight 5
+    assert out.occurrence_delta == 1.0  # action weights: 5, and pairs of 5 and 3
+    assert pair_set(out) == {("j", "h1", 1.0), ("h1", "j", 1.0), ("j", "h2", 1.0), ("h2", "j", 1.0)}
+    # a stronger action on an item already counted adds nothing (action weights would add 5)
+    out = step.apply_event(u, ev("j", "purchase", T0 + 3), None)
+    assert (out.occurrence_delta, out.pairs) == (0.0, [])
+    # a neutral or negative rating still neither counts nor pairs
+    out = step.apply_event(u, ev("n", "rate", T0 + 4, value=2.5), None)
+    assert (out.occurrence_delta, out.pairs) == (0.0, [])
+
+
+def test_pair_half_life_items_fades_pairs_by_distance_in_the_sequence():
+    step = make_step(similarity={"pair_half_life_items": 2.0, "history_max_items": 3})
+    u = UserProfile("u1")
+    for n in range(4):
+        step.apply_event(u, ev(f"h{n}", "view", T0 + n), None)
+    out = step.apply_event(u, ev("j", "view", T0 + 10), None)
+    # the newest history item (h3) is at distance 0: 2^(-k/2) for k = 0, 1, 2
+    expected = {("j", "h3", 1.0), ("j", "h2", 2 ** -0.5), ("j", "h1", 0.5)}
+    expected |= {(c, r, w) for r, c, w in expected}
+    assert pair_set(out) == {(r, c, round(w, 9)) for r, c, w in expected}
+    assert out.occurrence_delta == 1.0  # occurrences do not fade
+
 # --------------------------------------------------------------------------- dedup window
 
 def test_duplicate_event_id_within_the_window_is_refused():

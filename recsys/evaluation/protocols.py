@@ -291,7 +291,7 @@ def pipeline_protocol_a(runner: PipelineRunner, config_file: str, overrides: lis
 
 def pipeline_protocol_b_frozen(runner: PipelineRunner, config_file: str, overrides: list[str],
                                data: Data, users: set[str], t_first: int, t_mid: int,
-                               timeout_s: float = 1800.0) -> dict[str, Any]:
+                               timeout_s: float = 1800.0, speed: str = "max") -> dict[str, Any]:
     """Protocol B through a job whose item model freezes at ``t_mid``, scored on ``users``.
 
     Only those users' events after ``t_mid`` are replayed: with the item model frozen, other
@@ -302,7 +302,7 @@ def pipeline_protocol_b_frozen(runner: PipelineRunner, config_file: str, overrid
     run, coll, _ = runner.run("B-frozen", config_file,
                               overrides + SHIPPED_VARIANT
                               + [f"similarity.freeze_item_model_at_ms={t_mid}"],
-                              data, events, [], True, timeout_s)
+                              data, events, [], True, timeout_s, speed=speed)
     out = prequential.summarise(prequential.cases(events, coll.event_lists, K, users),
                                 t_first, t_mid, K)
     out["run"] = run.__dict__
@@ -603,7 +603,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         report["protocol_b"]["pipeline_frozen_on_sim_users"] = \
                             pipeline_protocol_b_frozen(pipe, args.b_config, list(args.overrides),
                                                        data, set(subset), t_first, t_mid,
-                                                       args.timeout)
+                                                       args.timeout, args.b_speed)
         submit_sims(ms_per_event)
         if futures:
             log("waiting for the simulator runs")

@@ -227,7 +227,7 @@ def markdown(search: Search, result: Result, command: str) -> str:
              "",
              f"**Chosen (validation {search.metric} {result.score:.4f}):**",
              "", "```toml"] + [f"{k} = {literal(v)}" for k, v in result.settings.items()] + [
-             "```", "", "Fixed for the data set (not tuned): "
+             "```", "", "Fixed (not tuned; see the search file for why): "
              + ", ".join(f"`{k} = {literal(v)}`" for k, v in search.fixed.items()), "",
              f"| round | setting | value | validation {search.metric} |", "|---|---|---|---|"]
     for t in result.trials:

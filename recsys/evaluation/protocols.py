@@ -30,9 +30,8 @@ Protocol B (streaming, prequential)
     profiles keep updating), on every user by default (``--b-fraction`` takes a random share:
     a third job then gets every event before the freeze and only the share's events after it,
     since other users' later events cannot reach a frozen model), and is compared with the live
-    job on the same users over the second half of the time range (every user: the ratio of two
-    hit rates on a fifth of the cases varies between user samples by more than the margins
-    it is read against). The simulator (``recsys/evaluation/simulate.py``) runs both as well.
+    job on the same users over the second half of the time range (every user by default, so
+    that the ratio rests on every second-half case rather than on a sample of them). The simulator (``recsys/evaluation/simulate.py``) runs both as well.
 
 Simulator agreement: protocol A is also run in ``recsys.evaluation.simulate`` with the same configuration
 and its clock set to the pipeline's measured throughput; the report gives both metric sets, the

@@ -27,11 +27,12 @@ Protocol B (streaming, prequential)
     the default ``control`` weights), 50/50 by the job's own hash assignment.
     "Frozen" comparison: the same engine with its item model (co-occurrence, neighbours,
     trending) frozen at the middle of the time range (``similarity.freeze_item_model_at_ms``;
-    profiles keep updating), on every user by default (``--b-fraction`` takes a random share:
-    a third job then gets every event before the freeze and only the share's events after it,
-    since other users' later events cannot reach a frozen model), and is compared with the live
-    job on the same users over the second half of the time range (every user by default, so
-    that the ratio rests on every second-half case rather than on a sample of them). The simulator (``recsys/evaluation/simulate.py``) runs both as well.
+    profiles keep updating), run by a third job and compared with the live job on the same
+    users over the second half of the time range. By default that is every user, so that the
+    ratio rests on every second-half case; ``--b-fraction`` takes a random share of the users
+    instead, and the third job then gets every event before the freeze and only the share's
+    events after it (other users' later events cannot reach a frozen model). The simulator
+    (``recsys/evaluation/simulate.py``) runs both as well.
 
 Simulator agreement: protocol A is also run in ``recsys.evaluation.simulate`` with the same configuration
 and its clock set to the pipeline's measured throughput; the report gives both metric sets, the

@@ -101,9 +101,11 @@ def test_protocol_b_ratios_state_the_issue_bars():
         return {"hit_rate@10": hr, "second_half_hit_rate@10": hr2}
 
     b = {"pipeline": s(0.15, 0.16), "baselines": {"popularity, live": s(0.075, 0.08)},
-         "pipeline_on_sim_users": s(0.1, 0.12), "pipeline_frozen_on_sim_users": s(0.1, 0.1)}
+         "pipeline_on_sim_users": s(0.1, 0.12), "pipeline_frozen_on_sim_users": s(0.1, 0.1),
+         "sim_live": s(0.1, 0.15)}
     assert protocol_b_ratios(b) == ["  the job over popularity: x2.00 (2nd half x2.00)",
-                                    "  the job live over frozen (same users, 2nd half): x1.20"]
+                                    "  the job live over frozen (same users, 2nd half): x1.20",
+                                    "  the job over the simulator (same users, 2nd half): x0.80"]
     assert protocol_b_ratios({"pipeline": s(0.1, 0.1)}) == []
 
 

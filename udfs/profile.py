@@ -73,10 +73,10 @@ class ProfileStep:
         self.p = p
         self.sim = cfg.similarity
         self._binary_pairs = self.sim.pair_weights == "binary"
-        # the weight of the pair with the k-th newest history item (None: every pair weighs 1)
+        # the weight of the pair with the k-th newest history item (all 1.0 without a half-life)
         h = self.sim.pair_half_life_items
-        self._pair_fades = ([2.0 ** (-k / h) for k in range(self.sim.history_max_items)]
-                            if h > 0 else None)
+        self._pair_fades = [2.0 ** (-k / h) if h > 0 else 1.0
+                            for k in range(self.sim.history_max_items)]
         self.type_weight = [p.event_weights.get(t, 0.0) for t in EVENT_TYPES]
         self.consumed_types = {TYPE_CODE[t] for t in p.consumed_event_types if t in TYPE_CODE}
         self.rate = TYPE_CODE["rate"]
@@ -277,7 +277,8 @@ class ProfileStep:
         if new_weight <= old_weight or new_weight <= 0:
             return 0.0, []
         old = max(old_weight, 0.0)
-        if self._binary_pairs:
+        binary = self._binary_pairs
+        if binary:
             if old > 0:
                 return 0.0, []
             new_weight = 1.0
@@ -291,11 +292,8 @@ class ProfileStep:
                 break
             if h_id == item_id or h_w <= 0 or ts - h_ts > window:
                 continue
-            if self._binary_pairs:
-                h_w = 1.0
-            delta = min(new_weight, h_w) - min(old, h_w)
-            if fades is not None:
-                delta *= fades[taken]
+            # binary: both items count 1, and this one was 0 before
+            delta = fades[taken] * (1.0 if binary else min(new_weight, h_w) - min(old, h_w))
             taken += 1
             if delta > 0:
                 pairs.append((item_id, h_id, delta))

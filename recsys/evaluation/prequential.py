@@ -31,7 +31,8 @@ def time_range(events: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     """The first event time of ``events`` and the middle of their time range: protocol B's
     second half (and its frozen model's freeze) starts at the middle."""
     ts = [e["ts"] for e in events]
-    return min(ts), (min(ts) + max(ts)) // 2
+    first = min(ts)
+    return first, (first + max(ts)) // 2
 
 
 def cases(events: Iterable[Mapping[str, Any]], lists_after: ListsAfter, k: int,

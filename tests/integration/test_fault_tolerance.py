@@ -278,12 +278,12 @@ def test_three_kills_at_random_moments_without_waiting_for_recovery(broker, spar
     in flight; never waiting for a full recovery in between. The restart strategy's defaults
     (exponential delay, no attempt cap) must carry the job through: every user's counters
     exact, one recommendation per event, no dead letter, Flink counting restarts, and the item
-    model that of the engine run without failures (the simulator, fed
-    the same events): every item's popularity equal to the last 1e-9, and every similarity
-    row the failure-free engine's row at some moment of the stream at or after its last
-    update, to the last 1e-9: its final co-occurrences over the occurrence counts of that
-    moment (a row is re-scored when its own pairs change, against the counts of that moment,
-    which depends on the micro-batches)."""
+    model that of the engine run without failures (the simulator, fed the same events): every
+    item's popularity equal to the last 1e-9, and every similarity row the failure-free
+    engine's row at some moment of the stream at or after its last update, to the last 1e-9:
+    its final co-occurrences over the occurrence counts of that moment (a row is re-scored
+    when its own pairs change, against the counts of that moment, which depends on the
+    micro-batches)."""
     import random
 
     from recsys.evaluation.simulate import EngineSimulator

@@ -393,7 +393,6 @@ def test_a_repeat_of_the_same_item_never_pairs_with_itself():
     assert out.occurrence_delta == 9.0 and out.pairs == []
 
 
-
 def test_binary_pair_weights_count_each_positive_item_once():
     step, u = make_step(similarity={"pair_weights": "binary"}), UserProfile("u1")
     step.apply_event(u, ev("h1", "purchase", T0), None)  # action weight 10
